@@ -1,0 +1,38 @@
+//! The one crate in the workspace that speaks Kafka.
+//!
+//! Everything the services need from Kafka goes through the small surface
+//! below; no other crate imports `rdkafka`.
+//!
+//! # Layout
+//!
+//! - [`settings`]: connection and client settings ([`KafkaSettings`],
+//!   [`ConsumerSettings`]) as they appear in the services' configuration.
+//! - [`topics`]: the topic registry, mapping each logical [`Topic`] to its
+//!   physical name, partition count and replication factor.
+//! - [`admin`]: topic provisioning at start-up and consumer-group offsets
+//!   (committed offset and high watermark per partition).
+//! - [`envelope`]: the event envelope, a CloudEvents 1.0 event in the Kafka
+//!   protocol binding's binary mode (`ce_*` headers, JSON value).
+//! - [`producer`]: an idempotent producer that resolves once the broker has
+//!   acknowledged a record (its delivery report).
+//! - [`consumer`]: a consumer-group member with manual offset commits:
+//!   records are marked processed one by one and committed in batches, and
+//!   synchronously before partitions are revoked.
+//! - [`error`]: one error enum per concern.
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod consumer;
+pub mod envelope;
+pub mod error;
+pub mod producer;
+pub mod settings;
+pub mod topics;
+
+pub use admin::{ensure_topics, group_offsets, provision_topics, PartitionOffsets};
+pub use consumer::{EventConsumer, Record};
+pub use envelope::{Envelope, EnvelopeError};
+pub use error::{AdminError, ConsumeError, ProduceError};
+pub use producer::{Delivery, EventProducer};
+pub use settings::{ConsumerSettings, KafkaSettings};
+pub use topics::{Topic, TopicRegistry, TopicSpec};

@@ -1,0 +1,108 @@
+//! An idempotent producer whose `send` resolves on the delivery report.
+
+use std::time::Duration;
+
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+
+use crate::envelope::Envelope;
+use crate::error::ProduceError;
+use crate::settings::KafkaSettings;
+
+/// Where the broker stored a record: its delivery report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery {
+    /// The partition the record was written to.
+    pub partition: i32,
+    /// The record's offset in that partition.
+    pub offset: i64,
+}
+
+/// A producer with `enable.idempotence=true` and `acks=all`: librdkafka
+/// retries without duplicating or reordering records within a partition,
+/// and a record counts as delivered only once every in-sync replica has it.
+///
+/// Cheap to clone: clones share one librdkafka client.
+#[derive(Clone)]
+pub struct EventProducer {
+    producer: FutureProducer,
+    request_timeout: Duration,
+}
+
+impl EventProducer {
+    /// Creates the producer. It connects lazily, so this succeeds while the
+    /// broker is down.
+    ///
+    /// # Errors
+    ///
+    /// [`ProduceError::Config`] when librdkafka rejects the settings (an
+    /// unknown property in `kafka.librdkafka`, for example).
+    pub fn new(settings: &KafkaSettings, client_id: &str) -> Result<Self, ProduceError> {
+        let producer = settings
+            .client_config(
+                client_id,
+                &[
+                    ("enable.idempotence", "true".to_owned()),
+                    ("acks", "all".to_owned()),
+                    ("message.timeout.ms", settings.message_timeout_ms.to_string()),
+                    // Records produced in a burst (the relay sends a batch of
+                    // outbox rows at once) share one request per partition.
+                    ("linger.ms", "5".to_owned()),
+                ],
+            )
+            .create()
+            .map_err(ProduceError::Config)?;
+        Ok(Self { producer, request_timeout: settings.request_timeout() })
+    }
+
+    /// Publishes `envelope` to `topic`, keyed by its subject, and waits for
+    /// the delivery report.
+    ///
+    /// # Errors
+    ///
+    /// [`ProduceError::Delivery`] when the broker rejected the record, or did
+    /// not acknowledge it within `message_timeout_ms` (librdkafka retries
+    /// until then; by default forever, so while the broker is down this
+    /// waits).
+    pub async fn send(&self, topic: &str, envelope: &Envelope) -> Result<Delivery, ProduceError> {
+        let headers = envelope.headers();
+        let headers = headers.iter().fold(OwnedHeaders::new_with_capacity(headers.len()), |acc, (key, value)| {
+            acc.insert(Header { key, value: Some(value.as_bytes()) })
+        });
+        let record = FutureRecord::to(topic).key(envelope.key()).payload(&envelope.data).headers(headers);
+        match self.producer.send(record, Timeout::After(QUEUE_FULL_WAIT)).await {
+            Ok(delivery) => Ok(Delivery { partition: delivery.partition, offset: delivery.offset }),
+            Err((source, _)) => Err(ProduceError::Delivery { topic: topic.to_owned(), source }),
+        }
+    }
+
+    /// Checks that a broker answers a metadata request within the request
+    /// timeout (readiness).
+    ///
+    /// # Errors
+    ///
+    /// [`ProduceError::Unreachable`] when none does.
+    pub async fn ping(&self) -> Result<(), ProduceError> {
+        let producer = self.producer.clone();
+        let timeout = self.request_timeout;
+        tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, timeout).map(drop))
+            .await
+            .expect("metadata request panicked")
+            .map_err(ProduceError::Unreachable)
+    }
+
+    /// Waits up to `timeout` for every queued record's delivery report
+    /// (before shutdown).
+    pub async fn flush(&self, timeout: Duration) {
+        let producer = self.producer.clone();
+        let result = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
+        if let Ok(Err(error)) = result {
+            tracing::warn!(%error, "producer flush did not complete");
+        }
+    }
+}
+
+/// How long `send` waits for room in librdkafka's local queue when it is
+/// full before it fails.
+const QUEUE_FULL_WAIT: Duration = Duration::from_secs(5);

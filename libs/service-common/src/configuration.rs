@@ -1,0 +1,90 @@
+//! Layered configuration, in increasing precedence:
+//!
+//! 1. the service's `base.yaml`;
+//! 2. the file of the environment named by `APP_ENVIRONMENT`
+//!    (`local.yaml`, the default, or `production.yaml`);
+//! 3. environment variables with prefix `APP_` and separator `__`, e.g.
+//!    `APP_DATABASE__URL` sets `database.url`.
+//!
+//! The files are compiled into the binary, so the services run from any
+//! directory and the container image needs no configuration files.
+
+use serde::de::DeserializeOwned;
+
+/// The deployment environment, from `APP_ENVIRONMENT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Environment {
+    /// A developer's machine: human-readable logs, local defaults.
+    Local,
+    /// ECS: JSON logs; secrets and addresses must come from the environment.
+    Production,
+}
+
+impl Environment {
+    /// The environment's name, as in `APP_ENVIRONMENT`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Environment::Local => "local",
+            Environment::Production => "production",
+        }
+    }
+
+    /// Reads `APP_ENVIRONMENT`; unset means [`Environment::Local`].
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigurationError`] naming the variable when its value is neither
+    /// `local` nor `production`.
+    pub fn from_env() -> Result<Self, ConfigurationError> {
+        match std::env::var("APP_ENVIRONMENT").as_deref().map(str::to_lowercase).as_deref() {
+            Err(_) | Ok("local") => Ok(Environment::Local),
+            Ok("production") => Ok(Environment::Production),
+            Ok(other) => Err(ConfigurationError(format!(
+                "APP_ENVIRONMENT: `{other}` is not a supported environment; use `local` or `production`"
+            ))),
+        }
+    }
+}
+
+/// The configuration files of one service, embedded with `include_str!`.
+#[derive(Debug, Clone, Copy)]
+pub struct Files {
+    /// `base.yaml`: defaults for every environment.
+    pub base: &'static str,
+    /// `local.yaml`.
+    pub local: &'static str,
+    /// `production.yaml`.
+    pub production: &'static str,
+}
+
+/// A configuration error, as one line that names the key at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigurationError(pub String);
+
+/// Builds the service's settings from `files` and the process environment.
+///
+/// # Errors
+///
+/// [`ConfigurationError`] when `APP_ENVIRONMENT` is unknown, a file does
+/// not parse, a required key is missing or a value has the wrong type.
+pub fn load<T: DeserializeOwned>(files: Files) -> Result<(Environment, T), ConfigurationError> {
+    let environment = Environment::from_env()?;
+    let environment_file = match environment {
+        Environment::Local => files.local,
+        Environment::Production => files.production,
+    };
+    let settings = config::Config::builder()
+        .add_source(config::File::from_str(files.base, config::FileFormat::Yaml))
+        .add_source(config::File::from_str(environment_file, config::FileFormat::Yaml))
+        .add_source(
+            config::Environment::with_prefix("APP")
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true),
+        )
+        .build()
+        .and_then(config::Config::try_deserialize::<T>)
+        .map_err(|error| ConfigurationError(error.to_string()))?;
+    Ok((environment, settings))
+}

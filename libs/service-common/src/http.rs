@@ -1,0 +1,63 @@
+//! The JSON error body and extractor settings.
+//!
+//! Every 4xx and 5xx answer has the body
+//! `{"error": {"code": "<machine-readable>", "message": "<for humans>"}}`.
+//! Messages of 5xx answers never carry internal details.
+
+use actix_web::error::{InternalError, JsonPayloadError, PathError};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Serialize;
+
+/// Largest JSON request body accepted, in bytes.
+pub const MAX_JSON_BODY_BYTES: usize = 16 * 1024;
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    code: &'a str,
+    message: &'a str,
+}
+
+/// An error response with the JSON error body.
+pub fn error_response(status: StatusCode, code: &str, message: &str) -> HttpResponse {
+    HttpResponse::build(status).json(ErrorBody { error: ErrorDetail { code, message } })
+}
+
+/// JSON extractor settings: a size limit, and malformed or mistyped bodies
+/// answered with `400 invalid_json` / `415 unsupported_media_type` /
+/// `413 payload_too_large` in the JSON error body.
+pub fn json_config() -> web::JsonConfig {
+    web::JsonConfig::default()
+        .limit(MAX_JSON_BODY_BYTES)
+        .error_handler(|error: JsonPayloadError, _req: &HttpRequest| {
+            let (status, code) = match &error {
+                JsonPayloadError::ContentType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+                JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => {
+                    (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+                }
+                _ => (StatusCode::BAD_REQUEST, "invalid_json"),
+            };
+            let response = error_response(status, code, &error.to_string());
+            InternalError::from_response(error, response).into()
+        })
+}
+
+/// Path extractor settings: a malformed path segment (an id that is not a
+/// UUID, say) is `404 not_found`, as for an unknown id.
+pub fn path_config() -> web::PathConfig {
+    web::PathConfig::default().error_handler(|error: PathError, _req: &HttpRequest| {
+        let response = error_response(StatusCode::NOT_FOUND, "not_found", "no such resource");
+        InternalError::from_response(error, response).into()
+    })
+}
+
+/// The default service: unknown routes are `404 not_found` with the JSON
+/// error body.
+pub async fn not_found() -> HttpResponse {
+    error_response(StatusCode::NOT_FOUND, "not_found", "no such resource")
+}

@@ -1,0 +1,25 @@
+//! What both services do the same way.
+//!
+//! # Layout
+//!
+//! - [`configuration`]: layered configuration (embedded base file, then the
+//!   `APP_ENVIRONMENT` file, then `APP_*` environment variables).
+//! - [`telemetry`]: the tracing subscriber.
+//! - [`auth`]: access tokens (JWT, HS256): user tokens the producer issues
+//!   and the service credential the consumer presents to the producer.
+//! - [`http`]: the JSON error body every 4xx/5xx carries, and actix-web
+//!   extractor settings that answer malformed input with it.
+//! - [`shutdown`]: SIGTERM/SIGINT as a cancellation token.
+//! - [`database`]: the pool, database creation and migrations.
+//! - [`health`]: the liveness and readiness handlers.
+//! - [`run`]: the shape of `main`.
+#![warn(missing_docs)]
+
+pub mod auth;
+pub mod configuration;
+pub mod database;
+pub mod health;
+pub mod http;
+pub mod run;
+pub mod shutdown;
+pub mod telemetry;

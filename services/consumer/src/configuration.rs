@@ -1,0 +1,173 @@
+//! The consumer's settings. See `configuration/*.yaml` for the defaults.
+
+use kafka_service::{ConsumerSettings, KafkaSettings};
+use secrecy::SecretString;
+use serde::Deserialize;
+use service_common::configuration::{self, ConfigurationError, Environment, Files};
+
+/// The environment variable Copilot sets to the service discovery namespace
+/// (`<env>.<app>.local`).
+pub const SERVICE_DISCOVERY_ENDPOINT_VAR: &str = "COPILOT_SERVICE_DISCOVERY_ENDPOINT";
+
+/// Everything the consumer is configured with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where the HTTP server listens.
+    pub http: HttpSettings,
+    /// The consumer's own PostgreSQL database.
+    pub database: DatabaseSettings,
+    /// Broker connection and topic registry.
+    pub kafka: KafkaSettings,
+    /// Consumer group membership and commit batching (also under `kafka`).
+    pub consumer: ConsumerSettings,
+    /// How to reach the producer service.
+    pub producer: ProducerSettings,
+    /// Access tokens.
+    pub auth: AuthSettings,
+}
+
+/// `http.*`
+#[derive(Debug, Clone, Deserialize)]
+pub struct HttpSettings {
+    /// Listen address (`APP_HTTP__HOST`).
+    pub host: String,
+    /// Listen port (`APP_HTTP__PORT`); `0` picks a free port (tests).
+    pub port: u16,
+}
+
+/// `database.*`
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    /// `postgres://user:password@host:port/database` (`APP_DATABASE__URL`).
+    pub url: SecretString,
+    /// Size of the connection pool.
+    pub max_connections: u32,
+    /// Create the database at start-up when it does not exist.
+    pub create_if_missing: bool,
+}
+
+/// `producer.*`
+#[derive(Debug, Clone, Deserialize)]
+pub struct ProducerSettings {
+    /// The producer's base URL (`APP_PRODUCER__BASE_URL`), e.g.
+    /// `http://127.0.0.1:9001`. Filled from service discovery when unset.
+    pub base_url: String,
+    /// Whole-request timeout of each call, in milliseconds.
+    pub timeout_ms: u64,
+}
+
+/// `auth.*`
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthSettings {
+    /// HS256 key shared with the producer, at least 32 bytes
+    /// (`APP_AUTH__JWT_SECRET`). Never logged.
+    pub jwt_secret: SecretString,
+}
+
+/// The file shape: `producer.base_url` may be missing until service
+/// discovery fills it in.
+#[derive(Deserialize)]
+struct Raw {
+    http: HttpSettings,
+    database: DatabaseSettings,
+    kafka: serde_json::Value,
+    producer: RawProducer,
+    auth: AuthSettings,
+}
+
+#[derive(Deserialize)]
+struct RawProducer {
+    base_url: Option<String>,
+    timeout_ms: u64,
+}
+
+impl Settings {
+    /// Loads the settings: embedded files, then `APP_*` variables, then
+    /// `producer.base_url` from service discovery if still unset.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigurationError`] naming the key at fault.
+    pub fn load() -> Result<(Environment, Self), ConfigurationError> {
+        let (environment, raw): (Environment, Raw) = configuration::load(Files {
+            base: include_str!("../configuration/base.yaml"),
+            local: include_str!("../configuration/local.yaml"),
+            production: include_str!("../configuration/production.yaml"),
+        })?;
+        let discovery = std::env::var(SERVICE_DISCOVERY_ENDPOINT_VAR).ok();
+        Ok((environment, Self::resolve(raw, discovery.as_deref())?))
+    }
+
+    fn resolve(raw: Raw, discovery_endpoint: Option<&str>) -> Result<Self, ConfigurationError> {
+        let kafka_key = |error: serde_json::Error| ConfigurationError(format!("kafka: {error}"));
+        let kafka: KafkaSettings = serde_json::from_value(raw.kafka.clone()).map_err(kafka_key)?;
+        let consumer: ConsumerSettings = serde_json::from_value(raw.kafka).map_err(kafka_key)?;
+        let base_url = match (raw.producer.base_url, discovery_endpoint) {
+            (Some(url), _) => url,
+            (None, Some(endpoint)) => producer_url_from_discovery(endpoint),
+            (None, None) => {
+                return Err(ConfigurationError(format!(
+                    "missing configuration key `producer.base_url` (APP_PRODUCER__BASE_URL), \
+                     and {SERVICE_DISCOVERY_ENDPOINT_VAR} is not set to derive it"
+                )))
+            }
+        };
+        Ok(Self {
+            http: raw.http,
+            database: raw.database,
+            kafka,
+            consumer,
+            producer: ProducerSettings { base_url, timeout_ms: raw.producer.timeout_ms },
+            auth: raw.auth,
+        })
+    }
+}
+
+/// The producer's address under Copilot service discovery: the service
+/// name `producer` in the environment's namespace, on port 9001.
+pub fn producer_url_from_discovery(endpoint: &str) -> String {
+    format!("http://producer.{endpoint}:9001")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(base_url: Option<&str>) -> Raw {
+        serde_json::from_value(serde_json::json!({
+            "http": { "host": "127.0.0.1", "port": 9000 },
+            "database": { "url": "postgres://localhost/consumer", "max_connections": 5, "create_if_missing": false },
+            "kafka": { "bootstrap_servers": "127.0.0.1:9092", "group_id": "g", "commit_batch_size": 10 },
+            "producer": { "base_url": base_url, "timeout_ms": 2000 },
+            "auth": { "jwt_secret": "0123456789abcdef0123456789abcdef" }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_kafka_section_yields_client_and_group_settings() {
+        let settings = Settings::resolve(raw(Some("http://p:9001")), None).unwrap();
+        assert_eq!(settings.kafka.bootstrap_servers, "127.0.0.1:9092");
+        assert_eq!(settings.consumer.group_id, "g");
+        assert_eq!(settings.consumer.commit_batch_size, 10);
+        assert_eq!(settings.consumer.auto_offset_reset, "earliest");
+    }
+
+    #[test]
+    fn an_explicit_producer_url_wins_over_service_discovery() {
+        let settings = Settings::resolve(raw(Some("http://p:9001")), Some("test.app.local")).unwrap();
+        assert_eq!(settings.producer.base_url, "http://p:9001");
+    }
+
+    #[test]
+    fn without_a_producer_url_service_discovery_supplies_it() {
+        let settings = Settings::resolve(raw(None), Some("test.kafka-example.local")).unwrap();
+        assert_eq!(settings.producer.base_url, "http://producer.test.kafka-example.local:9001");
+    }
+
+    #[test]
+    fn without_either_start_up_fails_naming_the_key() {
+        let error = Settings::resolve(raw(None), None).unwrap_err();
+        assert!(error.to_string().contains("producer.base_url"), "{error}");
+    }
+}

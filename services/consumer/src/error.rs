@@ -1,0 +1,45 @@
+//! The consumer's API error: each variant maps to a status code and the
+//! JSON error body; internal details are logged, never sent.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use service_common::http::error_response;
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// `404 not_found`.
+    #[error("no such resource")]
+    NotFound,
+    /// `503 upstream_unavailable`: the producer could not be asked.
+    #[error("the producer service is unavailable")]
+    UpstreamUnavailable(#[source] anyhow::Error),
+    /// `500 internal_error`: anything else; the cause is logged.
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::UpstreamUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let code = match self {
+            ApiError::NotFound => "not_found",
+            ApiError::UpstreamUnavailable(error) => {
+                tracing::warn!(error = format!("{error:#}"), "producer unavailable");
+                "upstream_unavailable"
+            }
+            ApiError::Unexpected(error) => {
+                tracing::error!(error = format!("{error:#}"), "request failed");
+                return error_response(self.status_code(), "internal_error", "internal error");
+            }
+        };
+        error_response(self.status_code(), code, &self.to_string())
+    }
+}

@@ -1,0 +1,26 @@
+//! The consumer service: a consumer-group member that applies user events
+//! to its own read model, and serves that read model over HTTP.
+//!
+//! Delivery: at-least-once from Kafka (offsets are committed only after a
+//! record's effect is committed to PostgreSQL), made exactly-once in effect
+//! by recording each event id in the same transaction as its effect.
+//!
+//! # Layout
+//!
+//! - [`configuration`]: settings and their defaults;
+//! - [`startup`]: [`startup::Application`], the HTTP server plus the
+//!   processing loop;
+//! - [`processing`]: the consumer loop and the event handlers;
+//! - [`read_model`]: the read model's queries;
+//! - [`producer_client`]: HTTP calls to the producer service;
+//! - [`routes`]: one module per resource;
+//! - [`error`]: the API error type.
+#![warn(missing_docs)]
+
+pub mod configuration;
+pub mod error;
+pub mod processing;
+pub mod producer_client;
+pub mod read_model;
+pub mod routes;
+pub mod startup;

@@ -1,0 +1,89 @@
+//! The read model: one row per user, with token counts.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+/// A user as the read model holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, sqlx::FromRow)]
+pub struct UserView {
+    /// The user id.
+    pub id: Uuid,
+    /// The username.
+    pub username: String,
+    /// The email address.
+    pub email: String,
+    /// When the user was created.
+    pub created_at: DateTime<Utc>,
+    /// How many `issued-token` events were applied for this user.
+    pub tokens_issued: i64,
+    /// `issued_at` of the latest token, if any.
+    pub last_token_issued_at: Option<DateTime<Utc>>,
+}
+
+/// Reads one user.
+///
+/// # Errors
+///
+/// The database error.
+pub async fn find_user(pool: &PgPool, id: Uuid) -> Result<Option<UserView>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, username, email, created_at, tokens_issued, last_token_issued_at FROM users WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Whether the read model knows user `id`.
+///
+/// # Errors
+///
+/// The database error.
+pub async fn has_user(connection: &mut PgConnection, id: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)").bind(id).fetch_one(connection).await
+}
+
+/// Inserts a user unless it is already there (from an earlier event or a
+/// fetch from the producer): user data never changes, so either copy is
+/// right.
+///
+/// # Errors
+///
+/// The database error.
+pub async fn insert_user(
+    connection: &mut PgConnection,
+    id: Uuid,
+    username: &str,
+    email: &str,
+    created_at: DateTime<Utc>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO users (id, username, email, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(id)
+    .bind(username)
+    .bind(email)
+    .bind(created_at)
+    .execute(connection)
+    .await
+    .map(drop)
+}
+
+/// Counts one issued token. Returns `false` when the user is unknown.
+///
+/// # Errors
+///
+/// The database error.
+pub async fn count_token(connection: &mut PgConnection, id: Uuid, issued_at: DateTime<Utc>) -> Result<bool, sqlx::Error> {
+    let result = sqlx::query(
+        "UPDATE users SET tokens_issued = tokens_issued + 1, \
+         last_token_issued_at = GREATEST(last_token_issued_at, $2) WHERE id = $1",
+    )
+    .bind(id)
+    .bind(issued_at)
+    .execute(connection)
+    .await?;
+    Ok(result.rows_affected() == 1)
+}

@@ -1,0 +1,40 @@
+//! `GET /users/{id}`.
+
+use actix_web::{web, HttpResponse};
+use anyhow::Context;
+use service_common::auth::Authenticated;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::producer_client::ProducerClient;
+use crate::read_model::{self, UserView};
+
+/// Returns a user from the read model; a user it does not know yet is
+/// asked of the producer (with no tokens counted yet). Requires a token the
+/// producer issued.
+///
+/// `200` with the user; `404` when neither knows it; `401` without a valid
+/// token; `503` when the producer cannot be asked.
+#[tracing::instrument(name = "get user", skip_all, fields(user_id = %path))]
+pub async fn get_user(
+    _caller: Authenticated,
+    pool: web::Data<PgPool>,
+    producer: web::Data<ProducerClient>,
+    path: web::Path<Uuid>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path.into_inner();
+    if let Some(user) = read_model::find_user(&pool, id).await.context("could not read the user")? {
+        return Ok(HttpResponse::Ok().json(user));
+    }
+    let user = producer.get_user(id).await.map_err(|e| ApiError::UpstreamUnavailable(e.into()))?;
+    let user = user.ok_or(ApiError::NotFound)?;
+    Ok(HttpResponse::Ok().json(UserView {
+        id: user.id,
+        username: user.username,
+        email: user.email,
+        created_at: user.created_at,
+        tokens_issued: 0,
+        last_token_issued_at: None,
+    }))
+}

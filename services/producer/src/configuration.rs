@@ -1,0 +1,76 @@
+//! The producer's settings. See `configuration/*.yaml` for the defaults.
+
+use kafka_service::KafkaSettings;
+use secrecy::SecretString;
+use serde::Deserialize;
+use service_common::configuration::{self, ConfigurationError, Environment, Files};
+
+/// Everything the producer is configured with.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    /// Where the HTTP server listens.
+    pub http: HttpSettings,
+    /// The producer's own PostgreSQL database.
+    pub database: DatabaseSettings,
+    /// Broker connection and topic registry.
+    pub kafka: KafkaSettings,
+    /// Access tokens.
+    pub auth: AuthSettings,
+    /// The outbox relay.
+    pub outbox: OutboxSettings,
+}
+
+/// `http.*`
+#[derive(Debug, Clone, Deserialize)]
+pub struct HttpSettings {
+    /// Listen address (`APP_HTTP__HOST`).
+    pub host: String,
+    /// Listen port (`APP_HTTP__PORT`); `0` picks a free port (tests).
+    pub port: u16,
+}
+
+/// `database.*`
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    /// `postgres://user:password@host:port/database` (`APP_DATABASE__URL`).
+    /// A secret: it may hold a password.
+    pub url: SecretString,
+    /// Size of the connection pool.
+    pub max_connections: u32,
+    /// Create the database at start-up when it does not exist.
+    pub create_if_missing: bool,
+}
+
+/// `auth.*`
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthSettings {
+    /// HS256 signing key, at least 32 bytes (`APP_AUTH__JWT_SECRET`). Never
+    /// logged.
+    pub jwt_secret: SecretString,
+    /// Lifetime of issued access tokens, in seconds.
+    pub token_ttl_secs: u64,
+}
+
+/// `outbox.*`
+#[derive(Debug, Clone, Deserialize)]
+pub struct OutboxSettings {
+    /// Rows published per round trip.
+    pub batch_size: u32,
+    /// Fallback poll period when no notification arrives, in milliseconds.
+    pub poll_interval_ms: u64,
+}
+
+impl Settings {
+    /// Loads the settings: embedded files, then `APP_*` variables.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigurationError`] naming the key at fault.
+    pub fn load() -> Result<(Environment, Self), ConfigurationError> {
+        configuration::load(Files {
+            base: include_str!("../configuration/base.yaml"),
+            local: include_str!("../configuration/local.yaml"),
+            production: include_str!("../configuration/production.yaml"),
+        })
+    }
+}

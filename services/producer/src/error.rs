@@ -1,0 +1,59 @@
+//! The producer's API error: each variant maps to a status code and the
+//! JSON error body; internal details are logged, never sent.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use service_common::http::error_response;
+
+use crate::domain::ValidationError;
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// `422 validation_failed`: a field breaks a rule.
+    #[error(transparent)]
+    Validation(#[from] ValidationError),
+    /// `409 conflict`: the username or email is taken.
+    #[error("{0} is already taken")]
+    Conflict(&'static str),
+    /// `401 invalid_credentials`: unknown username or wrong password.
+    #[error("invalid username or password")]
+    InvalidCredentials,
+    /// `403 forbidden`: a valid token that does not grant this resource.
+    #[error("this token does not grant access to this resource")]
+    Forbidden,
+    /// `404 not_found`.
+    #[error("no such resource")]
+    NotFound,
+    /// `500 internal_error`: anything else; the cause is logged.
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::InvalidCredentials => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let code = match self {
+            ApiError::Validation(_) => "validation_failed",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::InvalidCredentials => "invalid_credentials",
+            ApiError::Forbidden => "forbidden",
+            ApiError::NotFound => "not_found",
+            ApiError::Unexpected(error) => {
+                tracing::error!(error = format!("{error:#}"), "request failed");
+                return error_response(self.status_code(), "internal_error", "internal error");
+            }
+        };
+        error_response(self.status_code(), code, &self.to_string())
+    }
+}

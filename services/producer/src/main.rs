@@ -1,0 +1,13 @@
+//! The producer service's entry point: configuration, telemetry, run until
+//! SIGTERM or SIGINT.
+
+use producer::configuration::Settings;
+use producer::startup::Application;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    service_common::run::main("producer", Settings::load, |settings, shutdown| async move {
+        Application::build(settings).await?.run_until_stopped(shutdown).await
+    })
+    .await
+}

@@ -1,0 +1,79 @@
+//! `POST /auth/token`.
+
+use actix_web::{web, HttpResponse};
+use anyhow::Context;
+use events::{TokenIssued, UserEvent};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use service_common::auth::TokenKeys;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::{outbox, password};
+
+/// `POST /auth/token` body.
+#[derive(Deserialize)]
+pub struct TokenRequest {
+    username: String,
+    password: SecretString,
+}
+
+/// `POST /auth/token` answer (OAuth 2.0 token response shape, RFC 6749 §5.1).
+#[derive(Serialize)]
+pub struct TokenResponse {
+    access_token: String,
+    token_type: &'static str,
+    /// Seconds until the token expires.
+    expires_in: u64,
+}
+
+/// Lifetime of issued tokens, from `auth.token_ttl_secs`.
+#[derive(Debug, Clone, Copy)]
+pub struct TokenTtl(pub chrono::Duration);
+
+/// Checks a username and password and issues an access token; the
+/// `user.token_issued.v1` event is appended in a transaction before the
+/// token is returned.
+///
+/// `200` with the token; `401` for an unknown username or a wrong password
+/// (the same answer, in the same time); `400` for a malformed body.
+#[tracing::instrument(name = "issue token", skip_all, fields(user_id))]
+pub async fn issue_token(
+    pool: web::Data<PgPool>,
+    keys: web::Data<TokenKeys>,
+    ttl: web::Data<TokenTtl>,
+    request: web::Json<TokenRequest>,
+) -> Result<HttpResponse, ApiError> {
+    let TokenRequest { username, password } = request.into_inner();
+    let user: Option<(Uuid, String)> =
+        sqlx::query_as("SELECT id, password_hash FROM users WHERE lower(username) = lower($1)")
+            .bind(&username)
+            .fetch_optional(pool.get_ref())
+            .await
+            .context("could not read the user")?;
+    let (user_id, stored_hash) = user.unzip();
+    if !password::verify(password, stored_hash).await? {
+        return Err(ApiError::InvalidCredentials);
+    }
+    let user_id = user_id.expect("a verified password belongs to a known user");
+    tracing::Span::current().record("user_id", tracing::field::display(user_id));
+
+    let issued = keys.issue_user_token(user_id, ttl.0);
+    let event = UserEvent::TokenIssued(TokenIssued {
+        user_id,
+        token_id: issued.token_id,
+        issued_at: issued.issued_at,
+        expires_at: issued.expires_at,
+    });
+    let mut tx = pool.begin().await.context("could not begin a transaction")?;
+    let event_id = outbox::append(&mut tx, &event).await.context("could not append to the outbox")?;
+    tx.commit().await.context("could not commit the token event")?;
+    tracing::info!(%user_id, token_id = %issued.token_id, %event_id, "token issued");
+
+    Ok(HttpResponse::Ok().json(TokenResponse {
+        access_token: issued.token.expose_secret().to_owned(),
+        token_type: "Bearer",
+        expires_in: (issued.expires_at - issued.issued_at).num_seconds().unsigned_abs(),
+    }))
+}

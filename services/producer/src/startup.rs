@@ -1,0 +1,140 @@
+//! Builds the application and runs it until shutdown.
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::{web, App, HttpServer};
+use anyhow::Context;
+use kafka_service::EventProducer;
+use secrecy::ExposeSecret;
+use service_common::auth::TokenKeys;
+use service_common::health;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tracing_actix_web::TracingLogger;
+
+use crate::configuration::Settings;
+use crate::outbox::Relay;
+use crate::routes::auth::TokenTtl;
+use crate::routes::{auth, users};
+
+/// How long in-flight HTTP requests may finish after shutdown begins.
+const HTTP_SHUTDOWN_TIMEOUT_SECS: u64 = 10;
+/// How long shutdown waits for queued records' delivery reports.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The producer: HTTP server and outbox relay, ready to run.
+pub struct Application {
+    port: u16,
+    server: Server,
+    relay: Relay,
+    producer: EventProducer,
+}
+
+impl Application {
+    /// Connects to the database (creating it if configured to), runs the
+    /// migrations, creates the Kafka producer and binds the HTTP listener.
+    /// The broker may be down: the relay waits for it.
+    ///
+    /// # Errors
+    ///
+    /// When the database is unreachable, a migration fails, the signing key
+    /// is too short, the Kafka settings are invalid, or the port cannot be
+    /// bound.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let database = &settings.database;
+        let pool = service_common::database::connect(
+            database.url.expose_secret(),
+            database.max_connections,
+            database.create_if_missing,
+            &sqlx::migrate!("./migrations"),
+        )
+        .await?;
+        let keys = TokenKeys::new(&settings.auth.jwt_secret).context("invalid configuration: auth.jwt_secret")?;
+        let producer = EventProducer::new(&settings.kafka, "producer").context("invalid configuration: kafka")?;
+        let address = format!("{}:{}", settings.http.host, settings.http.port);
+        let listener = TcpListener::bind(&address).with_context(|| format!("could not bind {address}"))?;
+        let port = listener.local_addr()?.port();
+        let ttl = TokenTtl(chrono::Duration::seconds(settings.auth.token_ttl_secs as i64));
+        let server = run_server(listener, pool.clone(), keys, ttl, producer.clone())?;
+        let relay = Relay::new(
+            settings.database.url.clone(),
+            pool,
+            producer.clone(),
+            settings.kafka.clone(),
+            settings.outbox.batch_size,
+            Duration::from_millis(settings.outbox.poll_interval_ms),
+        );
+        tracing::info!(%address, port, "producer listening");
+        Ok(Self { port, server, relay, producer })
+    }
+
+    /// The bound HTTP port (useful when configured as `0`).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves HTTP and relays the outbox until `shutdown` is cancelled, then
+    /// stops taking requests, lets in-flight ones finish, stops the relay
+    /// after its current batch and flushes the producer.
+    ///
+    /// # Errors
+    ///
+    /// When the server fails, or the relay stops on an error retrying
+    /// cannot fix (see [`Relay::run`]).
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let server_handle = self.server.handle();
+        let mut server = tokio::spawn(self.server);
+        let mut relay = tokio::spawn(self.relay.run(shutdown.clone()));
+        let outcome = tokio::select! {
+            () = shutdown.cancelled() => Ok(()),
+            result = &mut server => result.context("http server panicked")?.context("http server failed"),
+            result = &mut relay => {
+                // The relay only returns early on a fatal error.
+                shutdown.cancel();
+                return result.context("outbox relay panicked")?;
+            }
+        };
+        shutdown.cancel();
+        server_handle.stop(true).await;
+        relay.await.context("outbox relay panicked")??;
+        self.producer.flush(FLUSH_TIMEOUT).await;
+        tracing::info!("producer stopped");
+        outcome
+    }
+}
+
+fn run_server(
+    listener: TcpListener,
+    pool: PgPool,
+    keys: TokenKeys,
+    ttl: TokenTtl,
+    producer: EventProducer,
+) -> std::io::Result<Server> {
+    let pool = web::Data::new(pool);
+    let keys = web::Data::new(keys);
+    let ttl = web::Data::new(ttl);
+    let producer = web::Data::new(producer);
+    let server = HttpServer::new(move || {
+        App::new()
+            .wrap(TracingLogger::default())
+            .app_data(service_common::http::json_config())
+            .app_data(service_common::http::path_config())
+            .app_data(pool.clone())
+            .app_data(keys.clone())
+            .app_data(ttl.clone())
+            .app_data(producer.clone())
+            .route("/users", web::post().to(users::create_user))
+            .route("/users/{id}", web::get().to(users::get_user))
+            .route("/auth/token", web::post().to(auth::issue_token))
+            .route("/health/live", web::get().to(health::live))
+            .route("/health/ready", web::get().to(health::ready))
+            .default_service(web::to(service_common::http::not_found))
+    })
+    .listen(listener)?
+    .disable_signals()
+    .shutdown_timeout(HTTP_SHUTDOWN_TIMEOUT_SECS)
+    .run();
+    Ok(server)
+}
