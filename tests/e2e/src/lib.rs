@@ -1,1 +1,262 @@
-//! End-to-end tests live in `tests/`; this library is empty.
+//! Test support for the API and end-to-end tests in `tests/`: both services
+//! run in-process on port 0 against the real broker and PostgreSQL that
+//! `scripts/test.sh` provides, each test with its own databases, topic
+//! names and consumer group.
+//!
+//! Environment: `TEST_KAFKA_BOOTSTRAP_SERVERS` (default `127.0.0.1:19092`)
+//! and `TEST_DATABASE_URL` (a server URL, default
+//! `postgres://postgres@127.0.0.1:5432`). Nothing is skipped when they are
+//! unreachable: the tests fail and say so.
+#![warn(missing_docs)]
+
+use std::future::Future;
+use std::time::Duration;
+
+use kafka_service::{ConsumerSettings, KafkaSettings, Topic, TopicRegistry};
+use secrecy::SecretString;
+use serde_json::{json, Value};
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// The signing key the test services share.
+pub const JWT_SECRET: &str = "test-signing-key-0123456789abcdef-0123456789";
+/// The password of every test user.
+pub const PASSWORD: &str = "correct horse battery";
+
+/// The broker's bootstrap servers.
+pub fn bootstrap_servers() -> String {
+    std::env::var("TEST_KAFKA_BOOTSTRAP_SERVERS").unwrap_or_else(|_| "127.0.0.1:19092".to_owned())
+}
+
+/// The PostgreSQL server URL, without a database name.
+pub fn database_server_url() -> String {
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
+}
+
+/// One test's world: its databases, topic names and consumer group.
+#[derive(Debug, Clone)]
+pub struct TestContext {
+    /// Broker address the services use.
+    pub bootstrap_servers: String,
+    /// Topic registry with names unique to this test.
+    pub topics: TopicRegistry,
+    /// Consumer group unique to this test.
+    pub group_id: String,
+    /// The producer's database URL.
+    pub producer_database_url: String,
+    /// The consumer's database URL.
+    pub consumer_database_url: String,
+}
+
+impl TestContext {
+    /// A fresh context against the shared test broker.
+    pub fn new() -> Self {
+        Self::with_broker(bootstrap_servers())
+    }
+
+    /// A fresh context against the broker at `bootstrap_servers`.
+    pub fn with_broker(bootstrap_servers: String) -> Self {
+        let id = Uuid::new_v4().simple().to_string();
+        let id = &id[..12];
+        let server = database_server_url();
+        Self {
+            bootstrap_servers,
+            topics: TopicRegistry::default()
+                .with_name(Topic::NewUserCreated, format!("new-user-created-{id}"))
+                .with_name(Topic::IssuedToken, format!("issued-token-{id}")),
+            group_id: format!("test-group-{id}"),
+            producer_database_url: format!("{server}/test_producer_{id}"),
+            consumer_database_url: format!("{server}/test_consumer_{id}"),
+        }
+    }
+
+    /// Kafka settings for this context (short request timeout).
+    pub fn kafka(&self) -> KafkaSettings {
+        let mut kafka = KafkaSettings::new(&self.bootstrap_servers);
+        kafka.topics = self.topics.clone();
+        kafka.request_timeout_ms = 2_000;
+        kafka
+    }
+
+    /// Producer settings: port 0, own database, short poll interval.
+    pub fn producer_settings(&self) -> producer::configuration::Settings {
+        use producer::configuration::*;
+        Settings {
+            http: HttpSettings { host: "127.0.0.1".to_owned(), port: 0 },
+            database: DatabaseSettings {
+                url: SecretString::from(self.producer_database_url.clone()),
+                max_connections: 5,
+                create_if_missing: true,
+            },
+            kafka: self.kafka(),
+            auth: AuthSettings { jwt_secret: SecretString::from(JWT_SECRET.to_owned()), token_ttl_secs: 900 },
+            outbox: OutboxSettings { batch_size: 100, poll_interval_ms: 200 },
+        }
+    }
+
+    /// Consumer settings: port 0, own database, this test's group, commits
+    /// every 200 ms, the producer at `producer_url`.
+    pub fn consumer_settings(&self, producer_url: &str) -> consumer::configuration::Settings {
+        use consumer::configuration::*;
+        let mut group = ConsumerSettings::new(&self.group_id);
+        group.commit_interval_ms = 200;
+        group.session_timeout_ms = 10_000;
+        Settings {
+            http: HttpSettings { host: "127.0.0.1".to_owned(), port: 0 },
+            database: DatabaseSettings {
+                url: SecretString::from(self.consumer_database_url.clone()),
+                max_connections: 5,
+                create_if_missing: true,
+            },
+            kafka: self.kafka(),
+            consumer: group,
+            producer: ProducerSettings { base_url: producer_url.to_owned(), timeout_ms: 2_000 },
+            auth: AuthSettings { jwt_secret: SecretString::from(JWT_SECRET.to_owned()) },
+        }
+    }
+
+    /// Starts a producer with [`Self::producer_settings`].
+    pub async fn spawn_producer(&self) -> Service {
+        self.spawn_producer_with(self.producer_settings()).await
+    }
+
+    /// Starts a producer with `settings`.
+    pub async fn spawn_producer_with(&self, settings: producer::configuration::Settings) -> Service {
+        let app = producer::startup::Application::build(settings).await.expect("producer builds");
+        Service::spawn(app.port(), |shutdown| app.run_until_stopped(shutdown))
+    }
+
+    /// Starts a consumer that calls the producer at `producer_url`.
+    pub async fn spawn_consumer(&self, producer_url: &str) -> Service {
+        self.spawn_consumer_with(self.consumer_settings(producer_url)).await
+    }
+
+    /// Starts a consumer with `settings`.
+    pub async fn spawn_consumer_with(&self, settings: consumer::configuration::Settings) -> Service {
+        let app = consumer::startup::Application::build(settings).await.expect("consumer builds");
+        Service::spawn(app.port(), |shutdown| app.run_until_stopped(shutdown))
+    }
+
+    /// A pool on the consumer's database (the read model).
+    pub async fn consumer_pool(&self) -> PgPool {
+        PgPool::connect(&self.consumer_database_url).await.expect("consumer database reachable")
+    }
+
+    /// A pool on the producer's database.
+    pub async fn producer_pool(&self) -> PgPool {
+        PgPool::connect(&self.producer_database_url).await.expect("producer database reachable")
+    }
+
+    /// Drops this test's databases (best effort; call at the end of a test).
+    pub async fn drop_databases(&self) {
+        let Ok(mut admin) = PgConnection::connect(&format!("{}/postgres", database_server_url())).await else {
+            return;
+        };
+        for url in [&self.producer_database_url, &self.consumer_database_url] {
+            let name = url.rsplit('/').next().expect("url has a database name");
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut admin).await;
+        }
+    }
+}
+
+impl Default for TestContext {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A service running in-process on `127.0.0.1:<port>`.
+pub struct Service {
+    /// Its HTTP port.
+    pub port: u16,
+    shutdown: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Service {
+    fn spawn<F, Fut>(port: u16, run: F) -> Self
+    where
+        F: FnOnce(CancellationToken) -> Fut,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(run(shutdown.clone()));
+        Self { port, shutdown, task }
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Shuts it down as SIGTERM would and returns how it ended.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.task.await.expect("service task panicked")
+    }
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, for at most
+/// `timeout`; panics with `what` after that.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A user created through the producer's API.
+#[derive(Debug, Clone)]
+pub struct CreatedUser {
+    /// Its id.
+    pub id: Uuid,
+    /// Its username.
+    pub username: String,
+}
+
+/// `POST /users` with a unique username; asserts `201`.
+pub async fn create_user(client: &reqwest::Client, producer: &str, prefix: &str) -> CreatedUser {
+    let username = format!("{prefix}-{}", &Uuid::new_v4().simple().to_string()[..8]);
+    let response = client
+        .post(format!("{producer}/users"))
+        .json(&json!({ "username": username, "email": format!("{username}@example.com"), "password": PASSWORD }))
+        .send()
+        .await
+        .expect("producer reachable");
+    assert_eq!(response.status(), 201, "POST /users for {username}");
+    let body: Value = response.json().await.expect("JSON body");
+    CreatedUser { id: body["id"].as_str().and_then(|id| id.parse().ok()).expect("id is a UUID"), username }
+}
+
+/// `POST /auth/token`; asserts `200` and returns the access token.
+pub async fn issue_token(client: &reqwest::Client, producer: &str, username: &str) -> String {
+    let response = client
+        .post(format!("{producer}/auth/token"))
+        .json(&json!({ "username": username, "password": PASSWORD }))
+        .send()
+        .await
+        .expect("producer reachable");
+    assert_eq!(response.status(), 200, "POST /auth/token for {username}");
+    let body: Value = response.json().await.expect("JSON body");
+    body["access_token"].as_str().expect("access_token").to_owned()
+}
+
+/// The read model's `tokens_issued` per user id.
+pub async fn read_model_token_counts(pool: &PgPool) -> std::collections::HashMap<Uuid, i64> {
+    sqlx::query_as::<_, (Uuid, i64)>("SELECT id, tokens_issued FROM users")
+        .fetch_all(pool)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .collect()
+}

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Installs (if missing), starts, or stops a local Tansu broker on loopback.
+#
+#   scripts/broker.sh start [PORT] [DATA_DIR]   default 9092 .run/broker
+#   scripts/broker.sh stop  [PORT] [DATA_DIR]
+#
+# Tansu is a Kafka-compatible broker written in Rust. Facts that shape this
+# script (measured with 0.6.0): it must be built with the libsql feature and
+# run with SQLite storage (its memory storage loses offsets inside
+# multi-record batches); it listens on all interfaces unless told otherwise,
+# so both listener URLs are always given.
+set -euo pipefail
+
+TANSU_VERSION=0.6.0
+command=${1:?usage: scripts/broker.sh start|stop [PORT] [DATA_DIR]}
+port=${2:-9092}
+root=$(cd "$(dirname "$0")/.." && pwd)
+data_dir=${3:-$root/.run/broker}
+mkdir -p "$data_dir"
+data_dir=$(cd "$data_dir" && pwd)
+pid_file=$data_dir/tansu.pid
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+install_tansu() {
+  if ! command -v tansu >/dev/null 2>&1; then
+    echo "broker: installing tansu $TANSU_VERSION (cargo install, takes several minutes once)" >&2
+    cargo install --locked tansu --version "$TANSU_VERSION" --features libsql
+  fi
+}
+
+case $command in
+  start)
+    if port_open "$port"; then
+      echo "broker: already listening on 127.0.0.1:$port" >&2
+      exit 0
+    fi
+    install_tansu
+    cd "$data_dir"
+    nohup tansu broker \
+      --storage-engine sqlite://tansu.db \
+      --listener-url "tcp://127.0.0.1:$port" \
+      --advertised-listener-url "tcp://127.0.0.1:$port" \
+      >"$data_dir/tansu.log" 2>&1 &
+    echo $! >"$pid_file"
+    for _ in $(seq 1 100); do
+      port_open "$port" && { echo "broker: tansu listening on 127.0.0.1:$port (data in $data_dir)" >&2; exit 0; }
+      sleep 0.1
+    done
+    echo "broker: tansu did not start; see $data_dir/tansu.log" >&2
+    exit 1
+    ;;
+  stop)
+    if [[ -f $pid_file ]] && kill "$(cat "$pid_file")" 2>/dev/null; then
+      rm -f "$pid_file"
+      echo "broker: stopped" >&2
+    fi
+    ;;
+  *)
+    echo "usage: scripts/broker.sh start|stop [PORT] [DATA_DIR]" >&2
+    exit 2
+    ;;
+esac

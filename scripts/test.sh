@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Runs every test: unit tests, API tests and end-to-end tests against a real
+# broker (Tansu on 127.0.0.1:19092, started here) and the local PostgreSQL.
+#
+# Override with TEST_KAFKA_BOOTSTRAP_SERVERS (then no broker is started) and
+# TEST_DATABASE_URL (a server URL without database name; tests create and
+# drop their own databases).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/postgres.sh
+if [[ -z ${TEST_KAFKA_BOOTSTRAP_SERVERS:-} ]]; then
+  scripts/broker.sh start 19092 .run/test-broker
+  export TEST_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:19092
+fi
+export TEST_DATABASE_URL=${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432}
+export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2}
+
+cargo test --workspace --locked "$@"

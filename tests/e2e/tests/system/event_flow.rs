@@ -1,0 +1,108 @@
+//! The whole flow: HTTP → outbox → Kafka (8 partitions) → consumer with
+//! manual commits → read model, with a consumer restart mid-stream.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use e2e::{create_user, eventually, issue_token, read_model_token_counts, TestContext};
+use kafka_service::{ConsumerSettings, Envelope, EventConsumer, Topic};
+use reqwest::Client;
+
+const USERS: usize = 24;
+const TOKENS_PER_USER: usize = 3;
+
+#[tokio::test]
+async fn every_event_is_applied_exactly_once_across_a_consumer_restart() {
+    let context = TestContext::new();
+    let producer = context.spawn_producer().await;
+    let consumer = context.spawn_consumer(&producer.url()).await;
+    let client = Client::new();
+
+    // First half of the users, with their tokens, while the consumer runs.
+    let mut users = Vec::new();
+    for _ in 0..USERS / 2 {
+        let user = create_user(&client, &producer.url(), "flow").await;
+        for _ in 0..TOKENS_PER_USER {
+            issue_token(&client, &producer.url(), &user.username).await;
+        }
+        users.push(user);
+    }
+    // Stop the consumer as soon as it has applied something: mid-stream.
+    let pool = context.consumer_pool().await;
+    eventually(Duration::from_secs(30), "the consumer to apply a first event", || async {
+        (!read_model_token_counts(&pool).await.is_empty()).then_some(())
+    })
+    .await;
+    consumer.stop().await.expect("consumer stops cleanly");
+
+    // Second half while no consumer runs, then a new member of the group.
+    for _ in USERS / 2..USERS {
+        let user = create_user(&client, &producer.url(), "flow").await;
+        for _ in 0..TOKENS_PER_USER {
+            issue_token(&client, &producer.url(), &user.username).await;
+        }
+        users.push(user);
+    }
+    let consumer = context.spawn_consumer(&producer.url()).await;
+
+    // Every user, each with exactly its tokens.
+    let expected: HashMap<_, _> = users.iter().map(|user| (user.id, TOKENS_PER_USER as i64)).collect();
+    eventually(Duration::from_secs(60), "the read model to hold every user and token", || async {
+        (read_model_token_counts(&pool).await == expected).then_some(())
+    })
+    .await;
+    let processed: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_events").fetch_one(&pool).await.unwrap();
+    assert_eq!(processed as usize, USERS * (1 + TOKENS_PER_USER), "each event applied once");
+
+    // The group's committed offsets reach the end of both topics.
+    let names = [context.topics.name(Topic::NewUserCreated), context.topics.name(Topic::IssuedToken)];
+    let offsets = eventually(Duration::from_secs(30), "committed offsets to reach the end", || async {
+        let offsets = kafka_service::group_offsets(&context.kafka(), &context.group_id, &names).await.ok()?;
+        offsets.iter().all(|p| p.lag() == 0).then_some(offsets)
+    })
+    .await;
+    for name in names {
+        assert_eq!(offsets.iter().filter(|p| p.topic == name).count(), 8, "{name} has 8 partitions");
+    }
+    let records: i64 = offsets.iter().map(|p| p.high_watermark).sum();
+    assert_eq!(records as usize, USERS * (1 + TOKENS_PER_USER), "one record per event");
+
+    consumer.stop().await.unwrap();
+    producer.stop().await.unwrap();
+    assert_records_keyed_by_user(&context, &names, &users).await;
+    context.drop_databases().await;
+}
+
+/// Reads both topics from the start with a fresh group and checks every
+/// record: key = `ce_subject` = the user id, one `user.created.v1` per user,
+/// all event ids distinct, and each key in a single partition.
+async fn assert_records_keyed_by_user(context: &TestContext, names: &[&str], users: &[e2e::CreatedUser]) {
+    let group = ConsumerSettings::new(format!("{}-audit", context.group_id));
+    let mut reader = EventConsumer::new(&context.kafka(), &group, "audit", names).unwrap();
+    let total = users.len() * (1 + TOKENS_PER_USER);
+    let user_ids: HashSet<String> = users.iter().map(|user| user.id.to_string()).collect();
+    let mut event_ids = HashSet::new();
+    let mut partitions_of_key: HashMap<String, HashSet<i32>> = HashMap::new();
+    let mut created = 0;
+    for _ in 0..total {
+        let record = tokio::time::timeout(Duration::from_secs(30), reader.recv())
+            .await
+            .expect("every record can be read back")
+            .unwrap();
+        let envelope = Envelope::decode(&record).expect("records are valid envelopes");
+        assert!(user_ids.contains(&envelope.subject), "key is one of our user ids");
+        assert_eq!(record.key.as_deref(), Some(envelope.subject.as_bytes()));
+        assert!(event_ids.insert(envelope.id), "event ids are unique");
+        partitions_of_key.entry(envelope.subject.clone()).or_default().insert(record.partition);
+        if envelope.event_type == "user.created.v1" {
+            assert_eq!(record.topic, names[0]);
+            created += 1;
+        }
+        let data: serde_json::Value = serde_json::from_slice(&envelope.data).unwrap();
+        assert_eq!(data["user_id"], envelope.subject.as_str());
+        assert!(data.get("password").is_none() && data.get("password_hash").is_none());
+    }
+    assert_eq!(created, users.len());
+    assert!(partitions_of_key.values().all(|p| p.len() <= 2), "a key stays in one partition per topic");
+    reader.shutdown().await.unwrap();
+}

@@ -1,0 +1,245 @@
+//! The producer's HTTP API, including every error case.
+
+use e2e::{create_user, issue_token, TestContext, PASSWORD};
+use reqwest::Client;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{json, Value};
+use service_common::auth::TokenKeys;
+
+async fn error_code(response: reqwest::Response) -> String {
+    let body: Value = response.json().await.expect("error responses have a JSON body");
+    assert!(body["error"]["message"].is_string(), "error body has a message: {body}");
+    body["error"]["code"].as_str().expect("error body has a code").to_owned()
+}
+
+#[tokio::test]
+async fn creating_a_user_returns_201_with_the_user_and_no_secret() {
+    let context = TestContext::new();
+    let producer = context.spawn_producer().await;
+    let client = Client::new();
+
+    let response = client
+        .post(format!("{}/users", producer.url()))
+        .json(&json!({ "username": "ada", "email": "ada@example.com", "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), 201);
+    let body: Value = response.json().await.unwrap();
+    let mut keys: Vec<_> = body.as_object().unwrap().keys().cloned().collect();
+    keys.sort();
+    assert_eq!(keys, ["created_at", "email", "id", "username"]);
+    assert!(body["id"].as_str().unwrap().parse::<uuid::Uuid>().is_ok());
+    assert_eq!(body["username"], "ada");
+
+    let pool = context.producer_pool().await;
+    let hash: String = sqlx::query_scalar("SELECT password_hash FROM users").fetch_one(&pool).await.unwrap();
+    assert!(hash.starts_with("$argon2id$"), "passwords are stored as argon2id hashes");
+    let outbox: Vec<(String, String)> =
+        sqlx::query_as("SELECT event_type, subject FROM outbox").fetch_all(&pool).await.unwrap();
+    assert_eq!(outbox, [("user.created.v1".to_owned(), body["id"].as_str().unwrap().to_owned())]);
+
+    producer.stop().await.unwrap();
+    context.drop_databases().await;
+}
+
+#[tokio::test]
+async fn a_taken_username_or_email_is_409_regardless_of_case() {
+    let context = TestContext::new();
+    let producer = context.spawn_producer().await;
+    let client = Client::new();
+    let url = format!("{}/users", producer.url());
+    let first = json!({ "username": "grace", "email": "grace@example.com", "password": PASSWORD });
+    assert_eq!(client.post(&url).json(&first).send().await.unwrap().status(), 201);
+
+    for (case, body) in [
+        ("same username", json!({ "username": "GRACE", "email": "other@example.com", "password": PASSWORD })),
+        ("same email", json!({ "username": "hopper", "email": "Grace@Example.com", "password": PASSWORD })),
+    ] {
+        let response = client.post(&url).json(&body).send().await.unwrap();
+        assert_eq!(response.status(), 409, "{case}");
+        assert_eq!(error_code(response).await, "conflict", "{case}");
+    }
+    let pool = context.producer_pool().await;
+    let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&pool).await.unwrap();
+    assert_eq!(outbox, 1, "a rejected request emits no event");
+
+    producer.stop().await.unwrap();
+    context.drop_databases().await;
+}
+
+#[tokio::test]
+async fn invalid_input_is_a_4xx_with_a_json_error_body() {
+    let context = TestContext::new();
+    let producer = context.spawn_producer().await;
+    let client = Client::new();
+    let url = format!("{}/users", producer.url());
+
+    let cases = [
+        ("short username", json!({ "username": "ab", "email": "a@example.com", "password": PASSWORD }), 422, "validation_failed"),
+        ("bad email", json!({ "username": "abc", "email": "not-an-email", "password": PASSWORD }), 422, "validation_failed"),
+        ("short password", json!({ "username": "abc", "email": "a@example.com", "password": "short" }), 422, "validation_failed"),
+        ("missing field", json!({ "username": "abc", "email": "a@example.com" }), 400, "invalid_json"),
+        ("wrong type", json!({ "username": 42, "email": "a@example.com", "password": PASSWORD }), 400, "invalid_json"),
+    ];
+    for (case, body, status, code) in cases {
+        let response = client.post(&url).json(&body).send().await.unwrap();
+        assert_eq!(response.status(), status, "{case}");
+        assert_eq!(error_code(response).await, code, "{case}");
+    }
+
+    let response = client.post(&url).header("content-type", "application/json").body("{not json").send().await.unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(error_code(response).await, "invalid_json");
+
+    let response = client.post(&url).body("username=ada").send().await.unwrap();
+    assert_eq!(response.status(), 415);
+    assert_eq!(error_code(response).await, "unsupported_media_type");
+
+    let response = client.get(format!("{}/no-such-route", producer.url())).send().await.unwrap();
+    assert_eq!(response.status(), 404);
+    assert_eq!(error_code(response).await, "not_found");
+
+    producer.stop().await.unwrap();
+    context.drop_databases().await;
+}
+
+#[tokio::test]
+async fn the_right_password_gets_a_bearer_token_and_an_event() {
+    let context = TestContext::new();
+    let producer = context.spawn_producer().await;
+    let client = Client::new();
+    let user = create_user(&client, &producer.url(), "linus").await;
+
+    let response = client
+        .post(format!("{}/auth/token", producer.url()))
+        .json(&json!({ "username": user.username, "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["expires_in"], 900);
+    let keys = TokenKeys::new(&SecretString::from(e2e::JWT_SECRET.to_owned())).unwrap();
+    let principal = keys.verify(body["access_token"].as_str().unwrap()).unwrap();
+    assert_eq!(principal, service_common::auth::Principal::User(user.id));
+
+    let pool = context.producer_pool().await;
+    let types: Vec<String> =
+        sqlx::query_scalar("SELECT event_type FROM outbox ORDER BY id").fetch_all(&pool).await.unwrap();
+    assert_eq!(types, ["user.created.v1", "user.token_issued.v1"]);
+    let data: Value = sqlx::query_scalar("SELECT data FROM outbox WHERE event_type = 'user.token_issued.v1'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(!data.to_string().contains(body["access_token"].as_str().unwrap()), "the token itself is never an event");
+
+    producer.stop().await.unwrap();
+    context.drop_databases().await;
+}
+
+#[tokio::test]
+async fn a_wrong_password_or_unknown_user_is_401() {
+    let context = TestContext::new();
+    let producer = context.spawn_producer().await;
+    let client = Client::new();
+    let user = create_user(&client, &producer.url(), "mallory").await;
+
+    for (case, username, password) in
+        [("wrong password", user.username.as_str(), "not the password"), ("unknown user", "nobody-here", PASSWORD)]
+    {
+        let response = client
+            .post(format!("{}/auth/token", producer.url()))
+            .json(&json!({ "username": username, "password": password }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401, "{case}");
+        assert_eq!(error_code(response).await, "invalid_credentials", "{case}");
+    }
+
+    producer.stop().await.unwrap();
+    context.drop_databases().await;
+}
+
+#[tokio::test]
+async fn reading_a_user_needs_that_users_token_or_a_service_credential() {
+    let context = TestContext::new();
+    let producer = context.spawn_producer().await;
+    let client = Client::new();
+    let ada = create_user(&client, &producer.url(), "ada").await;
+    let eve = create_user(&client, &producer.url(), "eve").await;
+    let ada_token = issue_token(&client, &producer.url(), &ada.username).await;
+    let eve_token = issue_token(&client, &producer.url(), &eve.username).await;
+    let keys = TokenKeys::new(&SecretString::from(e2e::JWT_SECRET.to_owned())).unwrap();
+    let service_token = keys.service_token("consumer");
+    let url = format!("{}/users/{}", producer.url(), ada.id);
+
+    let own = client.get(&url).bearer_auth(&ada_token).send().await.unwrap();
+    assert_eq!(own.status(), 200);
+    let body: Value = own.json().await.unwrap();
+    assert_eq!(body["username"], ada.username.as_str());
+    assert!(body.get("password_hash").is_none());
+
+    let service = client.get(&url).bearer_auth(service_token.expose_secret()).send().await.unwrap();
+    assert_eq!(service.status(), 200);
+
+    let other = client.get(&url).bearer_auth(&eve_token).send().await.unwrap();
+    assert_eq!(other.status(), 403);
+    assert_eq!(error_code(other).await, "forbidden");
+
+    let anonymous = client.get(&url).send().await.unwrap();
+    assert_eq!(anonymous.status(), 401);
+    assert_eq!(error_code(anonymous).await, "unauthorized");
+
+    let forged = client.get(&url).bearer_auth(format!("{ada_token}x")).send().await.unwrap();
+    assert_eq!(forged.status(), 401);
+
+    let unknown = format!("{}/users/{}", producer.url(), uuid::Uuid::new_v4());
+    let response = client.get(&unknown).bearer_auth(service_token.expose_secret()).send().await.unwrap();
+    assert_eq!(response.status(), 404);
+    assert_eq!(error_code(response).await, "not_found");
+
+    producer.stop().await.unwrap();
+    context.drop_databases().await;
+}
+
+#[tokio::test]
+async fn health_is_live_and_ready_with_database_and_broker_up() {
+    let context = TestContext::new();
+    let producer = context.spawn_producer().await;
+    let client = Client::new();
+
+    for path in ["/health/live", "/health/ready"] {
+        let response = client.get(format!("{}{path}", producer.url())).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+    }
+
+    producer.stop().await.unwrap();
+    context.drop_databases().await;
+}
+
+#[tokio::test]
+async fn readiness_is_503_naming_the_broker_when_no_broker_answers() {
+    // Port 9 (discard) on loopback: nothing listens there.
+    let context = TestContext::with_broker("127.0.0.1:9".to_owned());
+    let mut settings = context.producer_settings();
+    settings.kafka.request_timeout_ms = 500;
+    let producer = context.spawn_producer_with(settings).await;
+    let client = Client::new();
+
+    let response = client.get(format!("{}/health/ready", producer.url())).send().await.unwrap();
+
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "not_ready");
+    assert_eq!(body["error"]["message"], "unavailable: broker");
+    let live = client.get(format!("{}/health/live", producer.url())).send().await.unwrap();
+    assert_eq!(live.status(), 200);
+
+    producer.stop().await.unwrap();
+    context.drop_databases().await;
+}
