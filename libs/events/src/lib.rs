@@ -125,14 +125,19 @@ impl UserEvent {
     /// [`EventError`] when the type is unknown, the data does not match it,
     /// or the subject is not the data's user id.
     pub fn from_envelope(envelope: &Envelope) -> Result<Self, EventError> {
-        let invalid = |source| EventError::InvalidData { event_type: envelope.event_type.clone(), source };
+        let invalid = |source| EventError::InvalidData {
+            event_type: envelope.event_type.clone(),
+            source,
+        };
         let event = match envelope.event_type.as_str() {
             Self::CREATED_V1 => UserEvent::Created(serde_json::from_slice(&envelope.data).map_err(invalid)?),
             Self::TOKEN_ISSUED_V1 => UserEvent::TokenIssued(serde_json::from_slice(&envelope.data).map_err(invalid)?),
             other => return Err(EventError::UnknownType(other.to_owned())),
         };
         if envelope.subject != event.user_id().to_string() {
-            return Err(EventError::SubjectMismatch { subject: envelope.subject.clone() });
+            return Err(EventError::SubjectMismatch {
+                subject: envelope.subject.clone(),
+            });
         }
         Ok(event)
     }
@@ -189,17 +194,26 @@ mod tests {
     fn an_unknown_type_extra_field_or_foreign_subject_is_rejected() {
         let mut envelope = envelope_of(&token_issued());
         envelope.event_type = "user.deleted.v1".to_owned();
-        assert!(matches!(UserEvent::from_envelope(&envelope), Err(EventError::UnknownType(_))));
+        assert!(matches!(
+            UserEvent::from_envelope(&envelope),
+            Err(EventError::UnknownType(_))
+        ));
 
         let mut envelope = envelope_of(&token_issued());
         let mut data: serde_json::Value = serde_json::from_slice(&envelope.data).unwrap();
         data["password_hash"] = "x".into();
         envelope.data = serde_json::to_vec(&data).unwrap();
-        assert!(matches!(UserEvent::from_envelope(&envelope), Err(EventError::InvalidData { .. })));
+        assert!(matches!(
+            UserEvent::from_envelope(&envelope),
+            Err(EventError::InvalidData { .. })
+        ));
 
         let mut envelope = envelope_of(&token_issued());
         envelope.subject = Uuid::new_v4().to_string();
-        assert!(matches!(UserEvent::from_envelope(&envelope), Err(EventError::SubjectMismatch { .. })));
+        assert!(matches!(
+            UserEvent::from_envelope(&envelope),
+            Err(EventError::SubjectMismatch { .. })
+        ));
     }
 
     #[test]

@@ -8,9 +8,6 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
-use tokio_util::sync::CancellationToken;
-
 use crate::error::AdminError;
 use crate::settings::KafkaSettings;
 use crate::topics::TopicSpec;
@@ -28,22 +25,38 @@ use crate::topics::TopicSpec;
 /// - [`AdminError::TooFewPartitions`] when an existing topic has fewer
 ///   partitions than configured.
 pub async fn ensure_topics(settings: &KafkaSettings, specs: &[&TopicSpec]) -> Result<(), AdminError> {
-    let admin: AdminClient<DefaultClientContext> =
-        settings.client_config("admin", &[]).create().map_err(AdminError::Config)?;
+    let admin: AdminClient<DefaultClientContext> = settings
+        .client_config("admin", &[])
+        .create()
+        .map_err(AdminError::Config)?;
     let new_topics: Vec<NewTopic<'_>> = specs
         .iter()
-        .map(|spec| NewTopic::new(&spec.name, spec.partitions, TopicReplication::Fixed(spec.replication_factor)))
+        .map(|spec| {
+            NewTopic::new(
+                &spec.name,
+                spec.partitions,
+                TopicReplication::Fixed(spec.replication_factor),
+            )
+        })
         .collect();
     let options = AdminOptions::new().request_timeout(Some(settings.request_timeout()));
     let results = admin
         .create_topics(&new_topics, &options)
         .await
-        .map_err(|source| AdminError::Broker { context: "create topics".to_owned(), source })?;
+        .map_err(|source| AdminError::Broker {
+            context: "create topics".to_owned(),
+            source,
+        })?;
     for result in results {
         match result {
             Ok(topic) => tracing::info!(topic, "topic created"),
             Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => return Err(AdminError::CreateTopic { topic, reason: code.to_string() }),
+            Err((topic, code)) => {
+                return Err(AdminError::CreateTopic {
+                    topic,
+                    reason: code.to_string(),
+                })
+            }
         }
     }
 
@@ -55,13 +68,19 @@ pub async fn ensure_topics(settings: &KafkaSettings, specs: &[&TopicSpec]) -> Re
             .iter()
             .map(|name| {
                 let metadata = client.fetch_metadata(Some(name), timeout)?;
-                Ok(metadata.topics().first().map_or(0, |topic| topic.partitions().len() as i32))
+                Ok(metadata
+                    .topics()
+                    .first()
+                    .map_or(0, |topic| topic.partitions().len() as i32))
             })
             .collect::<Result<Vec<i32>, _>>()
     })
     .await
     .expect("metadata request panicked")
-    .map_err(|source| AdminError::Broker { context: "describe topics".to_owned(), source })?;
+    .map_err(|source| AdminError::Broker {
+        context: "describe topics".to_owned(),
+        source,
+    })?;
 
     for (spec, actual) in specs.iter().zip(partitions) {
         if actual < spec.partitions {
@@ -119,7 +138,10 @@ pub async fn group_offsets(
     tokio::task::spawn_blocking(move || query_offsets(&consumer, &topics, timeout))
         .await
         .expect("offset query panicked")
-        .map_err(|source| AdminError::Broker { context: "fetch group offsets".to_owned(), source })
+        .map_err(|source| AdminError::Broker {
+            context: "fetch group offsets".to_owned(),
+            source,
+        })
 }
 
 fn query_offsets(
@@ -151,39 +173,4 @@ fn query_offsets(
             })
         })
         .collect()
-}
-
-/// [`ensure_topics`], retried with exponential backoff (100 ms to 30 s,
-/// with jitter) while the broker is unreachable, until it succeeds or
-/// `shutdown` is cancelled. `Ok(false)` means shutdown came first.
-///
-/// # Errors
-///
-/// The first error retrying cannot fix ([`AdminError::is_transient`] is
-/// false): a topic with too few partitions, or one the broker refuses.
-pub async fn provision_topics(
-    settings: &KafkaSettings,
-    specs: &[&TopicSpec],
-    shutdown: &CancellationToken,
-) -> Result<bool, AdminError> {
-    let mut delays = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(30))
-        .with_jitter()
-        .without_max_times()
-        .build();
-    loop {
-        match ensure_topics(settings, specs).await {
-            Ok(()) => return Ok(true),
-            Err(error) if error.is_transient() => {
-                tracing::warn!(error = %error, cause = ?std::error::Error::source(&error).map(ToString::to_string), "topic provisioning failed; retrying");
-                let delay = delays.next().unwrap_or(Duration::from_secs(30));
-                tokio::select! {
-                    () = shutdown.cancelled() => return Ok(false),
-                    () = tokio::time::sleep(delay) => {}
-                }
-            }
-            Err(error) => return Err(error),
-        }
-    }
 }

@@ -48,12 +48,19 @@ impl Record {
     /// The value of the last header named `name` (the Kafka convention when
     /// a header repeats), if it has one.
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers.iter().rev().find(|(key, _)| key == name).and_then(|(_, value)| value.as_deref())
+        self.headers
+            .iter()
+            .rev()
+            .find(|(key, _)| key == name)
+            .and_then(|(_, value)| value.as_deref())
     }
 
     /// The key as text, lossily, for logs.
     pub fn key_lossy(&self) -> String {
-        self.key.as_deref().map(|key| String::from_utf8_lossy(key).into_owned()).unwrap_or_default()
+        self.key
+            .as_deref()
+            .map(|key| String::from_utf8_lossy(key).into_owned())
+            .unwrap_or_default()
     }
 }
 
@@ -62,7 +69,10 @@ impl From<&BorrowedMessage<'_>> for Record {
         let headers = message
             .headers()
             .map(|headers| {
-                headers.iter().map(|header| (header.key.to_owned(), header.value.map(<[u8]>::to_vec))).collect()
+                headers
+                    .iter()
+                    .map(|header| (header.key.to_owned(), header.value.map(<[u8]>::to_vec)))
+                    .collect()
             })
             .unwrap_or_default();
         Self {
@@ -193,7 +203,12 @@ impl EventConsumer {
     pub fn assignment(&self) -> Vec<(String, i32)> {
         self.consumer
             .assignment()
-            .map(|tpl| tpl.elements().iter().map(|e| (e.topic().to_owned(), e.partition())).collect())
+            .map(|tpl| {
+                tpl.elements()
+                    .iter()
+                    .map(|e| (e.topic().to_owned(), e.partition()))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -259,8 +274,12 @@ impl ConsumerContext for CommitOnRevoke {
                 // Records are processed between polls, so nothing is in
                 // flight here: every stored offset belongs to a finished record.
                 match commit_stored(consumer, CommitMode::Sync) {
-                    Ok(()) => tracing::info!(partitions = %describe(partitions), "rebalance: committed processed offsets, revoking partitions"),
-                    Err(error) => tracing::warn!(partitions = %describe(partitions), %error, "rebalance: commit before revoke failed; uncommitted records will be redelivered"),
+                    Ok(()) => {
+                        tracing::info!(partitions = %describe(partitions), "rebalance: committed processed offsets, revoking partitions")
+                    }
+                    Err(error) => {
+                        tracing::warn!(partitions = %describe(partitions), %error, "rebalance: commit before revoke failed; uncommitted records will be redelivered")
+                    }
                 }
             }
             Rebalance::Assign(partitions) => {

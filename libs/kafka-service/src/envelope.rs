@@ -107,13 +107,19 @@ impl Envelope {
     pub fn decode(record: &Record) -> Result<Self, EnvelopeError> {
         let spec_version = required(record, headers::SPEC_VERSION)?;
         if spec_version != SPEC_VERSION {
-            return Err(invalid(headers::SPEC_VERSION, format!("unsupported version `{spec_version}`")));
+            return Err(invalid(
+                headers::SPEC_VERSION,
+                format!("unsupported version `{spec_version}`"),
+            ));
         }
         if let Some(content_type) = header_str(record, headers::CONTENT_TYPE)? {
             // Parameters such as `; charset=utf-8` are allowed.
             let media_type = content_type.split(';').next().unwrap_or_default().trim();
             if !media_type.eq_ignore_ascii_case(CONTENT_TYPE) {
-                return Err(invalid(headers::CONTENT_TYPE, format!("expected `{CONTENT_TYPE}`, got `{content_type}`")));
+                return Err(invalid(
+                    headers::CONTENT_TYPE,
+                    format!("expected `{CONTENT_TYPE}`, got `{content_type}`"),
+                ));
             }
         }
         let id = required(record, headers::ID)?;
@@ -129,7 +135,14 @@ impl Envelope {
             return Err(EnvelopeError::KeyMismatch);
         }
         let data = record.value.clone().ok_or(EnvelopeError::MissingValue)?;
-        Ok(Self { id, event_type, source, time, subject, data })
+        Ok(Self {
+            id,
+            event_type,
+            source,
+            time,
+            subject,
+            data,
+        })
     }
 }
 
@@ -207,7 +220,15 @@ mod tests {
         let names: Vec<_> = headers.iter().map(|(name, _)| *name).collect();
         assert_eq!(
             names,
-            ["ce_specversion", "ce_id", "ce_type", "ce_source", "ce_time", "ce_subject", "content-type"]
+            [
+                "ce_specversion",
+                "ce_id",
+                "ce_type",
+                "ce_source",
+                "ce_time",
+                "ce_subject",
+                "content-type"
+            ]
         );
         assert_eq!(headers[0].1, "1.0");
         assert_eq!(headers[4].1, "2026-11-22T10:00:00.123456Z");
@@ -216,7 +237,14 @@ mod tests {
 
     #[test]
     fn every_required_header_is_checked() {
-        for name in ["ce_specversion", "ce_id", "ce_type", "ce_source", "ce_time", "ce_subject"] {
+        for name in [
+            "ce_specversion",
+            "ce_id",
+            "ce_type",
+            "ce_source",
+            "ce_time",
+            "ce_subject",
+        ] {
             let record = without_header(record_of(&envelope()), name);
             assert_eq!(
                 Envelope::decode(&record),
@@ -235,7 +263,11 @@ mod tests {
 
     #[test]
     fn a_malformed_id_time_or_version_is_rejected_with_the_header_named() {
-        for (name, value) in [("ce_id", "not-a-uuid"), ("ce_time", "yesterday"), ("ce_specversion", "0.3")] {
+        for (name, value) in [
+            ("ce_id", "not-a-uuid"),
+            ("ce_time", "yesterday"),
+            ("ce_specversion", "0.3"),
+        ] {
             let mut record = without_header(record_of(&envelope()), name);
             record.headers.push((name.to_owned(), Some(value.as_bytes().to_vec())));
             match Envelope::decode(&record) {
@@ -259,14 +291,25 @@ mod tests {
         assert_eq!(Envelope::decode(&record), Err(EnvelopeError::MissingValue));
 
         let mut record = without_header(record_of(&envelope()), "content-type");
-        record.headers.push(("content-type".to_owned(), Some(b"text/plain".to_vec())));
-        assert!(matches!(Envelope::decode(&record), Err(EnvelopeError::InvalidHeader { header: "content-type", .. })));
+        record
+            .headers
+            .push(("content-type".to_owned(), Some(b"text/plain".to_vec())));
+        assert!(matches!(
+            Envelope::decode(&record),
+            Err(EnvelopeError::InvalidHeader {
+                header: "content-type",
+                ..
+            })
+        ));
     }
 
     #[test]
     fn a_header_that_is_not_utf8_is_rejected() {
         let mut record = without_header(record_of(&envelope()), "ce_type");
         record.headers.push(("ce_type".to_owned(), Some(vec![0xff, 0xfe])));
-        assert!(matches!(Envelope::decode(&record), Err(EnvelopeError::InvalidHeader { header: "ce_type", .. })));
+        assert!(matches!(
+            Envelope::decode(&record),
+            Err(EnvelopeError::InvalidHeader { header: "ce_type", .. })
+        ));
     }
 }

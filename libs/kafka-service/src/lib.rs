@@ -29,7 +29,7 @@ pub mod producer;
 pub mod settings;
 pub mod topics;
 
-pub use admin::{ensure_topics, group_offsets, provision_topics, PartitionOffsets};
+pub use admin::{ensure_topics, group_offsets, PartitionOffsets};
 pub use consumer::{EventConsumer, Record};
 pub use envelope::{Envelope, EnvelopeError};
 pub use error::{AdminError, ConsumeError, ProduceError};

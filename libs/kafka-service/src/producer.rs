@@ -53,7 +53,10 @@ impl EventProducer {
             )
             .create()
             .map_err(ProduceError::Config)?;
-        Ok(Self { producer, request_timeout: settings.request_timeout() })
+        Ok(Self {
+            producer,
+            request_timeout: settings.request_timeout(),
+        })
     }
 
     /// Publishes `envelope` to `topic`, keyed by its subject, and waits for
@@ -67,13 +70,27 @@ impl EventProducer {
     /// waits).
     pub async fn send(&self, topic: &str, envelope: &Envelope) -> Result<Delivery, ProduceError> {
         let headers = envelope.headers();
-        let headers = headers.iter().fold(OwnedHeaders::new_with_capacity(headers.len()), |acc, (key, value)| {
-            acc.insert(Header { key, value: Some(value.as_bytes()) })
-        });
-        let record = FutureRecord::to(topic).key(envelope.key()).payload(&envelope.data).headers(headers);
+        let headers = headers
+            .iter()
+            .fold(OwnedHeaders::new_with_capacity(headers.len()), |acc, (key, value)| {
+                acc.insert(Header {
+                    key,
+                    value: Some(value.as_bytes()),
+                })
+            });
+        let record = FutureRecord::to(topic)
+            .key(envelope.key())
+            .payload(&envelope.data)
+            .headers(headers);
         match self.producer.send(record, Timeout::After(QUEUE_FULL_WAIT)).await {
-            Ok(delivery) => Ok(Delivery { partition: delivery.partition, offset: delivery.offset }),
-            Err((source, _)) => Err(ProduceError::Delivery { topic: topic.to_owned(), source }),
+            Ok(delivery) => Ok(Delivery {
+                partition: delivery.partition,
+                offset: delivery.offset,
+            }),
+            Err((source, _)) => Err(ProduceError::Delivery {
+                topic: topic.to_owned(),
+                source,
+            }),
         }
     }
 

@@ -124,7 +124,10 @@ impl TokenKeys {
         if bytes.len() < MIN_SECRET_BYTES {
             return Err(AuthError::WeakSecret);
         }
-        Ok(Self { encoding: EncodingKey::from_secret(bytes), decoding: DecodingKey::from_secret(bytes) })
+        Ok(Self {
+            encoding: EncodingKey::from_secret(bytes),
+            decoding: DecodingKey::from_secret(bytes),
+        })
     }
 
     /// Issues a user token for `user_id`, valid for `ttl`.
@@ -196,7 +199,9 @@ impl FromRequest for Authenticated {
 }
 
 fn authenticate(req: &HttpRequest) -> Result<Principal, AuthError> {
-    let keys = req.app_data::<web::Data<TokenKeys>>().expect("TokenKeys registered as app data");
+    let keys = req
+        .app_data::<web::Data<TokenKeys>>()
+        .expect("TokenKeys registered as app data");
     let value = req.headers().get(header::AUTHORIZATION).ok_or(AuthError::Missing)?;
     let value = value.to_str().map_err(|_| AuthError::Invalid)?;
     let token = match value.split_once(' ') {
@@ -221,7 +226,10 @@ mod tests {
         let keys = keys(SECRET);
         let user = Uuid::new_v4();
         let issued = keys.issue_user_token(user, Duration::minutes(15));
-        assert_eq!(keys.verify(issued.token.expose_secret()).unwrap(), Principal::User(user));
+        assert_eq!(
+            keys.verify(issued.token.expose_secret()).unwrap(),
+            Principal::User(user)
+        );
         assert_eq!((issued.expires_at - issued.issued_at).num_seconds(), 900);
     }
 
@@ -229,18 +237,27 @@ mod tests {
     fn a_service_credential_verifies_as_its_service() {
         let keys = keys(SECRET);
         let token = keys.service_token("consumer");
-        assert_eq!(keys.verify(token.expose_secret()).unwrap(), Principal::Service("consumer".into()));
+        assert_eq!(
+            keys.verify(token.expose_secret()).unwrap(),
+            Principal::Service("consumer".into())
+        );
     }
 
     #[test]
     fn a_token_signed_with_another_key_or_expired_is_refused() {
         let other = keys("another-secret-of-32-bytes-length!!");
         let token = other.issue_user_token(Uuid::new_v4(), Duration::minutes(15));
-        assert!(matches!(keys(SECRET).verify(token.token.expose_secret()), Err(AuthError::Invalid)));
+        assert!(matches!(
+            keys(SECRET).verify(token.token.expose_secret()),
+            Err(AuthError::Invalid)
+        ));
 
         // Past the 60 s leeway jsonwebtoken allows by default.
         let expired = keys(SECRET).issue_user_token(Uuid::new_v4(), Duration::minutes(-5));
-        assert!(matches!(keys(SECRET).verify(expired.token.expose_secret()), Err(AuthError::Invalid)));
+        assert!(matches!(
+            keys(SECRET).verify(expired.token.expose_secret()),
+            Err(AuthError::Invalid)
+        ));
     }
 
     #[test]

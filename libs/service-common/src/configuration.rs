@@ -9,7 +9,9 @@
 //! The files are compiled into the binary, so the services run from any
 //! directory and the container image needs no configuration files.
 
+use secrecy::SecretString;
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 
 /// The deployment environment, from `APP_ENVIRONMENT`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +38,11 @@ impl Environment {
     /// [`ConfigurationError`] naming the variable when its value is neither
     /// `local` nor `production`.
     pub fn from_env() -> Result<Self, ConfigurationError> {
-        match std::env::var("APP_ENVIRONMENT").as_deref().map(str::to_lowercase).as_deref() {
+        match std::env::var("APP_ENVIRONMENT")
+            .as_deref()
+            .map(str::to_lowercase)
+            .as_deref()
+        {
             Err(_) | Ok("local") => Ok(Environment::Local),
             Ok("production") => Ok(Environment::Production),
             Ok(other) => Err(ConfigurationError(format!(
@@ -87,4 +93,25 @@ pub fn load<T: DeserializeOwned>(files: Files) -> Result<(Environment, T), Confi
         .and_then(config::Config::try_deserialize::<T>)
         .map_err(|error| ConfigurationError(error.to_string()))?;
     Ok((environment, settings))
+}
+
+/// `http.*`: where the HTTP server listens.
+#[derive(Debug, Clone, Deserialize)]
+pub struct HttpSettings {
+    /// Listen address (`APP_HTTP__HOST`).
+    pub host: String,
+    /// Listen port (`APP_HTTP__PORT`); `0` picks a free port (tests).
+    pub port: u16,
+}
+
+/// `database.*`: the service's own PostgreSQL database.
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    /// `postgres://user:password@host:port/database` (`APP_DATABASE__URL`).
+    /// A secret: it may hold a password.
+    pub url: SecretString,
+    /// Size of the connection pool.
+    pub max_connections: u32,
+    /// Create the database at start-up when it does not exist.
+    pub create_if_missing: bool,
 }

@@ -16,9 +16,20 @@ use sqlx::{PgPool, Postgres};
 /// When the server is unreachable (within 5 s), the database cannot be
 /// created, or a migration fails. Messages never contain the URL, which may
 /// hold a password.
-pub async fn connect(url: &str, max_connections: u32, create_if_missing: bool, migrations: &Migrator) -> anyhow::Result<PgPool> {
-    if create_if_missing && !Postgres::database_exists(url).await.context("could not reach the database server (database.url)")? {
-        Postgres::create_database(url).await.context("could not create the database")?;
+pub async fn connect(
+    url: &str,
+    max_connections: u32,
+    create_if_missing: bool,
+    migrations: &Migrator,
+) -> anyhow::Result<PgPool> {
+    if create_if_missing
+        && !Postgres::database_exists(url)
+            .await
+            .context("could not reach the database server (database.url)")?
+    {
+        Postgres::create_database(url)
+            .await
+            .context("could not create the database")?;
         tracing::info!("database created");
     }
     let pool = PgPoolOptions::new()

@@ -40,6 +40,10 @@ pub async fn ready(pool: web::Data<PgPool>, producer: web::Data<EventProducer>) 
     if down.is_empty() {
         HttpResponse::Ok().json(json!({ "status": "ready" }))
     } else {
-        error_response(StatusCode::SERVICE_UNAVAILABLE, "not_ready", &format!("unavailable: {}", down.join(", ")))
+        error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            &format!("unavailable: {}", down.join(", ")),
+        )
     }
 }

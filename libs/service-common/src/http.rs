@@ -4,10 +4,19 @@
 //! `{"error": {"code": "<machine-readable>", "message": "<for humans>"}}`.
 //! Messages of 5xx answers never carry internal details.
 
+use std::net::TcpListener;
+
+use actix_web::dev::Server;
 use actix_web::error::{InternalError, JsonPayloadError, PathError};
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use serde::Serialize;
+use tracing_actix_web::TracingLogger;
+
+use crate::health;
+
+/// How long in-flight requests may finish once shutdown begins, in seconds.
+pub const SHUTDOWN_TIMEOUT_SECS: u64 = 10;
 
 /// Largest JSON request body accepted, in bytes.
 pub const MAX_JSON_BODY_BYTES: usize = 16 * 1024;
@@ -25,16 +34,17 @@ struct ErrorDetail<'a> {
 
 /// An error response with the JSON error body.
 pub fn error_response(status: StatusCode, code: &str, message: &str) -> HttpResponse {
-    HttpResponse::build(status).json(ErrorBody { error: ErrorDetail { code, message } })
+    HttpResponse::build(status).json(ErrorBody {
+        error: ErrorDetail { code, message },
+    })
 }
 
 /// JSON extractor settings: a size limit, and malformed or mistyped bodies
 /// answered with `400 invalid_json` / `415 unsupported_media_type` /
 /// `413 payload_too_large` in the JSON error body.
 pub fn json_config() -> web::JsonConfig {
-    web::JsonConfig::default()
-        .limit(MAX_JSON_BODY_BYTES)
-        .error_handler(|error: JsonPayloadError, _req: &HttpRequest| {
+    web::JsonConfig::default().limit(MAX_JSON_BODY_BYTES).error_handler(
+        |error: JsonPayloadError, _req: &HttpRequest| {
             let (status, code) = match &error {
                 JsonPayloadError::ContentType => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
                 JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => {
@@ -44,7 +54,8 @@ pub fn json_config() -> web::JsonConfig {
             };
             let response = error_response(status, code, &error.to_string());
             InternalError::from_response(error, response).into()
-        })
+        },
+    )
 }
 
 /// Path extractor settings: a malformed path segment (an id that is not a
@@ -60,4 +71,35 @@ pub fn path_config() -> web::PathConfig {
 /// error body.
 pub async fn not_found() -> HttpResponse {
     error_response(StatusCode::NOT_FOUND, "not_found", "no such resource")
+}
+
+/// An HTTP server on `listener` with what every service has: a tracing span
+/// per request, the JSON extractor settings, `/health/live` and
+/// `/health/ready` (which need `web::Data<PgPool>` and
+/// `web::Data<EventProducer>`), and JSON `404`s; plus the service's own
+/// routes and app data from `configure`. Signals are left to the caller,
+/// which stops the server through its handle.
+///
+/// # Errors
+///
+/// When the listener cannot be used.
+pub fn serve<F>(listener: TcpListener, configure: F) -> std::io::Result<Server>
+where
+    F: Fn(&mut web::ServiceConfig) + Clone + Send + 'static,
+{
+    let server = HttpServer::new(move || {
+        App::new()
+            .wrap(TracingLogger::default())
+            .app_data(json_config())
+            .app_data(path_config())
+            .configure(configure.clone())
+            .route("/health/live", web::get().to(health::live))
+            .route("/health/ready", web::get().to(health::ready))
+            .default_service(web::to(not_found))
+    })
+    .listen(listener)?
+    .disable_signals()
+    .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS)
+    .run();
+    Ok(server)
 }

@@ -13,6 +13,7 @@
 //! - [`database`]: the pool, database creation and migrations.
 //! - [`health`]: the liveness and readiness handlers.
 //! - [`run`]: the shape of `main`.
+//! - [`retry`]: the backoff policy, and topic provisioning under it.
 #![warn(missing_docs)]
 
 pub mod auth;
@@ -20,6 +21,7 @@ pub mod configuration;
 pub mod database;
 pub mod health;
 pub mod http;
+pub mod retry;
 pub mod run;
 pub mod shutdown;
 pub mod telemetry;

@@ -4,6 +4,7 @@ use kafka_service::{ConsumerSettings, KafkaSettings};
 use secrecy::SecretString;
 use serde::Deserialize;
 use service_common::configuration::{self, ConfigurationError, Environment, Files};
+pub use service_common::configuration::{DatabaseSettings, HttpSettings};
 
 /// The environment variable Copilot sets to the service discovery namespace
 /// (`<env>.<app>.local`).
@@ -24,26 +25,6 @@ pub struct Settings {
     pub producer: ProducerSettings,
     /// Access tokens.
     pub auth: AuthSettings,
-}
-
-/// `http.*`
-#[derive(Debug, Clone, Deserialize)]
-pub struct HttpSettings {
-    /// Listen address (`APP_HTTP__HOST`).
-    pub host: String,
-    /// Listen port (`APP_HTTP__PORT`); `0` picks a free port (tests).
-    pub port: u16,
-}
-
-/// `database.*`
-#[derive(Debug, Clone, Deserialize)]
-pub struct DatabaseSettings {
-    /// `postgres://user:password@host:port/database` (`APP_DATABASE__URL`).
-    pub url: SecretString,
-    /// Size of the connection pool.
-    pub max_connections: u32,
-    /// Create the database at start-up when it does not exist.
-    pub create_if_missing: bool,
 }
 
 /// `producer.*`
@@ -117,7 +98,10 @@ impl Settings {
             database: raw.database,
             kafka,
             consumer,
-            producer: ProducerSettings { base_url, timeout_ms: raw.producer.timeout_ms },
+            producer: ProducerSettings {
+                base_url,
+                timeout_ms: raw.producer.timeout_ms,
+            },
             auth: raw.auth,
         })
     }
@@ -162,7 +146,10 @@ mod tests {
     #[test]
     fn without_a_producer_url_service_discovery_supplies_it() {
         let settings = Settings::resolve(raw(None), Some("test.kafka-example.local")).unwrap();
-        assert_eq!(settings.producer.base_url, "http://producer.test.kafka-example.local:9001");
+        assert_eq!(
+            settings.producer.base_url,
+            "http://producer.test.kafka-example.local:9001"
+        );
     }
 
     #[test]

@@ -15,7 +15,6 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use backon::{BackoffBuilder, ExponentialBuilder};
 use events::{TokenIssued, UserCreated, UserEvent};
 use kafka_service::{Envelope, EventConsumer, Record};
 use sqlx::PgPool;
@@ -93,7 +92,10 @@ impl Handler {
         // The two topics are not ordered against each other: a token may
         // arrive before its user. Ask the producer, outside any transaction.
         let mut connection = self.pool.acquire().await.map_err(transient)?;
-        if !read_model::has_user(&mut connection, data.user_id).await.map_err(transient)? {
+        if !read_model::has_user(&mut connection, data.user_id)
+            .await
+            .map_err(transient)?
+        {
             let user = self
                 .producer
                 .get_user(data.user_id)
@@ -111,8 +113,14 @@ impl Handler {
         if !claim(&mut tx, record, event_id, UserEvent::TOKEN_ISSUED_V1).await? {
             return Ok(Outcome::Duplicate);
         }
-        if !read_model::count_token(&mut tx, data.user_id, data.issued_at).await.map_err(transient)? {
-            return Err(ProcessError::Transient(anyhow::anyhow!("user {} vanished from the read model", data.user_id)));
+        if !read_model::count_token(&mut tx, data.user_id, data.issued_at)
+            .await
+            .map_err(transient)?
+        {
+            return Err(ProcessError::Transient(anyhow::anyhow!(
+                "user {} vanished from the read model",
+                data.user_id
+            )));
         }
         tx.commit().await.map_err(transient)?;
         Ok(Outcome::Applied)
@@ -186,7 +194,10 @@ pub async fn run(mut consumer: EventConsumer, handler: Handler, shutdown: Cancel
             key = record.key_lossy(),
             event_id = tracing::field::Empty,
         );
-        let Some(outcome) = handle_with_retry(&handler, &record, &shutdown).instrument(span.clone()).await else {
+        let Some(outcome) = handle_with_retry(&handler, &record, &shutdown)
+            .instrument(span.clone())
+            .await
+        else {
             // Shutdown while retrying: leave the record uncommitted.
             break;
         };
@@ -202,26 +213,19 @@ pub async fn run(mut consumer: EventConsumer, handler: Handler, shutdown: Cancel
     consumer.shutdown().await.context("final offset commit failed")
 }
 
-/// Handles `record`, retrying transient failures with exponential backoff
-/// (100 ms to 30 s, with jitter) until it succeeds. `None` when shutdown
+/// Handles `record`, retrying transient failures under
+/// [`service_common::retry::backoff`] until it succeeds. `None` when shutdown
 /// came first.
 async fn handle_with_retry(handler: &Handler, record: &Record, shutdown: &CancellationToken) -> Option<Outcome> {
-    let mut delays = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(30))
-        .with_jitter()
-        .without_max_times()
-        .build();
+    let mut delays = service_common::retry::backoff();
     for attempt in 1.. {
         match handler.handle(record).await {
             Ok(outcome) => return Some(outcome),
             Err(ProcessError::Permanent(reason)) => return Some(Outcome::Rejected(reason)),
             Err(ProcessError::Transient(error)) => {
-                let delay = delays.next().unwrap_or(Duration::from_secs(30));
-                tracing::warn!(attempt, retry_in_ms = delay.as_millis() as u64, error = format!("{error:#}"), "event not applied; retrying");
-                tokio::select! {
-                    () = shutdown.cancelled() => return None,
-                    () = tokio::time::sleep(delay) => {}
+                tracing::warn!(attempt, error = format!("{error:#}"), "event not applied; retrying");
+                if !service_common::retry::sleep_or_cancel(&mut delays, shutdown).await {
+                    return None;
                 }
             }
         }

@@ -58,7 +58,11 @@ impl ProducerClient {
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(2)))
             .build()?;
-        Ok(Self { http, base_url: base_url.trim_end_matches('/').to_owned(), keys })
+        Ok(Self {
+            http,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            keys,
+        })
     }
 
     /// `GET /users/{id}` on the producer: `Ok(None)` when it answers `404`.

@@ -42,7 +42,10 @@ pub async fn find_user(pool: &PgPool, id: Uuid) -> Result<Option<UserView>, sqlx
 ///
 /// The database error.
 pub async fn has_user(connection: &mut PgConnection, id: Uuid) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)").bind(id).fetch_one(connection).await
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)")
+        .bind(id)
+        .fetch_one(connection)
+        .await
 }
 
 /// Inserts a user unless it is already there (from an earlier event or a
@@ -76,7 +79,11 @@ pub async fn insert_user(
 /// # Errors
 ///
 /// The database error.
-pub async fn count_token(connection: &mut PgConnection, id: Uuid, issued_at: DateTime<Utc>) -> Result<bool, sqlx::Error> {
+pub async fn count_token(
+    connection: &mut PgConnection,
+    id: Uuid,
+    issued_at: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
     let result = sqlx::query(
         "UPDATE users SET tokens_issued = tokens_issued + 1, \
          last_token_issued_at = GREATEST(last_token_issued_at, $2) WHERE id = $1",

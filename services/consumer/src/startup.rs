@@ -4,23 +4,18 @@ use std::net::TcpListener;
 use std::time::Duration;
 
 use actix_web::dev::Server;
-use actix_web::{web, App, HttpServer};
+use actix_web::web;
 use anyhow::Context;
 use kafka_service::{EventConsumer, EventProducer, Topic};
 use secrecy::ExposeSecret;
 use service_common::auth::TokenKeys;
-use service_common::health;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-use tracing_actix_web::TracingLogger;
 
 use crate::configuration::Settings;
 use crate::processing::{self, Handler};
 use crate::producer_client::ProducerClient;
 use crate::routes::users;
-
-/// How long in-flight HTTP requests may finish after shutdown begins.
-const HTTP_SHUTDOWN_TIMEOUT_SECS: u64 = 10;
 
 /// The consumer: HTTP server and processing loop, ready to run.
 pub struct Application {
@@ -63,7 +58,12 @@ impl Application {
         let port = listener.local_addr()?.port();
         let server = run_server(listener, pool.clone(), keys, producer_client.clone(), broker)?;
         tracing::info!(%address, port, producer = settings.producer.base_url, "consumer listening");
-        Ok(Self { port, server, settings, handler: Handler::new(pool, producer_client) })
+        Ok(Self {
+            port,
+            server,
+            settings,
+            handler: Handler::new(pool, producer_client),
+        })
     }
 
     /// The bound HTTP port (useful when configured as `0`).
@@ -105,7 +105,7 @@ impl Application {
 /// shutdown.
 async fn consume(settings: Settings, handler: Handler, shutdown: CancellationToken) -> anyhow::Result<()> {
     let topics = &settings.kafka.topics;
-    if !kafka_service::provision_topics(&settings.kafka, &topics.specs(), &shutdown)
+    if !service_common::retry::provision_topics(&settings.kafka, &topics.specs(), &shutdown)
         .await
         .context("topic provisioning failed")?
     {
@@ -129,23 +129,12 @@ fn run_server(
     let keys = web::Data::new(keys);
     let producer = web::Data::new(producer);
     let broker = web::Data::new(broker);
-    let server = HttpServer::new(move || {
-        App::new()
-            .wrap(TracingLogger::default())
-            .app_data(service_common::http::json_config())
-            .app_data(service_common::http::path_config())
+    service_common::http::serve(listener, move |config| {
+        config
             .app_data(pool.clone())
             .app_data(keys.clone())
             .app_data(producer.clone())
             .app_data(broker.clone())
-            .route("/users/{id}", web::get().to(users::get_user))
-            .route("/health/live", web::get().to(health::live))
-            .route("/health/ready", web::get().to(health::ready))
-            .default_service(web::to(service_common::http::not_found))
+            .route("/users/{id}", web::get().to(users::get_user));
     })
-    .listen(listener)?
-    .disable_signals()
-    .shutdown_timeout(HTTP_SHUTDOWN_TIMEOUT_SECS)
-    .run();
-    Ok(server)
 }

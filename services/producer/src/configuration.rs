@@ -4,6 +4,7 @@ use kafka_service::KafkaSettings;
 use secrecy::SecretString;
 use serde::Deserialize;
 use service_common::configuration::{self, ConfigurationError, Environment, Files};
+pub use service_common::configuration::{DatabaseSettings, HttpSettings};
 
 /// Everything the producer is configured with.
 #[derive(Debug, Clone, Deserialize)]
@@ -18,27 +19,6 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// The outbox relay.
     pub outbox: OutboxSettings,
-}
-
-/// `http.*`
-#[derive(Debug, Clone, Deserialize)]
-pub struct HttpSettings {
-    /// Listen address (`APP_HTTP__HOST`).
-    pub host: String,
-    /// Listen port (`APP_HTTP__PORT`); `0` picks a free port (tests).
-    pub port: u16,
-}
-
-/// `database.*`
-#[derive(Debug, Clone, Deserialize)]
-pub struct DatabaseSettings {
-    /// `postgres://user:password@host:port/database` (`APP_DATABASE__URL`).
-    /// A secret: it may hold a password.
-    pub url: SecretString,
-    /// Size of the connection pool.
-    pub max_connections: u32,
-    /// Create the database at start-up when it does not exist.
-    pub create_if_missing: bool,
 }
 
 /// `auth.*`

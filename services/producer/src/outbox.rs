@@ -17,12 +17,12 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use chrono::{DateTime, Utc};
 use events::UserEvent;
 use futures::future::join_all;
 use kafka_service::{Envelope, EventProducer, KafkaSettings};
 use secrecy::{ExposeSecret, SecretString};
+use service_common::retry::{backoff, sleep_or_cancel};
 use sqlx::postgres::PgListener;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
@@ -39,9 +39,6 @@ const RELAY_LOCK_KEY: i64 = 0x6f75_7462_6f78; // "outbox"
 /// abandons it (its rows stay pending and are published again later).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// Longest pause between attempts after an error.
-const MAX_BACKOFF: Duration = Duration::from_secs(30);
-
 /// Appends `event` to the outbox inside the caller's transaction and
 /// returns its event id (`ce_id`).
 ///
@@ -50,17 +47,18 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// The database error, which should abort the transaction.
 pub async fn append(tx: &mut PgConnection, event: &UserEvent) -> Result<Uuid, sqlx::Error> {
     let event_id = Uuid::now_v7();
-    sqlx::query(
-        "INSERT INTO outbox (event_id, event_type, subject, occurred_at, data) VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(event_id)
-    .bind(event.event_type())
-    .bind(event.user_id().to_string())
-    .bind(event.time())
-    .bind(event.data())
-    .execute(&mut *tx)
-    .await?;
-    sqlx::query("SELECT pg_notify($1, '')").bind(CHANNEL).execute(&mut *tx).await?;
+    sqlx::query("INSERT INTO outbox (event_id, event_type, subject, occurred_at, data) VALUES ($1, $2, $3, $4, $5)")
+        .bind(event_id)
+        .bind(event.event_type())
+        .bind(event.user_id().to_string())
+        .bind(event.time())
+        .bind(event.data())
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(CHANNEL)
+        .execute(&mut *tx)
+        .await?;
     Ok(event_id)
 }
 
@@ -98,7 +96,14 @@ impl Relay {
         batch_size: u32,
         poll_interval: Duration,
     ) -> Self {
-        Self { database_url, pool, producer, kafka, batch_size: batch_size.max(1), poll_interval }
+        Self {
+            database_url,
+            pool,
+            producer,
+            kafka,
+            batch_size: batch_size.max(1),
+            poll_interval,
+        }
     }
 
     /// Runs until `shutdown` is cancelled: provisions the topics, waits to be
@@ -112,7 +117,10 @@ impl Relay {
     /// than configured, or a topic the broker refuses to create.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let specs = self.kafka.topics.specs();
-        if !kafka_service::provision_topics(&self.kafka, &specs, &shutdown).await.context("topic provisioning failed")? {
+        if !service_common::retry::provision_topics(&self.kafka, &specs, &shutdown)
+            .await
+            .context("topic provisioning failed")?
+        {
             return Ok(());
         }
         let mut backoff = backoff();
@@ -168,7 +176,10 @@ impl Relay {
                 }
                 Err(error @ RelayError::Database(_)) => return Err(error.into()),
                 Err(error @ RelayError::Delivery(_)) => {
-                    tracing::warn!(error = format!("{:#}", anyhow::Error::from(error)), "outbox batch not fully delivered; retrying");
+                    tracing::warn!(
+                        error = format!("{:#}", anyhow::Error::from(error)),
+                        "outbox batch not fully delivered; retrying"
+                    );
                     sleep_or_cancel(&mut delays, shutdown).await;
                     continue;
                 }
@@ -191,7 +202,11 @@ impl Relay {
 
     /// Publishes up to `batch_size` pending rows, in `id` order, and marks
     /// the delivered ones. Returns how many rows it published.
-    async fn publish_batch(&self, connection: &mut PgConnection, shutdown: &CancellationToken) -> Result<usize, RelayError> {
+    async fn publish_batch(
+        &self,
+        connection: &mut PgConnection,
+        shutdown: &CancellationToken,
+    ) -> Result<usize, RelayError> {
         let rows: Vec<PendingRow> = sqlx::query_as(
             "SELECT id, event_id, event_type, subject, occurred_at, data \
              FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1",
@@ -234,8 +249,12 @@ impl Relay {
             },
         };
 
-        let delivered: Vec<i64> =
-            rows.iter().zip(&results).filter(|(_, result)| result.is_ok()).map(|(row, _)| row.id).collect();
+        let delivered: Vec<i64> = rows
+            .iter()
+            .zip(&results)
+            .filter(|(_, result)| result.is_ok())
+            .map(|(row, _)| row.id)
+            .collect();
         if !delivered.is_empty() {
             sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")
                 .bind(&delivered)
@@ -256,24 +275,4 @@ enum RelayError {
     Database(#[source] sqlx::Error),
     #[error("outbox record not delivered")]
     Delivery(#[source] anyhow::Error),
-}
-
-/// Delays between attempts after an error: exponential from 100 ms to
-/// [`MAX_BACKOFF`], with jitter, without end.
-fn backoff() -> ExponentialBackoff {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(MAX_BACKOFF)
-        .with_jitter()
-        .without_max_times()
-        .build()
-}
-
-/// Sleeps for the next delay. `false` when shutdown came first.
-async fn sleep_or_cancel(delays: &mut ExponentialBackoff, shutdown: &CancellationToken) -> bool {
-    let delay = delays.next().unwrap_or(MAX_BACKOFF);
-    tokio::select! {
-        () = shutdown.cancelled() => false,
-        () = tokio::time::sleep(delay) => true,
-    }
 }

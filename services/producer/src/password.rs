@@ -42,7 +42,9 @@ pub async fn verify(password: SecretString, stored_hash: Option<String>) -> anyh
         let known = stored_hash.is_some();
         let stored = stored_hash.as_deref().unwrap_or_else(|| dummy_hash());
         let parsed = PasswordHash::new(stored).map_err(|e| anyhow::anyhow!("stored password hash is invalid: {e}"))?;
-        let matches = Argon2::default().verify_password(password.expose_secret().as_bytes(), &parsed).is_ok();
+        let matches = Argon2::default()
+            .verify_password(password.expose_secret().as_bytes(), &parsed)
+            .is_ok();
         Ok(known && matches)
     })
     .await
@@ -53,7 +55,10 @@ fn dummy_hash() -> &'static str {
     static DUMMY: OnceLock<String> = OnceLock::new();
     DUMMY.get_or_init(|| {
         let salt = SaltString::generate(&mut OsRng);
-        Argon2::default().hash_password(b"dummy password", &salt).expect("argon2 hashes").to_string()
+        Argon2::default()
+            .hash_password(b"dummy password", &salt)
+            .expect("argon2 hashes")
+            .to_string()
     })
 }
 

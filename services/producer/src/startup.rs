@@ -4,23 +4,19 @@ use std::net::TcpListener;
 use std::time::Duration;
 
 use actix_web::dev::Server;
-use actix_web::{web, App, HttpServer};
+use actix_web::web;
 use anyhow::Context;
 use kafka_service::EventProducer;
 use secrecy::ExposeSecret;
 use service_common::auth::TokenKeys;
-use service_common::health;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-use tracing_actix_web::TracingLogger;
 
 use crate::configuration::Settings;
 use crate::outbox::Relay;
 use crate::routes::auth::TokenTtl;
 use crate::routes::{auth, users};
 
-/// How long in-flight HTTP requests may finish after shutdown begins.
-const HTTP_SHUTDOWN_TIMEOUT_SECS: u64 = 10;
 /// How long shutdown waits for queued records' delivery reports.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -67,7 +63,12 @@ impl Application {
             Duration::from_millis(settings.outbox.poll_interval_ms),
         );
         tracing::info!(%address, port, "producer listening");
-        Ok(Self { port, server, relay, producer })
+        Ok(Self {
+            port,
+            server,
+            relay,
+            producer,
+        })
     }
 
     /// The bound HTTP port (useful when configured as `0`).
@@ -116,25 +117,14 @@ fn run_server(
     let keys = web::Data::new(keys);
     let ttl = web::Data::new(ttl);
     let producer = web::Data::new(producer);
-    let server = HttpServer::new(move || {
-        App::new()
-            .wrap(TracingLogger::default())
-            .app_data(service_common::http::json_config())
-            .app_data(service_common::http::path_config())
+    service_common::http::serve(listener, move |config| {
+        config
             .app_data(pool.clone())
             .app_data(keys.clone())
             .app_data(ttl.clone())
             .app_data(producer.clone())
             .route("/users", web::post().to(users::create_user))
             .route("/users/{id}", web::get().to(users::get_user))
-            .route("/auth/token", web::post().to(auth::issue_token))
-            .route("/health/live", web::get().to(health::live))
-            .route("/health/ready", web::get().to(health::ready))
-            .default_service(web::to(service_common::http::not_found))
+            .route("/auth/token", web::post().to(auth::issue_token));
     })
-    .listen(listener)?
-    .disable_signals()
-    .shutdown_timeout(HTTP_SHUTDOWN_TIMEOUT_SECS)
-    .run();
-    Ok(server)
 }

@@ -84,15 +84,24 @@ impl TestContext {
     pub fn producer_settings(&self) -> producer::configuration::Settings {
         use producer::configuration::*;
         Settings {
-            http: HttpSettings { host: "127.0.0.1".to_owned(), port: 0 },
+            http: HttpSettings {
+                host: "127.0.0.1".to_owned(),
+                port: 0,
+            },
             database: DatabaseSettings {
                 url: SecretString::from(self.producer_database_url.clone()),
                 max_connections: 5,
                 create_if_missing: true,
             },
             kafka: self.kafka(),
-            auth: AuthSettings { jwt_secret: SecretString::from(JWT_SECRET.to_owned()), token_ttl_secs: 900 },
-            outbox: OutboxSettings { batch_size: 100, poll_interval_ms: 200 },
+            auth: AuthSettings {
+                jwt_secret: SecretString::from(JWT_SECRET.to_owned()),
+                token_ttl_secs: 900,
+            },
+            outbox: OutboxSettings {
+                batch_size: 100,
+                poll_interval_ms: 200,
+            },
         }
     }
 
@@ -104,7 +113,10 @@ impl TestContext {
         group.commit_interval_ms = 200;
         group.session_timeout_ms = 10_000;
         Settings {
-            http: HttpSettings { host: "127.0.0.1".to_owned(), port: 0 },
+            http: HttpSettings {
+                host: "127.0.0.1".to_owned(),
+                port: 0,
+            },
             database: DatabaseSettings {
                 url: SecretString::from(self.consumer_database_url.clone()),
                 max_connections: 5,
@@ -112,8 +124,13 @@ impl TestContext {
             },
             kafka: self.kafka(),
             consumer: group,
-            producer: ProducerSettings { base_url: producer_url.to_owned(), timeout_ms: 2_000 },
-            auth: AuthSettings { jwt_secret: SecretString::from(JWT_SECRET.to_owned()) },
+            producer: ProducerSettings {
+                base_url: producer_url.to_owned(),
+                timeout_ms: 2_000,
+            },
+            auth: AuthSettings {
+                jwt_secret: SecretString::from(JWT_SECRET.to_owned()),
+            },
         }
     }
 
@@ -124,7 +141,9 @@ impl TestContext {
 
     /// Starts a producer with `settings`.
     pub async fn spawn_producer_with(&self, settings: producer::configuration::Settings) -> Service {
-        let app = producer::startup::Application::build(settings).await.expect("producer builds");
+        let app = producer::startup::Application::build(settings)
+            .await
+            .expect("producer builds");
         Service::spawn(app.port(), |shutdown| app.run_until_stopped(shutdown))
     }
 
@@ -135,18 +154,24 @@ impl TestContext {
 
     /// Starts a consumer with `settings`.
     pub async fn spawn_consumer_with(&self, settings: consumer::configuration::Settings) -> Service {
-        let app = consumer::startup::Application::build(settings).await.expect("consumer builds");
+        let app = consumer::startup::Application::build(settings)
+            .await
+            .expect("consumer builds");
         Service::spawn(app.port(), |shutdown| app.run_until_stopped(shutdown))
     }
 
     /// A pool on the consumer's database (the read model).
     pub async fn consumer_pool(&self) -> PgPool {
-        PgPool::connect(&self.consumer_database_url).await.expect("consumer database reachable")
+        PgPool::connect(&self.consumer_database_url)
+            .await
+            .expect("consumer database reachable")
     }
 
     /// A pool on the producer's database.
     pub async fn producer_pool(&self) -> PgPool {
-        PgPool::connect(&self.producer_database_url).await.expect("producer database reachable")
+        PgPool::connect(&self.producer_database_url)
+            .await
+            .expect("producer database reachable")
     }
 
     /// Drops this test's databases (best effort; call at the end of a test).
@@ -156,7 +181,9 @@ impl TestContext {
         };
         for url in [&self.producer_database_url, &self.consumer_database_url] {
             let name = url.rsplit('/').next().expect("url has a database name");
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut admin).await;
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut admin)
+                .await;
         }
     }
 }
@@ -210,7 +237,10 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -235,7 +265,13 @@ pub async fn create_user(client: &reqwest::Client, producer: &str, prefix: &str)
         .expect("producer reachable");
     assert_eq!(response.status(), 201, "POST /users for {username}");
     let body: Value = response.json().await.expect("JSON body");
-    CreatedUser { id: body["id"].as_str().and_then(|id| id.parse().ok()).expect("id is a UUID"), username }
+    CreatedUser {
+        id: body["id"]
+            .as_str()
+            .and_then(|id| id.parse().ok())
+            .expect("id is a UUID"),
+        username,
+    }
 }
 
 /// `POST /auth/token`; asserts `200` and returns the access token.

@@ -24,10 +24,16 @@ pub async fn get_user(
     path: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path.into_inner();
-    if let Some(user) = read_model::find_user(&pool, id).await.context("could not read the user")? {
+    if let Some(user) = read_model::find_user(&pool, id)
+        .await
+        .context("could not read the user")?
+    {
         return Ok(HttpResponse::Ok().json(user));
     }
-    let user = producer.get_user(id).await.map_err(|e| ApiError::UpstreamUnavailable(e.into()))?;
+    let user = producer
+        .get_user(id)
+        .await
+        .map_err(|e| ApiError::UpstreamUnavailable(e.into()))?;
     let user = user.ok_or(ApiError::NotFound)?;
     Ok(HttpResponse::Ok().json(UserView {
         id: user.id,

@@ -34,10 +34,16 @@ impl Username {
     pub fn parse(raw: &str) -> Result<Self, ValidationError> {
         let valid_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
         if !(3..=32).contains(&raw.len()) {
-            return Err(ValidationError { field: "username", rule: "must be 3 to 32 characters" });
+            return Err(ValidationError {
+                field: "username",
+                rule: "must be 3 to 32 characters",
+            });
         }
         if !raw.chars().all(valid_char) {
-            return Err(ValidationError { field: "username", rule: "may contain only letters, digits, `_`, `-` and `.`" });
+            return Err(ValidationError {
+                field: "username",
+                rule: "may contain only letters, digits, `_`, `-` and `.`",
+            });
         }
         Ok(Self(raw.to_owned()))
     }
@@ -60,10 +66,16 @@ impl Email {
     /// [`ValidationError`] when it is not an address or is too long.
     pub fn parse(raw: &str) -> Result<Self, ValidationError> {
         if raw.len() > 254 {
-            return Err(ValidationError { field: "email", rule: "must be at most 254 characters" });
+            return Err(ValidationError {
+                field: "email",
+                rule: "must be at most 254 characters",
+            });
         }
         if !email_address::EmailAddress::is_valid(raw) {
-            return Err(ValidationError { field: "email", rule: "must be an email address" });
+            return Err(ValidationError {
+                field: "email",
+                rule: "must be an email address",
+            });
         }
         Ok(Self(raw.to_owned()))
     }
@@ -88,7 +100,10 @@ impl Password {
     pub fn parse(raw: SecretString) -> Result<Self, ValidationError> {
         use secrecy::ExposeSecret;
         if !(8..=128).contains(&raw.expose_secret().chars().count()) {
-            return Err(ValidationError { field: "password", rule: "must be 8 to 128 characters" });
+            return Err(ValidationError {
+                field: "password",
+                rule: "must be 8 to 128 characters",
+            });
         }
         Ok(Self(raw))
     }
@@ -125,7 +140,13 @@ mod tests {
     #[test]
     fn emails_must_be_addresses_of_bounded_length() {
         assert!(Email::parse("ada@example.com").is_ok());
-        for bad in ["", "ada", "ada@", "@example.com", &format!("{}@example.com", "a".repeat(250))] {
+        for bad in [
+            "",
+            "ada",
+            "ada@",
+            "@example.com",
+            &format!("{}@example.com", "a".repeat(250)),
+        ] {
             assert_eq!(Email::parse(bad).unwrap_err().field, "email", "{bad:?}");
         }
     }

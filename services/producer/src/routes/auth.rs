@@ -67,7 +67,9 @@ pub async fn issue_token(
         expires_at: issued.expires_at,
     });
     let mut tx = pool.begin().await.context("could not begin a transaction")?;
-    let event_id = outbox::append(&mut tx, &event).await.context("could not append to the outbox")?;
+    let event_id = outbox::append(&mut tx, &event)
+        .await
+        .context("could not append to the outbox")?;
     tx.commit().await.context("could not commit the token event")?;
     tracing::info!(%user_id, token_id = %issued.token_id, %event_id, "token issued");
 

@@ -83,7 +83,9 @@ pub async fn create_user(
         email: user.email.clone(),
         created_at: user.created_at,
     });
-    let event_id = outbox::append(&mut tx, &event).await.context("could not append to the outbox")?;
+    let event_id = outbox::append(&mut tx, &event)
+        .await
+        .context("could not append to the outbox")?;
     tx.commit().await.context("could not commit the new user")?;
     tracing::info!(user_id = %user.id, %event_id, "user created");
     Ok(HttpResponse::Created().json(user))
@@ -105,12 +107,11 @@ pub async fn get_user(
         Principal::User(user_id) if user_id == id => {}
         Principal::User(_) => return Err(ApiError::Forbidden),
     }
-    let user: Option<UserResponse> =
-        sqlx::query_as("SELECT id, username, email, created_at FROM users WHERE id = $1")
-            .bind(id)
-            .fetch_optional(pool.get_ref())
-            .await
-            .context("could not read the user")?;
+    let user: Option<UserResponse> = sqlx::query_as("SELECT id, username, email, created_at FROM users WHERE id = $1")
+        .bind(id)
+        .fetch_optional(pool.get_ref())
+        .await
+        .context("could not read the user")?;
     user.map(|user| HttpResponse::Ok().json(user)).ok_or(ApiError::NotFound)
 }
 

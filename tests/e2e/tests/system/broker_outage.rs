@@ -19,10 +19,18 @@ struct Broker {
 
 impl Broker {
     fn start_new() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let dir = std::env::temp_dir().join(format!("e2e-tansu-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut broker = Self { port, dir, process: None };
+        let mut broker = Self {
+            port,
+            dir,
+            process: None,
+        };
         broker.start();
         broker
     }
@@ -31,7 +39,13 @@ impl Broker {
         let url = format!("tcp://127.0.0.1:{}", self.port);
         let log = std::fs::File::create(self.dir.join("tansu.log")).unwrap();
         let child = Command::new(std::env::var("TANSU").unwrap_or_else(|_| "tansu".to_owned()))
-            .args(["broker", "--storage-engine", "sqlite://tansu.db", "--listener-url", &url])
+            .args([
+                "broker",
+                "--storage-engine",
+                "sqlite://tansu.db",
+                "--listener-url",
+                &url,
+            ])
             .args(["--advertised-listener-url", &url])
             .current_dir(&self.dir)
             .stdout(Stdio::null())
@@ -79,7 +93,10 @@ async fn users_created_while_the_broker_is_down_arrive_after_it_returns() {
     // The flow works before the outage.
     let before = create_user(&client, &producer.url(), "before").await;
     eventually(Duration::from_secs(30), "the first user to arrive", || async {
-        read_model_token_counts(&pool).await.contains_key(&before.id).then_some(())
+        read_model_token_counts(&pool)
+            .await
+            .contains_key(&before.id)
+            .then_some(())
     })
     .await;
 
@@ -89,14 +106,22 @@ async fn users_created_while_the_broker_is_down_arrive_after_it_returns() {
         // create_user asserts 201: the request does not wait for Kafka.
         during.push(create_user(&client, &producer.url(), "during").await);
     }
-    let ready = client.get(format!("{}/health/ready", producer.url())).send().await.unwrap();
+    let ready = client
+        .get(format!("{}/health/ready", producer.url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ready.status(), 503, "readiness reports the broker down");
 
     broker.start();
-    eventually(Duration::from_secs(90), "every user created during the outage to arrive", || async {
-        let counts = read_model_token_counts(&pool).await;
-        during.iter().all(|user| counts.contains_key(&user.id)).then_some(())
-    })
+    eventually(
+        Duration::from_secs(90),
+        "every user created during the outage to arrive",
+        || async {
+            let counts = read_model_token_counts(&pool).await;
+            during.iter().all(|user| counts.contains_key(&user.id)).then_some(())
+        },
+    )
     .await;
     let producer_pool = context.producer_pool().await;
     let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
@@ -104,7 +129,10 @@ async fn users_created_while_the_broker_is_down_arrive_after_it_returns() {
         .await
         .unwrap();
     assert_eq!(pending, 0, "every outbox row is marked published");
-    let processed: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_events").fetch_one(&pool).await.unwrap();
+    let processed: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(processed, 11, "each event applied once");
 
     consumer.stop().await.unwrap();

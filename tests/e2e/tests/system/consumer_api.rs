@@ -29,7 +29,11 @@ fn record_of(event: &UserEvent, offset: i64) -> Record {
         partition: 0,
         offset,
         key: Some(envelope.key().to_vec()),
-        headers: envelope.headers().into_iter().map(|(k, v)| (k.to_owned(), Some(v.into_bytes()))).collect(),
+        headers: envelope
+            .headers()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), Some(v.into_bytes())))
+            .collect(),
         value: Some(envelope.data.clone()),
         timestamp_ms: None,
     }
@@ -79,7 +83,10 @@ async fn a_redelivered_event_is_applied_once() {
 
     let counts = e2e::read_model_token_counts(&pool).await;
     assert_eq!(counts.get(&user_id), Some(&1));
-    let processed: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_events").fetch_one(&pool).await.unwrap();
+    let processed: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(processed, 2);
 
     service.stop().await.unwrap();
@@ -105,8 +112,11 @@ async fn a_token_for_an_unknown_user_fetches_the_user_from_the_producer() {
 
     assert_eq!(handler.handle(&token).await.unwrap(), Outcome::Applied);
 
-    let username: String =
-        sqlx::query_scalar("SELECT username FROM users WHERE id = $1").bind(user.id).fetch_one(&pool).await.unwrap();
+    let username: String = sqlx::query_scalar("SELECT username FROM users WHERE id = $1")
+        .bind(user.id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(username, user.username);
     assert_eq!(e2e::read_model_token_counts(&pool).await.get(&user.id), Some(&1));
 
@@ -142,13 +152,19 @@ async fn a_malformed_record_or_unknown_user_is_a_permanent_failure() {
         1,
     );
 
-    for (case, record) in [("undecodable data", &garbage), ("user unknown to the producer", &unknown_user)] {
+    for (case, record) in [
+        ("undecodable data", &garbage),
+        ("user unknown to the producer", &unknown_user),
+    ] {
         match handler.handle(record).await {
             Err(ProcessError::Permanent(reason)) => assert!(!reason.is_empty(), "{case}"),
             other => panic!("{case}: expected a permanent failure, got {other:?}"),
         }
     }
-    let processed: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_events").fetch_one(&pool).await.unwrap();
+    let processed: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(processed, 0);
 
     service.stop().await.unwrap();
@@ -166,19 +182,31 @@ async fn the_consumer_answers_from_the_producer_for_users_it_has_not_seen() {
     let token = issue_token(&client, &producer.url(), &user.username).await;
     let (context, consumer, _, _) = isolated_consumer(&producer.url()).await;
 
-    let anonymous = client.get(format!("{}/users/{}", consumer.url(), user.id)).send().await.unwrap();
+    let anonymous = client
+        .get(format!("{}/users/{}", consumer.url(), user.id))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(anonymous.status(), 401);
 
-    let response =
-        client.get(format!("{}/users/{}", consumer.url(), user.id)).bearer_auth(&token).send().await.unwrap();
+    let response = client
+        .get(format!("{}/users/{}", consumer.url(), user.id))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["username"], user.username.as_str());
     assert_eq!(body["tokens_issued"], 0);
     assert!(body["last_token_issued_at"].is_null());
 
-    let unknown =
-        client.get(format!("{}/users/{}", consumer.url(), Uuid::new_v4())).bearer_auth(&token).send().await.unwrap();
+    let unknown = client
+        .get(format!("{}/users/{}", consumer.url(), Uuid::new_v4()))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(unknown.status(), 404);
 
     consumer.stop().await.unwrap();
@@ -203,8 +231,16 @@ async fn the_consumer_answers_503_when_the_producer_is_unreachable() {
     assert_eq!(response.status(), 503);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "upstream_unavailable");
-    let ready = client.get(format!("{}/health/ready", consumer.url())).send().await.unwrap();
-    assert_eq!(ready.status(), 200, "the producer is not part of the consumer's readiness");
+    let ready = client
+        .get(format!("{}/health/ready", consumer.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        ready.status(),
+        200,
+        "the producer is not part of the consumer's readiness"
+    );
 
     consumer.stop().await.unwrap();
     context.drop_databases().await;

@@ -29,9 +29,11 @@ async fn every_event_is_applied_exactly_once_across_a_consumer_restart() {
     }
     // Stop the consumer as soon as it has applied something: mid-stream.
     let pool = context.consumer_pool().await;
-    eventually(Duration::from_secs(30), "the consumer to apply a first event", || async {
-        (!read_model_token_counts(&pool).await.is_empty()).then_some(())
-    })
+    eventually(
+        Duration::from_secs(30),
+        "the consumer to apply a first event",
+        || async { (!read_model_token_counts(&pool).await.is_empty()).then_some(()) },
+    )
     .await;
     consumer.stop().await.expect("consumer stops cleanly");
 
@@ -47,22 +49,44 @@ async fn every_event_is_applied_exactly_once_across_a_consumer_restart() {
 
     // Every user, each with exactly its tokens.
     let expected: HashMap<_, _> = users.iter().map(|user| (user.id, TOKENS_PER_USER as i64)).collect();
-    eventually(Duration::from_secs(60), "the read model to hold every user and token", || async {
-        (read_model_token_counts(&pool).await == expected).then_some(())
-    })
+    eventually(
+        Duration::from_secs(60),
+        "the read model to hold every user and token",
+        || async { (read_model_token_counts(&pool).await == expected).then_some(()) },
+    )
     .await;
-    let processed: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_events").fetch_one(&pool).await.unwrap();
-    assert_eq!(processed as usize, USERS * (1 + TOKENS_PER_USER), "each event applied once");
+    let processed: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        processed as usize,
+        USERS * (1 + TOKENS_PER_USER),
+        "each event applied once"
+    );
 
     // The group's committed offsets reach the end of both topics.
-    let names = [context.topics.name(Topic::NewUserCreated), context.topics.name(Topic::IssuedToken)];
-    let offsets = eventually(Duration::from_secs(30), "committed offsets to reach the end", || async {
-        let offsets = kafka_service::group_offsets(&context.kafka(), &context.group_id, &names).await.ok()?;
-        offsets.iter().all(|p| p.lag() == 0).then_some(offsets)
-    })
+    let names = [
+        context.topics.name(Topic::NewUserCreated),
+        context.topics.name(Topic::IssuedToken),
+    ];
+    let offsets = eventually(
+        Duration::from_secs(30),
+        "committed offsets to reach the end",
+        || async {
+            let offsets = kafka_service::group_offsets(&context.kafka(), &context.group_id, &names)
+                .await
+                .ok()?;
+            offsets.iter().all(|p| p.lag() == 0).then_some(offsets)
+        },
+    )
     .await;
     for name in names {
-        assert_eq!(offsets.iter().filter(|p| p.topic == name).count(), 8, "{name} has 8 partitions");
+        assert_eq!(
+            offsets.iter().filter(|p| p.topic == name).count(),
+            8,
+            "{name} has 8 partitions"
+        );
     }
     let records: i64 = offsets.iter().map(|p| p.high_watermark).sum();
     assert_eq!(records as usize, USERS * (1 + TOKENS_PER_USER), "one record per event");
@@ -93,7 +117,10 @@ async fn assert_records_keyed_by_user(context: &TestContext, names: &[&str], use
         assert!(user_ids.contains(&envelope.subject), "key is one of our user ids");
         assert_eq!(record.key.as_deref(), Some(envelope.subject.as_bytes()));
         assert!(event_ids.insert(envelope.id), "event ids are unique");
-        partitions_of_key.entry(envelope.subject.clone()).or_default().insert(record.partition);
+        partitions_of_key
+            .entry(envelope.subject.clone())
+            .or_default()
+            .insert(record.partition);
         if envelope.event_type == "user.created.v1" {
             assert_eq!(record.topic, names[0]);
             created += 1;
@@ -103,6 +130,9 @@ async fn assert_records_keyed_by_user(context: &TestContext, names: &[&str], use
         assert!(data.get("password").is_none() && data.get("password_hash").is_none());
     }
     assert_eq!(created, users.len());
-    assert!(partitions_of_key.values().all(|p| p.len() <= 2), "a key stays in one partition per topic");
+    assert!(
+        partitions_of_key.values().all(|p| p.len() <= 2),
+        "a key stays in one partition per topic"
+    );
     reader.shutdown().await.unwrap();
 }

@@ -9,7 +9,10 @@ use service_common::auth::TokenKeys;
 async fn error_code(response: reqwest::Response) -> String {
     let body: Value = response.json().await.expect("error responses have a JSON body");
     assert!(body["error"]["message"].is_string(), "error body has a message: {body}");
-    body["error"]["code"].as_str().expect("error body has a code").to_owned()
+    body["error"]["code"]
+        .as_str()
+        .expect("error body has a code")
+        .to_owned()
 }
 
 #[tokio::test]
@@ -34,11 +37,22 @@ async fn creating_a_user_returns_201_with_the_user_and_no_secret() {
     assert_eq!(body["username"], "ada");
 
     let pool = context.producer_pool().await;
-    let hash: String = sqlx::query_scalar("SELECT password_hash FROM users").fetch_one(&pool).await.unwrap();
-    assert!(hash.starts_with("$argon2id$"), "passwords are stored as argon2id hashes");
-    let outbox: Vec<(String, String)> =
-        sqlx::query_as("SELECT event_type, subject FROM outbox").fetch_all(&pool).await.unwrap();
-    assert_eq!(outbox, [("user.created.v1".to_owned(), body["id"].as_str().unwrap().to_owned())]);
+    let hash: String = sqlx::query_scalar("SELECT password_hash FROM users")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(
+        hash.starts_with("$argon2id$"),
+        "passwords are stored as argon2id hashes"
+    );
+    let outbox: Vec<(String, String)> = sqlx::query_as("SELECT event_type, subject FROM outbox")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        outbox,
+        [("user.created.v1".to_owned(), body["id"].as_str().unwrap().to_owned())]
+    );
 
     producer.stop().await.unwrap();
     context.drop_databases().await;
@@ -54,15 +68,24 @@ async fn a_taken_username_or_email_is_409_regardless_of_case() {
     assert_eq!(client.post(&url).json(&first).send().await.unwrap().status(), 201);
 
     for (case, body) in [
-        ("same username", json!({ "username": "GRACE", "email": "other@example.com", "password": PASSWORD })),
-        ("same email", json!({ "username": "hopper", "email": "Grace@Example.com", "password": PASSWORD })),
+        (
+            "same username",
+            json!({ "username": "GRACE", "email": "other@example.com", "password": PASSWORD }),
+        ),
+        (
+            "same email",
+            json!({ "username": "hopper", "email": "Grace@Example.com", "password": PASSWORD }),
+        ),
     ] {
         let response = client.post(&url).json(&body).send().await.unwrap();
         assert_eq!(response.status(), 409, "{case}");
         assert_eq!(error_code(response).await, "conflict", "{case}");
     }
     let pool = context.producer_pool().await;
-    let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&pool).await.unwrap();
+    let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
     assert_eq!(outbox, 1, "a rejected request emits no event");
 
     producer.stop().await.unwrap();
@@ -77,11 +100,36 @@ async fn invalid_input_is_a_4xx_with_a_json_error_body() {
     let url = format!("{}/users", producer.url());
 
     let cases = [
-        ("short username", json!({ "username": "ab", "email": "a@example.com", "password": PASSWORD }), 422, "validation_failed"),
-        ("bad email", json!({ "username": "abc", "email": "not-an-email", "password": PASSWORD }), 422, "validation_failed"),
-        ("short password", json!({ "username": "abc", "email": "a@example.com", "password": "short" }), 422, "validation_failed"),
-        ("missing field", json!({ "username": "abc", "email": "a@example.com" }), 400, "invalid_json"),
-        ("wrong type", json!({ "username": 42, "email": "a@example.com", "password": PASSWORD }), 400, "invalid_json"),
+        (
+            "short username",
+            json!({ "username": "ab", "email": "a@example.com", "password": PASSWORD }),
+            422,
+            "validation_failed",
+        ),
+        (
+            "bad email",
+            json!({ "username": "abc", "email": "not-an-email", "password": PASSWORD }),
+            422,
+            "validation_failed",
+        ),
+        (
+            "short password",
+            json!({ "username": "abc", "email": "a@example.com", "password": "short" }),
+            422,
+            "validation_failed",
+        ),
+        (
+            "missing field",
+            json!({ "username": "abc", "email": "a@example.com" }),
+            400,
+            "invalid_json",
+        ),
+        (
+            "wrong type",
+            json!({ "username": 42, "email": "a@example.com", "password": PASSWORD }),
+            400,
+            "invalid_json",
+        ),
     ];
     for (case, body, status, code) in cases {
         let response = client.post(&url).json(&body).send().await.unwrap();
@@ -89,7 +137,13 @@ async fn invalid_input_is_a_4xx_with_a_json_error_body() {
         assert_eq!(error_code(response).await, code, "{case}");
     }
 
-    let response = client.post(&url).header("content-type", "application/json").body("{not json").send().await.unwrap();
+    let response = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 400);
     assert_eq!(error_code(response).await, "invalid_json");
 
@@ -97,7 +151,11 @@ async fn invalid_input_is_a_4xx_with_a_json_error_body() {
     assert_eq!(response.status(), 415);
     assert_eq!(error_code(response).await, "unsupported_media_type");
 
-    let response = client.get(format!("{}/no-such-route", producer.url())).send().await.unwrap();
+    let response = client
+        .get(format!("{}/no-such-route", producer.url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 404);
     assert_eq!(error_code(response).await, "not_found");
 
@@ -128,14 +186,19 @@ async fn the_right_password_gets_a_bearer_token_and_an_event() {
     assert_eq!(principal, service_common::auth::Principal::User(user.id));
 
     let pool = context.producer_pool().await;
-    let types: Vec<String> =
-        sqlx::query_scalar("SELECT event_type FROM outbox ORDER BY id").fetch_all(&pool).await.unwrap();
+    let types: Vec<String> = sqlx::query_scalar("SELECT event_type FROM outbox ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
     assert_eq!(types, ["user.created.v1", "user.token_issued.v1"]);
     let data: Value = sqlx::query_scalar("SELECT data FROM outbox WHERE event_type = 'user.token_issued.v1'")
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert!(!data.to_string().contains(body["access_token"].as_str().unwrap()), "the token itself is never an event");
+    assert!(
+        !data.to_string().contains(body["access_token"].as_str().unwrap()),
+        "the token itself is never an event"
+    );
 
     producer.stop().await.unwrap();
     context.drop_databases().await;
@@ -148,9 +211,10 @@ async fn a_wrong_password_or_unknown_user_is_401() {
     let client = Client::new();
     let user = create_user(&client, &producer.url(), "mallory").await;
 
-    for (case, username, password) in
-        [("wrong password", user.username.as_str(), "not the password"), ("unknown user", "nobody-here", PASSWORD)]
-    {
+    for (case, username, password) in [
+        ("wrong password", user.username.as_str(), "not the password"),
+        ("unknown user", "nobody-here", PASSWORD),
+    ] {
         let response = client
             .post(format!("{}/auth/token", producer.url()))
             .json(&json!({ "username": username, "password": password }))
@@ -184,7 +248,12 @@ async fn reading_a_user_needs_that_users_token_or_a_service_credential() {
     assert_eq!(body["username"], ada.username.as_str());
     assert!(body.get("password_hash").is_none());
 
-    let service = client.get(&url).bearer_auth(service_token.expose_secret()).send().await.unwrap();
+    let service = client
+        .get(&url)
+        .bearer_auth(service_token.expose_secret())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(service.status(), 200);
 
     let other = client.get(&url).bearer_auth(&eve_token).send().await.unwrap();
@@ -195,11 +264,21 @@ async fn reading_a_user_needs_that_users_token_or_a_service_credential() {
     assert_eq!(anonymous.status(), 401);
     assert_eq!(error_code(anonymous).await, "unauthorized");
 
-    let forged = client.get(&url).bearer_auth(format!("{ada_token}x")).send().await.unwrap();
+    let forged = client
+        .get(&url)
+        .bearer_auth(format!("{ada_token}x"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(forged.status(), 401);
 
     let unknown = format!("{}/users/{}", producer.url(), uuid::Uuid::new_v4());
-    let response = client.get(&unknown).bearer_auth(service_token.expose_secret()).send().await.unwrap();
+    let response = client
+        .get(&unknown)
+        .bearer_auth(service_token.expose_secret())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 404);
     assert_eq!(error_code(response).await, "not_found");
 
@@ -231,13 +310,21 @@ async fn readiness_is_503_naming_the_broker_when_no_broker_answers() {
     let producer = context.spawn_producer_with(settings).await;
     let client = Client::new();
 
-    let response = client.get(format!("{}/health/ready", producer.url())).send().await.unwrap();
+    let response = client
+        .get(format!("{}/health/ready", producer.url()))
+        .send()
+        .await
+        .unwrap();
 
     assert_eq!(response.status(), 503);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "not_ready");
     assert_eq!(body["error"]["message"], "unavailable: broker");
-    let live = client.get(format!("{}/health/live", producer.url())).send().await.unwrap();
+    let live = client
+        .get(format!("{}/health/live", producer.url()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(live.status(), 200);
 
     producer.stop().await.unwrap();
