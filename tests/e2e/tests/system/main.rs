@@ -5,3 +5,4 @@ mod broker_outage;
 mod consumer_api;
 mod event_flow;
 mod producer_api;
+mod topics;
