@@ -53,7 +53,12 @@ case $command in
   stop)
     if [[ -f $pid_file ]] && kill "$(cat "$pid_file")" 2>/dev/null; then
       rm -f "$pid_file"
-      echo "broker: stopped" >&2
+      for _ in $(seq 1 100); do
+        port_open "$port" || { echo "broker: stopped" >&2; exit 0; }
+        sleep 0.1
+      done
+      echo "broker: still listening on 127.0.0.1:$port 10 s after SIGTERM" >&2
+      exit 1
     fi
     ;;
   *)

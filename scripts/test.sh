@@ -10,10 +10,17 @@ cd "$(dirname "$0")/.."
 
 scripts/postgres.sh
 if [[ -z ${TEST_KAFKA_BOOTSTRAP_SERVERS:-} ]]; then
+  # A fresh broker each run: Tansu's SQLite storage slows down as the
+  # topics of earlier runs pile up.
+  scripts/broker.sh stop 19092 .run/test-broker
+  rm -rf .run/test-broker
   scripts/broker.sh start 19092 .run/test-broker
   export TEST_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:19092
 fi
 export TEST_DATABASE_URL=${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432}
 export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2}
 
+# The failure tests run the services as processes (to SIGKILL them), so the
+# binaries must be current; `cargo test` alone does not build them.
+cargo build --workspace --bins --locked
 cargo test --workspace --locked "$@"

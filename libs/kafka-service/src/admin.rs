@@ -174,3 +174,33 @@ fn query_offsets(
         })
         .collect()
 }
+
+/// The number of partitions `topic` has on the broker (`0` when it does not
+/// exist).
+///
+/// # Errors
+///
+/// [`AdminError::Broker`] when the broker does not answer within
+/// `request_timeout_ms`.
+pub async fn partition_count(settings: &KafkaSettings, topic: &str) -> Result<i32, AdminError> {
+    let consumer: BaseConsumer = settings
+        .client_config("metadata", &[])
+        .create()
+        .map_err(AdminError::Config)?;
+    let timeout = settings.request_timeout();
+    let name = topic.to_owned();
+    let metadata = tokio::task::spawn_blocking(move || consumer.fetch_metadata(Some(&name), timeout))
+        .await
+        .expect("metadata request panicked")
+        .map_err(|source| AdminError::Broker {
+            context: format!("fetch metadata of topic `{topic}`"),
+            source,
+        })?;
+    let count = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none())
+        .map(|t| t.partitions().len())
+        .sum::<usize>();
+    Ok(i32::try_from(count).unwrap_or(i32::MAX))
+}

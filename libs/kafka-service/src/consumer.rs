@@ -1,26 +1,42 @@
-//! A consumer-group member with manual offset commits (at-least-once).
+//! A consumer-group member with manual offset commits (at-least-once) and
+//! cooperative-sticky rebalancing.
 //!
 //! The contract, in order: [`EventConsumer::recv`] a record, apply its
-//! effect and commit that to the database, then
-//! [`EventConsumer::mark_processed`]. Only marked offsets are ever committed
-//! (`enable.auto.commit=false`, `enable.auto.offset.store=false`), so a
-//! crash redelivers what was not marked and never skips what was not
-//! applied. Marked offsets are committed in batches (every
-//! `commit_batch_size` records or `commit_interval_ms`, whichever comes
-//! first), synchronously before partitions are revoked in a rebalance, and
+//! effect and make that durable, then [`PartitionLease::store`] its offset.
+//! Only stored offsets are ever committed (`enable.auto.commit=false`,
+//! `enable.auto.offset.store=false`), so a crash redelivers what was not
+//! stored and never skips what was not applied. Stored offsets are committed
+//! in batches (every `commit_batch_size` records or `commit_interval_ms`,
+//! whichever comes first), synchronously before partitions are revoked, and
 //! synchronously in [`EventConsumer::shutdown`].
 //!
 //! Records must be processed in order within a partition: committing offset
 //! `n` says that every record before `n` is done.
+//!
+//! # Leases
+//!
+//! Each assigned partition is held under a lease with a generation number.
+//! When the partition is revoked (or the consumer shuts down) the lease's
+//! token is cancelled, so work on it can stop; a revoked lease can no longer
+//! store offsets, so work that finishes after the revoke commits nothing, and
+//! the partition's next owner redelivers the record. If the partition comes
+//! back to this member it gets a new lease.
+//!
+//! With `partition.assignment.strategy=cooperative-sticky` (KIP-429) a
+//! rebalance revokes only the partitions that move; the others keep flowing.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{ClientContext, TopicPartitionList};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use crate::error::ConsumeError;
 use crate::settings::{ConsumerSettings, KafkaSettings};
@@ -87,22 +103,53 @@ impl From<&BorrowedMessage<'_>> for Record {
     }
 }
 
+/// `(topic, partition)`.
+type PartitionKey = (String, i32);
+
+/// The partitions this member holds, shared between the rebalance callbacks
+/// (which run inside [`EventConsumer::recv`]) and the partitions' workers.
+#[derive(Default)]
+struct Assignment {
+    leases: HashMap<PartitionKey, Claim>,
+    next_generation: u64,
+}
+
+struct Claim {
+    generation: u64,
+    revoked: CancellationToken,
+}
+
+/// What the rebalance callbacks and partition leases share.
+struct Shared {
+    assignment: Mutex<Assignment>,
+    /// Parent of every lease's token: cancelled at shutdown.
+    shutdown: CancellationToken,
+    /// Offsets stored since the last commit.
+    stored: AtomicUsize,
+}
+
+impl Shared {
+    fn assignment(&self) -> std::sync::MutexGuard<'_, Assignment> {
+        // A panic while holding the lock leaves the map consistent: every
+        // operation on it is a single insert or remove.
+        self.assignment.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// A member of a consumer group with manual, batched offset commits.
 /// See the [module docs](self) for the contract.
 pub struct EventConsumer {
-    consumer: Arc<StreamConsumer<CommitOnRevoke>>,
+    consumer: Arc<StreamConsumer<GroupContext>>,
+    shared: Arc<Shared>,
     commit_batch_size: usize,
     commit_interval: Duration,
-    /// Records marked processed since the last commit.
-    uncommitted: usize,
-    /// When the marked offsets are due for commit by time; `None` while
-    /// nothing is marked.
-    commit_deadline: Option<Instant>,
+    last_commit: Instant,
 }
 
 impl EventConsumer {
     /// Creates the consumer and subscribes it to `topics`. It connects and
-    /// joins the group lazily, on the first [`recv`](Self::recv).
+    /// joins the group lazily, on the first [`recv`](Self::recv). Cancelling
+    /// `shutdown` cancels every lease.
     ///
     /// # Errors
     ///
@@ -113,8 +160,14 @@ impl EventConsumer {
         consumer: &ConsumerSettings,
         client_id: &str,
         topics: &[&str],
+        shutdown: CancellationToken,
     ) -> Result<Self, ConsumeError> {
-        let client: StreamConsumer<CommitOnRevoke> = settings
+        let shared = Arc::new(Shared {
+            assignment: Mutex::default(),
+            shutdown,
+            stored: AtomicUsize::new(0),
+        });
+        let client: StreamConsumer<GroupContext> = settings
             .client_config(
                 client_id,
                 &[
@@ -123,23 +176,27 @@ impl EventConsumer {
                     ("enable.auto.offset.store", "false".to_owned()),
                     ("auto.offset.reset", consumer.auto_offset_reset.clone()),
                     ("session.timeout.ms", consumer.session_timeout_ms.to_string()),
+                    ("partition.assignment.strategy", "cooperative-sticky".to_owned()),
                 ],
             )
-            .create_with_context(CommitOnRevoke)
+            .create_with_context(GroupContext {
+                shared: Arc::clone(&shared),
+            })
             .map_err(ConsumeError::Config)?;
         client.subscribe(topics).map_err(ConsumeError::Config)?;
         Ok(Self {
             consumer: Arc::new(client),
+            shared,
             commit_batch_size: consumer.commit_batch_size.max(1),
             commit_interval: Duration::from_millis(consumer.commit_interval_ms),
-            uncommitted: 0,
-            commit_deadline: None,
+            last_commit: Instant::now(),
         })
     }
 
-    /// Waits for the next record. While it waits, offsets marked processed
-    /// are committed when their commit interval runs out. Rebalances happen
-    /// inside this call, never while a record is being processed.
+    /// Waits for the next record. While it waits, stored offsets are
+    /// committed every `commit_interval_ms`, or as soon as
+    /// `commit_batch_size` of them are stored. Rebalances happen inside this
+    /// call.
     ///
     /// Cancel-safe: dropping the future loses no record.
     ///
@@ -151,46 +208,54 @@ impl EventConsumer {
     pub async fn recv(&mut self) -> Result<Record, ConsumeError> {
         let consumer = Arc::clone(&self.consumer);
         loop {
-            let deadline = self.commit_deadline;
+            self.commit_if_due();
             tokio::select! {
                 message = consumer.recv() => {
                     return message.map(|message| Record::from(&message)).map_err(ConsumeError::Receive);
                 }
-                () = sleep_until(deadline), if deadline.is_some() => self.commit_async(),
+                () = tokio::time::sleep_until(self.last_commit + self.commit_interval) => {}
             }
         }
     }
 
-    /// Marks `record` processed: its offset will be committed with the next
-    /// batch. Call it only after the record's effect is durable.
-    ///
-    /// # Errors
-    ///
-    /// [`ConsumeError::Commit`] when the offset cannot be stored, typically
-    /// because the partition was revoked meanwhile; the record will then be
-    /// redelivered to the partition's new owner (at-least-once).
-    pub fn mark_processed(&mut self, record: &Record) -> Result<(), ConsumeError> {
-        // librdkafka stores `offset + 1`, the next record to read.
-        self.consumer
-            .store_offset(&record.topic, record.partition, record.offset)
-            .map_err(ConsumeError::Commit)?;
-        self.uncommitted += 1;
-        if self.uncommitted >= self.commit_batch_size {
-            self.commit_async();
-        } else if self.commit_deadline.is_none() {
-            self.commit_deadline = Some(Instant::now() + self.commit_interval);
-        }
-        Ok(())
+    /// The lease on `partition` of `topic`, if this member holds it.
+    pub fn lease(&self, topic: &str, partition: i32) -> Option<PartitionLease> {
+        let assignment = self.shared.assignment();
+        let claim = assignment.leases.get(&(topic.to_owned(), partition))?;
+        Some(PartitionLease {
+            consumer: Arc::clone(&self.consumer),
+            shared: Arc::clone(&self.shared),
+            topic: topic.to_owned(),
+            partition,
+            generation: claim.generation,
+            revoked: claim.revoked.clone(),
+        })
     }
 
-    /// Commits every marked offset and waits for the broker's answer.
+    /// Stops fetching `partition` of `topic` until [`resume`](Self::resume);
+    /// records already returned are unaffected. Used for back-pressure when
+    /// the partition's worker falls behind.
+    pub fn pause(&self, topic: &str, partition: i32) {
+        if let Err(error) = self.consumer.pause(&partition_list(topic, partition)) {
+            tracing::debug!(topic, partition, %error, "could not pause partition");
+        }
+    }
+
+    /// Resumes fetching `partition` of `topic` where it stopped.
+    pub fn resume(&self, topic: &str, partition: i32) {
+        if let Err(error) = self.consumer.resume(&partition_list(topic, partition)) {
+            tracing::debug!(topic, partition, %error, "could not resume partition");
+        }
+    }
+
+    /// Commits every stored offset and waits for the broker's answer.
     ///
     /// # Errors
     ///
     /// [`ConsumeError::Commit`] when the broker does not accept the commit.
     pub async fn commit(&mut self) -> Result<(), ConsumeError> {
-        self.uncommitted = 0;
-        self.commit_deadline = None;
+        self.last_commit = Instant::now();
+        self.shared.stored.store(0, Ordering::Relaxed);
         let consumer = Arc::clone(&self.consumer);
         tokio::task::spawn_blocking(move || commit_stored(&*consumer, CommitMode::Sync))
             .await
@@ -201,26 +266,21 @@ impl EventConsumer {
     /// The partitions currently assigned to this member, as
     /// `(topic, partition)` pairs.
     pub fn assignment(&self) -> Vec<(String, i32)> {
-        self.consumer
-            .assignment()
-            .map(|tpl| {
-                tpl.elements()
-                    .iter()
-                    .map(|e| (e.topic().to_owned(), e.partition()))
-                    .collect()
-            })
-            .unwrap_or_default()
+        let mut partitions: Vec<_> = self.shared.assignment().leases.keys().cloned().collect();
+        partitions.sort();
+        partitions
     }
 
-    /// Commits every marked offset synchronously, then leaves the group
-    /// (which hands this member's partitions to the others at once, instead
-    /// of after `session_timeout_ms`).
+    /// Cancels every lease, commits every stored offset synchronously, then
+    /// leaves the group (which hands this member's partitions to the others
+    /// at once, instead of after `session_timeout_ms`).
     ///
     /// # Errors
     ///
     /// [`ConsumeError::Commit`] when the final commit fails; the group is
     /// left all the same, and the uncommitted records will be redelivered.
     pub async fn shutdown(mut self) -> Result<(), ConsumeError> {
+        self.shared.shutdown.cancel();
         let committed = self.commit().await;
         let consumer = self.consumer;
         // Dropping the last handle closes the consumer: it leaves the group
@@ -235,21 +295,96 @@ impl EventConsumer {
         committed
     }
 
+    /// Starts a commit when `commit_batch_size` offsets are stored, or when
+    /// any are and `commit_interval_ms` has passed since the last commit.
+    fn commit_if_due(&mut self) {
+        let stored = self.shared.stored.load(Ordering::Relaxed);
+        let interval_passed = Instant::now() >= self.last_commit + self.commit_interval;
+        if stored >= self.commit_batch_size || (stored > 0 && interval_passed) {
+            self.commit_async();
+        } else if interval_passed {
+            self.last_commit = Instant::now();
+        }
+    }
+
     fn commit_async(&mut self) {
-        self.uncommitted = 0;
-        self.commit_deadline = None;
-        // The result arrives in `CommitOnRevoke::commit_callback`.
+        self.last_commit = Instant::now();
+        self.shared.stored.store(0, Ordering::Relaxed);
+        // The result arrives in `GroupContext::commit_callback`.
         if let Err(error) = commit_stored(&*self.consumer, CommitMode::Async) {
             tracing::warn!(%error, "could not start offset commit");
         }
     }
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
+/// The right to process one assigned partition and store its offsets, until
+/// the partition is revoked. Cheap to clone.
+#[derive(Clone)]
+pub struct PartitionLease {
+    consumer: Arc<StreamConsumer<GroupContext>>,
+    shared: Arc<Shared>,
+    topic: String,
+    partition: i32,
+    generation: u64,
+    revoked: CancellationToken,
+}
+
+impl PartitionLease {
+    /// The leased topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
     }
+
+    /// The leased partition.
+    pub fn partition(&self) -> i32 {
+        self.partition
+    }
+
+    /// Tells leases on the same partition apart: a partition revoked and
+    /// assigned again gets a higher generation.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Cancelled when the partition is revoked or the consumer shuts down:
+    /// stop working on the partition (finish or abandon the record in hand).
+    pub fn revoked(&self) -> &CancellationToken {
+        &self.revoked
+    }
+
+    /// Stores `record`'s offset for the next commit. Call it only after the
+    /// record's effect is durable, and in partition order.
+    ///
+    /// # Errors
+    ///
+    /// [`ConsumeError::Revoked`] when the partition was revoked since this
+    /// lease was taken (the record will be redelivered to its next owner);
+    /// [`ConsumeError::Commit`] when librdkafka refuses the offset.
+    pub fn store(&self, record: &Record) -> Result<(), ConsumeError> {
+        debug_assert_eq!(
+            (record.topic.as_str(), record.partition),
+            (self.topic.as_str(), self.partition)
+        );
+        // Holding the lock keeps a revoke (which takes it first) from
+        // committing between the check and the store.
+        let assignment = self.shared.assignment();
+        match assignment.leases.get(&(self.topic.clone(), self.partition)) {
+            Some(claim) if claim.generation == self.generation => {}
+            _ => return Err(ConsumeError::Revoked),
+        }
+        // librdkafka stores `offset + 1`, the next record to read.
+        self.consumer
+            .store_offset(&record.topic, record.partition, record.offset)
+            .map_err(ConsumeError::Commit)?;
+        self.shared.stored.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+fn partition_list(topic: &str, partition: i32) -> TopicPartitionList {
+    let mut list = TopicPartitionList::with_capacity(1);
+    list.add_partition(topic, partition);
+    list
 }
 
 /// Commits the offsets stored for the current assignment. Having nothing
@@ -261,18 +396,47 @@ fn commit_stored<C: Consumer<X>, X: ConsumerContext>(consumer: &C, mode: CommitM
     }
 }
 
-/// Logs rebalances and commit results, and commits processed offsets
-/// before partitions are revoked.
-struct CommitOnRevoke;
+/// Keeps the leases in step with the assignment, commits stored offsets
+/// before partitions are revoked, and logs rebalances and commit results.
+struct GroupContext {
+    shared: Arc<Shared>,
+}
 
-impl ClientContext for CommitOnRevoke {}
+impl ClientContext for GroupContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
+                tracing::error!(target: "librdkafka", facility, "{message}")
+            }
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility, "{message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", facility, "{message}")
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", facility, "{message}"),
+        }
+    }
 
-impl ConsumerContext for CommitOnRevoke {
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(target: "librdkafka", %error, reason, "kafka client error");
+    }
+}
+
+impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Revoke(partitions) => {
-                // Records are processed between polls, so nothing is in
-                // flight here: every stored offset belongs to a finished record.
+                // End the leases first, so no offset is stored after the
+                // commit below; work still running on these partitions is
+                // abandoned and will be redelivered to their next owner.
+                {
+                    let mut assignment = self.shared.assignment();
+                    for element in partitions.elements() {
+                        let key = (element.topic().to_owned(), element.partition());
+                        if let Some(claim) = assignment.leases.remove(&key) {
+                            claim.revoked.cancel();
+                        }
+                    }
+                }
                 match commit_stored(consumer, CommitMode::Sync) {
                     Ok(()) => {
                         tracing::info!(partitions = %describe(partitions), "rebalance: committed processed offsets, revoking partitions")
@@ -282,10 +446,32 @@ impl ConsumerContext for CommitOnRevoke {
                     }
                 }
             }
-            Rebalance::Assign(partitions) => {
-                tracing::info!(partitions = %describe(partitions), "rebalance: partitions assigned");
-            }
+            Rebalance::Assign(_) => {}
             Rebalance::Error(error) => tracing::error!(%error, "rebalance error"),
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(partitions) = rebalance {
+            {
+                let mut assignment = self.shared.assignment();
+                for element in partitions.elements() {
+                    assignment.next_generation += 1;
+                    let claim = Claim {
+                        generation: assignment.next_generation,
+                        revoked: self.shared.shutdown.child_token(),
+                    };
+                    assignment
+                        .leases
+                        .insert((element.topic().to_owned(), element.partition()), claim);
+                }
+            }
+            // A partition paused for back-pressure before it was revoked
+            // must not come back paused: nothing would ever resume it.
+            if let Err(error) = consumer.resume(partitions) {
+                tracing::debug!(%error, "could not resume newly assigned partitions");
+            }
+            tracing::info!(partitions = %describe(partitions), "rebalance: partitions assigned");
         }
     }
 

@@ -87,4 +87,7 @@ pub enum ConsumeError {
     /// Storing or committing offsets failed.
     #[error("could not commit offsets")]
     Commit(#[source] KafkaError),
+    /// The partition was revoked from this member since its lease was taken.
+    #[error("the partition was revoked")]
+    Revoked,
 }

@@ -15,24 +15,35 @@
 //!   protocol binding's binary mode (`ce_*` headers, JSON value).
 //! - [`producer`]: an idempotent producer that resolves once the broker has
 //!   acknowledged a record (its delivery report).
-//! - [`consumer`]: a consumer-group member with manual offset commits:
-//!   records are marked processed one by one and committed in batches, and
-//!   synchronously before partitions are revoked.
+//! - [`consumer`]: a consumer-group member with manual offset commits and
+//!   cooperative-sticky rebalancing: each assigned partition is held under a
+//!   [`PartitionLease`] whose processed offsets are committed in batches, and
+//!   synchronously before the partition is revoked.
+//! - [`dispatch`]: runs a consumer with one worker per assigned partition,
+//!   so a partition that is waiting (retrying a record) holds up no other.
+//! - [`failure`]: retry and dead-letter copies of failed records, and their
+//!   headers.
+//! - [`reader`]: reads a range of a partition outside any group (listing
+//!   dead letters).
 //! - [`error`]: one error enum per concern.
 #![warn(missing_docs)]
 
 pub mod admin;
 pub mod consumer;
+pub mod dispatch;
 pub mod envelope;
 pub mod error;
+pub mod failure;
 pub mod producer;
+pub mod reader;
 pub mod settings;
 pub mod topics;
 
-pub use admin::{ensure_topics, group_offsets, PartitionOffsets};
-pub use consumer::{EventConsumer, Record};
+pub use admin::{ensure_topics, group_offsets, partition_count, PartitionOffsets};
+pub use consumer::{EventConsumer, PartitionLease, Record};
+pub use dispatch::{Disposition, RecordHandler};
 pub use envelope::{Envelope, EnvelopeError};
 pub use error::{AdminError, ConsumeError, ProduceError};
-pub use producer::{Delivery, EventProducer};
+pub use producer::{Delivery, EventProducer, OutgoingRecord};
 pub use settings::{ConsumerSettings, KafkaSettings};
 pub use topics::{Topic, TopicRegistry, TopicSpec};

@@ -19,6 +19,17 @@ pub struct Delivery {
     pub offset: i64,
 }
 
+/// A record to publish: key, value and headers, in record order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutgoingRecord {
+    /// The record key; records with the same key go to the same partition.
+    pub key: Option<Vec<u8>>,
+    /// The record value.
+    pub value: Option<Vec<u8>>,
+    /// Headers in record order; a header may repeat or have no value.
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
 /// A producer with `enable.idempotence=true` and `acks=all`: librdkafka
 /// retries without duplicating or reordering records within a partition,
 /// and a record counts as delivered only once every in-sync replica has it.
@@ -82,6 +93,41 @@ impl EventProducer {
             .key(envelope.key())
             .payload(&envelope.data)
             .headers(headers);
+        self.deliver(topic, record).await
+    }
+
+    /// Publishes `record` to `topic` as it is (the key picks the partition)
+    /// and waits for the delivery report. Used to move a consumed record to
+    /// the retry or dead-letter topic, or back to its origin.
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send).
+    pub async fn send_record(&self, topic: &str, record: &OutgoingRecord) -> Result<Delivery, ProduceError> {
+        let headers = record.headers.iter().fold(
+            OwnedHeaders::new_with_capacity(record.headers.len()),
+            |acc, (key, value)| {
+                acc.insert(Header {
+                    key,
+                    value: value.as_deref(),
+                })
+            },
+        );
+        let mut future_record = FutureRecord::<[u8], [u8]>::to(topic).headers(headers);
+        if let Some(key) = &record.key {
+            future_record = future_record.key(key.as_slice());
+        }
+        if let Some(value) = &record.value {
+            future_record = future_record.payload(value.as_slice());
+        }
+        self.deliver(topic, future_record).await
+    }
+
+    async fn deliver<K, V>(&self, topic: &str, record: FutureRecord<'_, K, V>) -> Result<Delivery, ProduceError>
+    where
+        K: rdkafka::message::ToBytes + ?Sized,
+        V: rdkafka::message::ToBytes + ?Sized,
+    {
         match self.producer.send(record, Timeout::After(QUEUE_FULL_WAIT)).await {
             Ok(delivery) => Ok(Delivery {
                 partition: delivery.partition,

@@ -62,6 +62,10 @@ pub struct ConsumerSettings {
     /// processed, in milliseconds.
     #[serde(default = "default_commit_interval_ms")]
     pub commit_interval_ms: u64,
+    /// Records queued per partition for its worker before the partition is
+    /// paused (see [`crate::dispatch`]).
+    #[serde(default = "default_partition_queue_capacity")]
+    pub partition_queue_capacity: usize,
 }
 
 impl KafkaSettings {
@@ -108,6 +112,7 @@ impl ConsumerSettings {
             session_timeout_ms: default_session_timeout_ms(),
             commit_batch_size: default_commit_batch_size(),
             commit_interval_ms: default_commit_interval_ms(),
+            partition_queue_capacity: default_partition_queue_capacity(),
         }
     }
 }
@@ -135,4 +140,8 @@ fn default_commit_batch_size() -> usize {
 
 fn default_commit_interval_ms() -> u64 {
     1_000
+}
+
+fn default_partition_queue_capacity() -> usize {
+    256
 }

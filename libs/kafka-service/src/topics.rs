@@ -23,17 +23,38 @@ pub enum Topic {
     /// One record per access token issued; key = user id. Default name
     /// `issued-token`.
     IssuedToken,
+    /// Records waiting for another attempt, and records parked behind them
+    /// (same key, original value and headers plus `retry-*` headers; see
+    /// [`crate::failure`]). Consumed by the same group. Default name
+    /// `side-topic-for-retry`, as in the Go original.
+    Retry,
+    /// Records that can never be processed, or that failed every retry
+    /// (original key, value and headers plus failure headers). Nothing
+    /// consumes it; operators inspect and redrive. Default name
+    /// `dead-letter-queue`, as in the Go original.
+    DeadLetter,
 }
 
 impl Topic {
     /// Every logical topic.
-    pub const ALL: [Topic; 2] = [Topic::NewUserCreated, Topic::IssuedToken];
+    pub const ALL: [Topic; 4] = [
+        Topic::NewUserCreated,
+        Topic::IssuedToken,
+        Topic::Retry,
+        Topic::DeadLetter,
+    ];
+
+    /// The topics events are published to (the producer's outbox relay
+    /// provisions these; the consumer subscribes to them).
+    pub const EVENTS: [Topic; 2] = [Topic::NewUserCreated, Topic::IssuedToken];
 
     /// The physical name used when configuration does not override it.
     pub fn default_name(self) -> &'static str {
         match self {
             Topic::NewUserCreated => "new-user-created",
             Topic::IssuedToken => "issued-token",
+            Topic::Retry => "side-topic-for-retry",
+            Topic::DeadLetter => "dead-letter-queue",
         }
     }
 }
@@ -59,6 +80,8 @@ pub struct TopicSpec {
 pub struct TopicRegistry {
     new_user_created: TopicSpec,
     issued_token: TopicSpec,
+    retry: TopicSpec,
+    dead_letter: TopicSpec,
 }
 
 impl TopicRegistry {
@@ -67,6 +90,8 @@ impl TopicRegistry {
         match topic {
             Topic::NewUserCreated => &self.new_user_created,
             Topic::IssuedToken => &self.issued_token,
+            Topic::Retry => &self.retry,
+            Topic::DeadLetter => &self.dead_letter,
         }
     }
 
@@ -80,9 +105,9 @@ impl TopicRegistry {
         Topic::ALL.into_iter().find(|&topic| self.name(topic) == name)
     }
 
-    /// Every topic's spec, in [`Topic::ALL`] order.
-    pub fn specs(&self) -> Vec<&TopicSpec> {
-        Topic::ALL.into_iter().map(|topic| self.spec(topic)).collect()
+    /// The specs of `topics`, in order (`Topic::ALL` for every topic).
+    pub fn specs(&self, topics: &[Topic]) -> Vec<&TopicSpec> {
+        topics.iter().map(|&topic| self.spec(topic)).collect()
     }
 
     /// Replaces the physical name of `topic` (tests use unique names).
@@ -90,6 +115,8 @@ impl TopicRegistry {
         let spec = match topic {
             Topic::NewUserCreated => &mut self.new_user_created,
             Topic::IssuedToken => &mut self.issued_token,
+            Topic::Retry => &mut self.retry,
+            Topic::DeadLetter => &mut self.dead_letter,
         };
         spec.name = name.into();
         self
@@ -116,6 +143,10 @@ struct RawRegistry {
     new_user_created: RawSpec,
     #[serde(default)]
     issued_token: RawSpec,
+    #[serde(default)]
+    retry: RawSpec,
+    #[serde(default)]
+    dead_letter: RawSpec,
 }
 
 impl RawSpec {
@@ -133,6 +164,8 @@ impl From<RawRegistry> for TopicRegistry {
         Self {
             new_user_created: raw.new_user_created.resolve(Topic::NewUserCreated),
             issued_token: raw.issued_token.resolve(Topic::IssuedToken),
+            retry: raw.retry.resolve(Topic::Retry),
+            dead_letter: raw.dead_letter.resolve(Topic::DeadLetter),
         }
     }
 }
@@ -146,7 +179,9 @@ mod tests {
         let registry = TopicRegistry::default();
         assert_eq!(registry.name(Topic::NewUserCreated), "new-user-created");
         assert_eq!(registry.name(Topic::IssuedToken), "issued-token");
-        assert!(registry.specs().iter().all(|spec| spec.partitions == 8));
+        assert_eq!(registry.name(Topic::Retry), "side-topic-for-retry");
+        assert_eq!(registry.name(Topic::DeadLetter), "dead-letter-queue");
+        assert!(registry.specs(&Topic::ALL).iter().all(|spec| spec.partitions == 8));
     }
 
     #[test]

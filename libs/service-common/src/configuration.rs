@@ -115,3 +115,20 @@ pub struct DatabaseSettings {
     /// Create the database at start-up when it does not exist.
     pub create_if_missing: bool,
 }
+
+/// `shutdown.*`: how long a graceful stop may take.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ShutdownSettings {
+    /// From SIGTERM or SIGINT to exit, in milliseconds. ECS sends SIGKILL
+    /// 30 s after SIGTERM (the task definition's default `stopTimeout`), so
+    /// keep this below 30000. Past it the process exits with status 1 and
+    /// whatever was not committed is redelivered.
+    pub timeout_ms: u64,
+}
+
+impl ShutdownSettings {
+    /// [`timeout_ms`](Self::timeout_ms) as a duration.
+    pub fn timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.timeout_ms)
+    }
+}

@@ -7,7 +7,7 @@
 use std::net::TcpListener;
 
 use actix_web::dev::Server;
-use actix_web::error::{InternalError, JsonPayloadError, PathError};
+use actix_web::error::{InternalError, JsonPayloadError, PathError, QueryPayloadError};
 use actix_web::http::StatusCode;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use serde::Serialize;
@@ -67,6 +67,15 @@ pub fn path_config() -> web::PathConfig {
     })
 }
 
+/// Query-string extractor settings: a malformed or unknown parameter is
+/// `400 invalid_query` with the JSON error body.
+pub fn query_config() -> web::QueryConfig {
+    web::QueryConfig::default().error_handler(|error: QueryPayloadError, _req: &HttpRequest| {
+        let response = error_response(StatusCode::BAD_REQUEST, "invalid_query", &error.to_string());
+        InternalError::from_response(error, response).into()
+    })
+}
+
 /// The default service: unknown routes are `404 not_found` with the JSON
 /// error body.
 pub async fn not_found() -> HttpResponse {
@@ -92,6 +101,7 @@ where
             .wrap(TracingLogger::default())
             .app_data(json_config())
             .app_data(path_config())
+            .app_data(query_config())
             .configure(configure.clone())
             .route("/health/live", web::get().to(health::live))
             .route("/health/ready", web::get().to(health::ready))

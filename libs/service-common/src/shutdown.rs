@@ -28,3 +28,19 @@ pub fn on_signal() -> CancellationToken {
     });
     token
 }
+
+/// Once `shutdown` is cancelled, gives the service `deadline` to stop; if it
+/// is still running then, logs that and exits the process with status 1
+/// (a commit or a broker call that hangs must not outlive the deadline, or
+/// ECS's SIGKILL would come first and the log would not say why).
+pub fn exit_after_deadline(shutdown: CancellationToken, deadline: std::time::Duration) {
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        tokio::time::sleep(deadline).await;
+        tracing::error!(
+            deadline_ms = deadline.as_millis(),
+            "graceful shutdown did not finish within its deadline; exiting now"
+        );
+        std::process::exit(1);
+    });
+}

@@ -1,10 +1,12 @@
 //! The consumer's settings. See `configuration/*.yaml` for the defaults.
 
+use std::time::Duration;
+
 use kafka_service::{ConsumerSettings, KafkaSettings};
 use secrecy::SecretString;
 use serde::Deserialize;
 use service_common::configuration::{self, ConfigurationError, Environment, Files};
-pub use service_common::configuration::{DatabaseSettings, HttpSettings};
+pub use service_common::configuration::{DatabaseSettings, HttpSettings, ShutdownSettings};
 
 /// The environment variable Copilot sets to the service discovery namespace
 /// (`<env>.<app>.local`).
@@ -25,6 +27,51 @@ pub struct Settings {
     pub producer: ProducerSettings,
     /// Access tokens.
     pub auth: AuthSettings,
+    /// Retries of transient failures, in place and through the retry topic.
+    pub retry: RetrySettings,
+    /// How long a graceful stop may take.
+    pub shutdown: ShutdownSettings,
+}
+
+/// `retry.*`: what happens to a record whose processing fails transiently
+/// (database or producer unavailable). See `docs/delivery.md`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RetrySettings {
+    /// Tries per delivery, the first one included, before the record moves
+    /// to the retry topic.
+    pub attempts: u32,
+    /// First pause between in-place tries, in milliseconds; it doubles after
+    /// each try, with jitter.
+    pub initial_delay_ms: u64,
+    /// Longest pause between in-place tries, in milliseconds.
+    pub max_delay_ms: u64,
+    /// Most time spent pausing between the in-place tries of one delivery,
+    /// in milliseconds.
+    pub max_elapsed_ms: u64,
+    /// Rounds through the retry topic before the dead-letter topic; `0`
+    /// sends a record that exhausts its in-place tries to the dead-letter
+    /// topic at once.
+    pub topic_rounds: u32,
+    /// Wait before the first round, in milliseconds.
+    pub topic_initial_delay_ms: u64,
+    /// Each round waits this many times longer than the one before.
+    pub topic_multiplier: u32,
+    /// Longest wait before a round, in milliseconds.
+    pub topic_max_delay_ms: u64,
+}
+
+impl RetrySettings {
+    /// The wait before retry round `round` (1-based):
+    /// `topic_initial_delay_ms * topic_multiplier^(round-1)`, at most
+    /// `topic_max_delay_ms`.
+    pub fn round_delay(&self, round: u32) -> Duration {
+        let factor = u64::from(self.topic_multiplier).saturating_pow(round.saturating_sub(1));
+        Duration::from_millis(
+            self.topic_initial_delay_ms
+                .saturating_mul(factor)
+                .min(self.topic_max_delay_ms),
+        )
+    }
 }
 
 /// `producer.*`
@@ -54,6 +101,8 @@ struct Raw {
     kafka: serde_json::Value,
     producer: RawProducer,
     auth: AuthSettings,
+    retry: RetrySettings,
+    shutdown: ShutdownSettings,
 }
 
 #[derive(Deserialize)]
@@ -103,6 +152,8 @@ impl Settings {
                 timeout_ms: raw.producer.timeout_ms,
             },
             auth: raw.auth,
+            retry: raw.retry,
+            shutdown: raw.shutdown,
         })
     }
 }
@@ -123,7 +174,13 @@ mod tests {
             "database": { "url": "postgres://localhost/consumer", "max_connections": 5, "create_if_missing": false },
             "kafka": { "bootstrap_servers": "127.0.0.1:9092", "group_id": "g", "commit_batch_size": 10 },
             "producer": { "base_url": base_url, "timeout_ms": 2000 },
-            "auth": { "jwt_secret": "0123456789abcdef0123456789abcdef" }
+            "auth": { "jwt_secret": "0123456789abcdef0123456789abcdef" },
+            "retry": {
+                "attempts": 3, "initial_delay_ms": 200, "max_delay_ms": 5000, "max_elapsed_ms": 15000,
+                "topic_rounds": 5, "topic_initial_delay_ms": 60000, "topic_multiplier": 5,
+                "topic_max_delay_ms": 3600000
+            },
+            "shutdown": { "timeout_ms": 20000 }
         }))
         .unwrap()
     }
@@ -135,6 +192,30 @@ mod tests {
         assert_eq!(settings.consumer.group_id, "g");
         assert_eq!(settings.consumer.commit_batch_size, 10);
         assert_eq!(settings.consumer.auto_offset_reset, "earliest");
+    }
+
+    #[test]
+    fn retry_rounds_wait_exponentially_longer_up_to_the_cap() {
+        let settings = Settings::resolve(raw(Some("http://p:9001")), None).unwrap();
+        let delays: Vec<u64> = (1..=5)
+            .map(|round| settings.retry.round_delay(round).as_secs())
+            .collect();
+        assert_eq!(delays, [60, 300, 1500, 3600, 3600]);
+        assert_eq!(settings.retry.round_delay(40).as_secs(), 3600, "no overflow");
+    }
+
+    #[test]
+    fn the_embedded_defaults_load() {
+        let (_, raw): (Environment, Raw) = configuration::load(Files {
+            base: include_str!("../configuration/base.yaml"),
+            local: include_str!("../configuration/local.yaml"),
+            production: include_str!("../configuration/production.yaml"),
+        })
+        .unwrap();
+        let settings = Settings::resolve(raw, None).unwrap();
+        assert_eq!(settings.consumer.group_id, "user-read-model");
+        assert!(settings.shutdown.timeout_ms < 30_000, "below ECS's SIGKILL");
+        assert_eq!(settings.retry.topic_rounds, 5);
     }
 
     #[test]

@@ -8,9 +8,19 @@ use service_common::http::error_response;
 /// Everything a request can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
+    /// `403 forbidden`: the token is valid but does not allow this.
+    #[error("{0}")]
+    Forbidden(&'static str),
     /// `404 not_found`.
     #[error("no such resource")]
     NotFound,
+    /// `422 validation_failed`: the request is well-formed but cannot be
+    /// carried out; the message says why.
+    #[error("{0}")]
+    Validation(String),
+    /// `503 broker_unavailable`: Kafka did not answer.
+    #[error("the kafka broker is unavailable")]
+    BrokerUnavailable(#[source] anyhow::Error),
     /// `503 upstream_unavailable`: the producer could not be asked.
     #[error("the producer service is unavailable")]
     UpstreamUnavailable(#[source] anyhow::Error),
@@ -22,15 +32,23 @@ pub enum ApiError {
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
-            ApiError::UpstreamUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::UpstreamUnavailable(_) | ApiError::BrokerUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
         let code = match self {
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound => "not_found",
+            ApiError::Validation(_) => "validation_failed",
+            ApiError::BrokerUnavailable(error) => {
+                tracing::warn!(error = format!("{error:#}"), "broker unavailable");
+                "broker_unavailable"
+            }
             ApiError::UpstreamUnavailable(error) => {
                 tracing::warn!(error = format!("{error:#}"), "producer unavailable");
                 "upstream_unavailable"

@@ -10,7 +10,10 @@
 //! - [`configuration`]: settings and their defaults;
 //! - [`startup`]: [`startup::Application`], the HTTP server plus the
 //!   processing loop;
-//! - [`processing`]: the consumer loop and the event handlers;
+//! - [`delivery`]: what happens to each record: applied, retried in place,
+//!   parked on the retry topic, or dead-lettered;
+//! - [`parking`]: which records are parked, per key, in order;
+//! - [`processing`]: the event handlers (one attempt at applying a record);
 //! - [`read_model`]: the read model's queries;
 //! - [`producer_client`]: HTTP calls to the producer service;
 //! - [`routes`]: one module per resource;
@@ -18,7 +21,9 @@
 #![warn(missing_docs)]
 
 pub mod configuration;
+pub mod delivery;
 pub mod error;
+pub mod parking;
 pub mod processing;
 pub mod producer_client;
 pub mod read_model;

@@ -1,13 +1,52 @@
 //! The consumer service's entry point: configuration, telemetry, run until
 //! SIGTERM or SIGINT.
+//!
+//! `consumer service-token` instead prints a service credential (valid for
+//! five minutes, signed with the configured `auth.jwt_secret`) for the
+//! operator endpoints (`/dead-letters`).
+
+use std::process::ExitCode;
 
 use consumer::configuration::Settings;
 use consumer::startup::Application;
+use secrecy::ExposeSecret;
+use service_common::auth::TokenKeys;
+
+fn main() -> ExitCode {
+    match std::env::args().nth(1).as_deref() {
+        None => serve(),
+        Some("service-token") => print_service_token(),
+        Some(other) => {
+            eprintln!("consumer: unknown subcommand `{other}`; run without one, or `consumer service-token`");
+            ExitCode::from(2)
+        }
+    }
+}
 
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
+async fn serve() -> ExitCode {
     service_common::run::main("consumer", Settings::load, |settings, shutdown| async move {
         Application::build(settings).await?.run_until_stopped(shutdown).await
     })
     .await
+}
+
+fn print_service_token() -> ExitCode {
+    let settings = match Settings::load() {
+        Ok((_, settings)) => settings,
+        Err(error) => {
+            eprintln!("consumer: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    match TokenKeys::new(&settings.auth.jwt_secret) {
+        Ok(keys) => {
+            println!("{}", keys.service_token("operator").expose_secret());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("consumer: invalid configuration: auth.jwt_secret: {error}");
+            ExitCode::from(2)
+        }
+    }
 }

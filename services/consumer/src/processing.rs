@@ -1,39 +1,27 @@
-//! The consumer loop and the event handlers.
+//! The event handlers: one attempt at applying one record to the read
+//! model, exactly once in effect.
 //!
-//! For each record, in partition order: decode the envelope, apply the
-//! event and record its id in one database transaction, then mark the
-//! offset processed (committed later in a batch; see
-//! [`kafka_service::consumer`]).
-//!
-//! - Transient failures (database or producer unavailable) are retried in
-//!   place with exponential backoff: the partition makes no progress and no
-//!   offset past the record is committed until it succeeds.
-//! - A record that can never succeed (not a valid envelope, unknown event
-//!   type, invalid data, a user the producer does not know) is logged with
-//!   its reason and skipped. (Issue 3 routes these to the dead-letter topic.)
+//! Each event's effect and its id (in `processed_events`) are written in one
+//! database transaction, so a record delivered again finds its id there and
+//! changes nothing. What happens when an attempt fails (retries, the retry
+//! topic, the dead-letter topic) is [`crate::delivery`]'s business.
 
-use std::time::Duration;
-
-use anyhow::Context;
 use events::{TokenIssued, UserCreated, UserEvent};
-use kafka_service::{Envelope, EventConsumer, Record};
+use kafka_service::failure::Origin;
+use kafka_service::{Envelope, Record};
 use sqlx::PgPool;
-use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::producer_client::ProducerClient;
 use crate::read_model;
 
-/// What became of a record.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What became of a record that was handled without error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// Its effect was applied.
     Applied,
     /// Its event id had been applied before: nothing changed.
     Duplicate,
-    /// It can never be applied; the reason says why.
-    Rejected(String),
 }
 
 /// Why applying a record failed.
@@ -60,25 +48,35 @@ impl Handler {
         Self { pool, producer }
     }
 
-    /// Applies one record, exactly once in effect.
+    /// Applies one record, exactly once in effect. `origin` is where the
+    /// record was first consumed from (it differs from the record's own
+    /// coordinates when it comes from the retry topic); it is recorded with
+    /// the event id.
     ///
     /// # Errors
     ///
     /// [`ProcessError::Transient`] when the database or the producer failed;
-    /// [`ProcessError::Permanent`] when the record can never be applied.
-    pub async fn handle(&self, record: &Record) -> Result<Outcome, ProcessError> {
-        let envelope = Envelope::decode(record).map_err(|e| ProcessError::Permanent(e.to_string()))?;
+    /// [`ProcessError::Permanent`] when the record can never be applied (not
+    /// a valid envelope, an unknown event type, invalid data, a user the
+    /// producer does not know).
+    pub async fn handle(&self, record: &Record, origin: &Origin) -> Result<Outcome, ProcessError> {
+        let envelope = Envelope::decode(record).map_err(|e| ProcessError::Permanent(error_chain(&e)))?;
         tracing::Span::current().record("event_id", tracing::field::display(envelope.id));
         let event = UserEvent::from_envelope(&envelope).map_err(|e| ProcessError::Permanent(error_chain(&e)))?;
+        let applied = Applied {
+            origin,
+            event_id: envelope.id,
+            subject: &envelope.subject,
+        };
         match event {
-            UserEvent::Created(data) => self.user_created(record, envelope.id, &data).await,
-            UserEvent::TokenIssued(data) => self.token_issued(record, envelope.id, &data).await,
+            UserEvent::Created(data) => self.user_created(&applied, &data).await,
+            UserEvent::TokenIssued(data) => self.token_issued(&applied, &data).await,
         }
     }
 
-    async fn user_created(&self, record: &Record, event_id: Uuid, data: &UserCreated) -> Result<Outcome, ProcessError> {
+    async fn user_created(&self, event: &Applied<'_>, data: &UserCreated) -> Result<Outcome, ProcessError> {
         let mut tx = self.pool.begin().await.map_err(transient)?;
-        if !claim(&mut tx, record, event_id, UserEvent::CREATED_V1).await? {
+        if !claim(&mut tx, event, UserEvent::CREATED_V1).await? {
             return Ok(Outcome::Duplicate);
         }
         read_model::insert_user(&mut tx, data.user_id, &data.username, &data.email, data.created_at)
@@ -88,7 +86,7 @@ impl Handler {
         Ok(Outcome::Applied)
     }
 
-    async fn token_issued(&self, record: &Record, event_id: Uuid, data: &TokenIssued) -> Result<Outcome, ProcessError> {
+    async fn token_issued(&self, event: &Applied<'_>, data: &TokenIssued) -> Result<Outcome, ProcessError> {
         // The two topics are not ordered against each other: a token may
         // arrive before its user. Ask the producer, outside any transaction.
         let mut connection = self.pool.acquire().await.map_err(transient)?;
@@ -110,7 +108,7 @@ impl Handler {
         drop(connection);
 
         let mut tx = self.pool.begin().await.map_err(transient)?;
-        if !claim(&mut tx, record, event_id, UserEvent::TOKEN_ISSUED_V1).await? {
+        if !claim(&mut tx, event, UserEvent::TOKEN_ISSUED_V1).await? {
             return Ok(Outcome::Duplicate);
         }
         if !read_model::count_token(&mut tx, data.user_id, data.issued_at)
@@ -127,23 +125,26 @@ impl Handler {
     }
 }
 
-/// Records `event_id` as processed; `false` when it already was (the
-/// caller's transaction then changes nothing).
-async fn claim(
-    tx: &mut sqlx::PgConnection,
-    record: &Record,
+/// The event being applied: where it came from and what it is about.
+struct Applied<'a> {
+    origin: &'a Origin,
     event_id: Uuid,
-    event_type: &str,
-) -> Result<bool, ProcessError> {
+    subject: &'a str,
+}
+
+/// Records the event as processed; `false` when it already was (the
+/// caller's transaction then changes nothing).
+async fn claim(tx: &mut sqlx::PgConnection, event: &Applied<'_>, event_type: &str) -> Result<bool, ProcessError> {
     let inserted = sqlx::query(
-        "INSERT INTO processed_events (event_id, event_type, topic, \"partition\", \"offset\") \
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING",
+        "INSERT INTO processed_events (event_id, event_type, topic, \"partition\", \"offset\", subject) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING",
     )
-    .bind(event_id)
+    .bind(event.event_id)
     .bind(event_type)
-    .bind(&record.topic)
-    .bind(record.partition)
-    .bind(record.offset)
+    .bind(&event.origin.topic)
+    .bind(event.origin.partition)
+    .bind(event.origin.offset)
+    .bind(event.subject)
     .execute(&mut *tx)
     .await
     .map_err(transient)?;
@@ -154,7 +155,8 @@ fn transient(error: sqlx::Error) -> ProcessError {
     ProcessError::Transient(anyhow::Error::new(error).context("database"))
 }
 
-fn error_chain(error: &dyn std::error::Error) -> String {
+/// `error: cause: cause ...`, for logs and failure headers.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
@@ -163,72 +165,4 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
-}
-
-/// Consumes records until `shutdown` is cancelled, then commits what was
-/// processed and leaves the group.
-///
-/// # Errors
-///
-/// When the final commit fails (the uncommitted records will be redelivered
-/// and deduplicated).
-pub async fn run(mut consumer: EventConsumer, handler: Handler, shutdown: CancellationToken) -> anyhow::Result<()> {
-    loop {
-        let received = tokio::select! {
-            () = shutdown.cancelled() => break,
-            received = consumer.recv() => received,
-        };
-        let record = match received {
-            Ok(record) => record,
-            Err(error) => {
-                tracing::warn!(error = error_chain(&error), "consumer error; carrying on");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let span = tracing::info_span!(
-            "record",
-            topic = record.topic,
-            partition = record.partition,
-            offset = record.offset,
-            key = record.key_lossy(),
-            event_id = tracing::field::Empty,
-        );
-        let Some(outcome) = handle_with_retry(&handler, &record, &shutdown)
-            .instrument(span.clone())
-            .await
-        else {
-            // Shutdown while retrying: leave the record uncommitted.
-            break;
-        };
-        span.in_scope(|| match &outcome {
-            Outcome::Applied => tracing::debug!("event applied"),
-            Outcome::Duplicate => tracing::info!("event already applied; skipped"),
-            Outcome::Rejected(reason) => tracing::error!(reason, "record rejected and skipped"),
-        });
-        if let Err(error) = consumer.mark_processed(&record) {
-            span.in_scope(|| tracing::warn!(error = error_chain(&error), "could not mark the record processed"));
-        }
-    }
-    consumer.shutdown().await.context("final offset commit failed")
-}
-
-/// Handles `record`, retrying transient failures under
-/// [`service_common::retry::backoff`] until it succeeds. `None` when shutdown
-/// came first.
-async fn handle_with_retry(handler: &Handler, record: &Record, shutdown: &CancellationToken) -> Option<Outcome> {
-    let mut delays = service_common::retry::backoff();
-    for attempt in 1.. {
-        match handler.handle(record).await {
-            Ok(outcome) => return Some(outcome),
-            Err(ProcessError::Permanent(reason)) => return Some(Outcome::Rejected(reason)),
-            Err(ProcessError::Transient(error)) => {
-                tracing::warn!(attempt, error = format!("{error:#}"), "event not applied; retrying");
-                if !service_common::retry::sleep_or_cancel(&mut delays, shutdown).await {
-                    return None;
-                }
-            }
-        }
-    }
-    unreachable!("the retry loop only ends by returning")
 }

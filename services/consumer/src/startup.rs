@@ -6,23 +6,27 @@ use std::time::Duration;
 use actix_web::dev::Server;
 use actix_web::web;
 use anyhow::Context;
-use kafka_service::{EventConsumer, EventProducer, Topic};
+use kafka_service::dispatch::{self, DispatchSettings};
+use kafka_service::{EventConsumer, EventProducer, KafkaSettings, Topic};
 use secrecy::ExposeSecret;
 use service_common::auth::TokenKeys;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::configuration::Settings;
-use crate::processing::{self, Handler};
+use crate::delivery::Delivery;
+use crate::parking::Parking;
+use crate::processing::Handler;
 use crate::producer_client::ProducerClient;
-use crate::routes::users;
+use crate::routes::{dead_letters, users};
 
 /// The consumer: HTTP server and processing loop, ready to run.
 pub struct Application {
     port: u16,
     server: Server,
     settings: Settings,
-    handler: Handler,
+    delivery: Delivery,
+    producer: EventProducer,
 }
 
 impl Application {
@@ -51,18 +55,36 @@ impl Application {
             keys.clone(),
         )
         .context("could not build the HTTP client")?;
-        // Only for readiness (broker reachable) for now.
-        let broker = EventProducer::new(&settings.kafka, "consumer").context("invalid configuration: kafka")?;
+        // Parks records on the retry topic, dead-letters and redrives them,
+        // and tells readiness whether the broker answers.
+        let producer = EventProducer::new(&settings.kafka, "consumer").context("invalid configuration: kafka")?;
         let address = format!("{}:{}", settings.http.host, settings.http.port);
         let listener = TcpListener::bind(&address).with_context(|| format!("could not bind {address}"))?;
         let port = listener.local_addr()?.port();
-        let server = run_server(listener, pool.clone(), keys, producer_client.clone(), broker)?;
+        let server = run_server(
+            listener,
+            pool.clone(),
+            keys,
+            producer_client.clone(),
+            producer.clone(),
+            settings.kafka.clone(),
+        )?;
         tracing::info!(%address, port, producer = settings.producer.base_url, "consumer listening");
+        let topics = &settings.kafka.topics;
+        let delivery = Delivery::new(
+            Handler::new(pool.clone(), producer_client),
+            Parking::new(pool),
+            producer.clone(),
+            topics.name(Topic::Retry).to_owned(),
+            topics.name(Topic::DeadLetter).to_owned(),
+            settings.retry.clone(),
+        );
         Ok(Self {
             port,
             server,
             settings,
-            handler: Handler::new(pool, producer_client),
+            delivery,
+            producer,
         })
     }
 
@@ -72,17 +94,21 @@ impl Application {
     }
 
     /// Serves HTTP and consumes records until `shutdown` is cancelled, then
-    /// stops taking requests, finishes or abandons the record in flight,
-    /// commits processed offsets and leaves the group.
+    /// stops taking requests, stops fetching, finishes or abandons the
+    /// records in flight, commits processed offsets, leaves the group and
+    /// flushes the producer, all within `shutdown.timeout_ms` (past it the
+    /// process exits with status 1).
     ///
     /// # Errors
     ///
     /// When the server fails, a topic has too few partitions, or the final
     /// commit fails.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let deadline = self.settings.shutdown.timeout();
+        service_common::shutdown::exit_after_deadline(shutdown.clone(), deadline);
         let server_handle = self.server.handle();
         let mut server = tokio::spawn(self.server);
-        let mut consumer = tokio::spawn(consume(self.settings, self.handler, shutdown.clone()));
+        let mut consumer = tokio::spawn(consume(self.settings, self.delivery, shutdown.clone()));
         let outcome = tokio::select! {
             () = shutdown.cancelled() => Ok(()),
             result = &mut server => result.context("http server panicked")?.context("http server failed"),
@@ -94,28 +120,58 @@ impl Application {
             }
         };
         shutdown.cancel();
-        server_handle.stop(true).await;
-        consumer.await.context("consumer loop panicked")??;
+        // The HTTP server drains while the partition workers finish.
+        let (_, consumed) = tokio::join!(server_handle.stop(true), consumer);
+        consumed.context("consumer loop panicked")??;
+        self.producer.flush(FLUSH_TIMEOUT).await;
         tracing::info!("consumer stopped");
         outcome
     }
 }
 
+/// How long shutdown waits for queued records' delivery reports. Every
+/// record is awaited by the worker that produced it, so this is a backstop.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What shutdown reserves for the final commit and leaving the group, out
+/// of `shutdown.timeout_ms`; partition workers get the rest to finish.
+const COMMIT_RESERVE: Duration = Duration::from_secs(5);
+
 /// Provisions the topics, joins the group and processes records until
 /// shutdown.
-async fn consume(settings: Settings, handler: Handler, shutdown: CancellationToken) -> anyhow::Result<()> {
+async fn consume(settings: Settings, delivery: Delivery, shutdown: CancellationToken) -> anyhow::Result<()> {
     let topics = &settings.kafka.topics;
-    if !service_common::retry::provision_topics(&settings.kafka, &topics.specs(), &shutdown)
+    if !service_common::retry::provision_topics(&settings.kafka, &topics.specs(&Topic::ALL), &shutdown)
         .await
         .context("topic provisioning failed")?
     {
         return Ok(());
     }
-    let names: Vec<&str> = Topic::ALL.iter().map(|&topic| topics.name(topic)).collect();
-    let consumer = EventConsumer::new(&settings.kafka, &settings.consumer, "consumer", &names)
-        .context("invalid configuration: kafka")?;
+    // The dead-letter topic is not consumed: operators read it.
+    let names: Vec<&str> = [Topic::NewUserCreated, Topic::IssuedToken, Topic::Retry]
+        .iter()
+        .map(|&topic| topics.name(topic))
+        .collect();
+    let consumer = EventConsumer::new(
+        &settings.kafka,
+        &settings.consumer,
+        "consumer",
+        &names,
+        shutdown.child_token(),
+    )
+    .context("invalid configuration: kafka")?;
     tracing::info!(group_id = settings.consumer.group_id, topics = ?names, "subscribed");
-    processing::run(consumer, handler, shutdown).await
+    let dispatch_settings = DispatchSettings {
+        queue_capacity: settings.consumer.partition_queue_capacity,
+        drain_timeout: settings
+            .shutdown
+            .timeout()
+            .saturating_sub(COMMIT_RESERVE)
+            .max(Duration::from_secs(1)),
+    };
+    dispatch::run(consumer, delivery, dispatch_settings, shutdown)
+        .await
+        .context("final offset commit failed")
 }
 
 fn run_server(
@@ -124,17 +180,22 @@ fn run_server(
     keys: TokenKeys,
     producer: ProducerClient,
     broker: EventProducer,
+    kafka: KafkaSettings,
 ) -> std::io::Result<Server> {
     let pool = web::Data::new(pool);
     let keys = web::Data::new(keys);
     let producer = web::Data::new(producer);
     let broker = web::Data::new(broker);
+    let kafka = web::Data::new(kafka);
     service_common::http::serve(listener, move |config| {
         config
             .app_data(pool.clone())
             .app_data(keys.clone())
             .app_data(producer.clone())
             .app_data(broker.clone())
-            .route("/users/{id}", web::get().to(users::get_user));
+            .app_data(kafka.clone())
+            .route("/users/{id}", web::get().to(users::get_user))
+            .route("/dead-letters", web::get().to(dead_letters::list))
+            .route("/dead-letters/redrive", web::post().to(dead_letters::redrive));
     })
 }

@@ -4,7 +4,7 @@ use kafka_service::KafkaSettings;
 use secrecy::SecretString;
 use serde::Deserialize;
 use service_common::configuration::{self, ConfigurationError, Environment, Files};
-pub use service_common::configuration::{DatabaseSettings, HttpSettings};
+pub use service_common::configuration::{DatabaseSettings, HttpSettings, ShutdownSettings};
 
 /// Everything the producer is configured with.
 #[derive(Debug, Clone, Deserialize)]
@@ -19,6 +19,8 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// The outbox relay.
     pub outbox: OutboxSettings,
+    /// How long a graceful stop may take.
+    pub shutdown: ShutdownSettings,
 }
 
 /// `auth.*`

@@ -20,7 +20,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use events::UserEvent;
 use futures::future::join_all;
-use kafka_service::{Envelope, EventProducer, KafkaSettings};
+use kafka_service::{Envelope, EventProducer, KafkaSettings, Topic};
 use secrecy::{ExposeSecret, SecretString};
 use service_common::retry::{backoff, sleep_or_cancel};
 use sqlx::postgres::PgListener;
@@ -116,7 +116,7 @@ impl Relay {
     /// Only for errors retrying cannot fix: a topic with fewer partitions
     /// than configured, or a topic the broker refuses to create.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let specs = self.kafka.topics.specs();
+        let specs = self.kafka.topics.specs(&Topic::EVENTS);
         if !service_common::retry::provision_topics(&self.kafka, &specs, &shutdown)
             .await
             .context("topic provisioning failed")?

@@ -9,6 +9,10 @@
 //! unreachable: the tests fail and say so.
 #![warn(missing_docs)]
 
+pub mod load;
+pub mod process;
+pub mod proxy;
+
 use std::future::Future;
 use std::time::Duration;
 
@@ -65,7 +69,9 @@ impl TestContext {
             bootstrap_servers,
             topics: TopicRegistry::default()
                 .with_name(Topic::NewUserCreated, format!("new-user-created-{id}"))
-                .with_name(Topic::IssuedToken, format!("issued-token-{id}")),
+                .with_name(Topic::IssuedToken, format!("issued-token-{id}"))
+                .with_name(Topic::Retry, format!("retry-{id}"))
+                .with_name(Topic::DeadLetter, format!("dead-letter-{id}")),
             group_id: format!("test-group-{id}"),
             producer_database_url: format!("{server}/test_producer_{id}"),
             consumer_database_url: format!("{server}/test_consumer_{id}"),
@@ -102,6 +108,7 @@ impl TestContext {
                 batch_size: 100,
                 poll_interval_ms: 200,
             },
+            shutdown: ShutdownSettings { timeout_ms: 10_000 },
         }
     }
 
@@ -131,6 +138,8 @@ impl TestContext {
             auth: AuthSettings {
                 jwt_secret: SecretString::from(JWT_SECRET.to_owned()),
             },
+            retry: fast_retries(),
+            shutdown: ShutdownSettings { timeout_ms: 10_000 },
         }
     }
 
@@ -295,4 +304,19 @@ pub async fn read_model_token_counts(pool: &PgPool) -> std::collections::HashMap
         .unwrap_or_default()
         .into_iter()
         .collect()
+}
+
+/// Retries scaled down for tests: 2 tries in place 50 ms apart, then 4
+/// rounds through the retry topic 200 ms, 400 ms, 800 ms and 1.6 s apart.
+pub fn fast_retries() -> consumer::configuration::RetrySettings {
+    consumer::configuration::RetrySettings {
+        attempts: 2,
+        initial_delay_ms: 50,
+        max_delay_ms: 200,
+        max_elapsed_ms: 1_000,
+        topic_rounds: 4,
+        topic_initial_delay_ms: 200,
+        topic_multiplier: 2,
+        topic_max_delay_ms: 2_000,
+    }
 }

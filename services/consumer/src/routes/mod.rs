@@ -1,3 +1,4 @@
 //! HTTP routes, one module per resource.
 
+pub mod dead_letters;
 pub mod users;

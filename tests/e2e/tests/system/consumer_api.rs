@@ -7,12 +7,18 @@ use consumer::processing::{Handler, Outcome, ProcessError};
 use consumer::producer_client::ProducerClient;
 use e2e::{create_user, issue_token, TestContext};
 use events::{TokenIssued, UserCreated, UserEvent};
+use kafka_service::failure::Origin;
 use kafka_service::{Envelope, Record};
 use reqwest::Client;
 use secrecy::SecretString;
 use serde_json::Value;
 use service_common::auth::TokenKeys;
 use uuid::Uuid;
+
+/// Where `record` was consumed from (no retry involved).
+fn origin(record: &Record) -> Origin {
+    Origin::of(record).unwrap()
+}
 
 /// The record the relay would publish for `event`, at `offset`.
 fn record_of(event: &UserEvent, offset: i64) -> Record {
@@ -76,10 +82,19 @@ async fn a_redelivered_event_is_applied_once() {
         1,
     );
 
-    assert_eq!(handler.handle(&created).await.unwrap(), Outcome::Applied);
-    assert_eq!(handler.handle(&token).await.unwrap(), Outcome::Applied);
-    assert_eq!(handler.handle(&created).await.unwrap(), Outcome::Duplicate);
-    assert_eq!(handler.handle(&token).await.unwrap(), Outcome::Duplicate);
+    assert_eq!(
+        handler.handle(&created, &origin(&created)).await.unwrap(),
+        Outcome::Applied
+    );
+    assert_eq!(handler.handle(&token, &origin(&token)).await.unwrap(), Outcome::Applied);
+    assert_eq!(
+        handler.handle(&created, &origin(&created)).await.unwrap(),
+        Outcome::Duplicate
+    );
+    assert_eq!(
+        handler.handle(&token, &origin(&token)).await.unwrap(),
+        Outcome::Duplicate
+    );
 
     let counts = e2e::read_model_token_counts(&pool).await;
     assert_eq!(counts.get(&user_id), Some(&1));
@@ -110,7 +125,7 @@ async fn a_token_for_an_unknown_user_fetches_the_user_from_the_producer() {
         7,
     );
 
-    assert_eq!(handler.handle(&token).await.unwrap(), Outcome::Applied);
+    assert_eq!(handler.handle(&token, &origin(&token)).await.unwrap(), Outcome::Applied);
 
     let username: String = sqlx::query_scalar("SELECT username FROM users WHERE id = $1")
         .bind(user.id)
@@ -156,7 +171,7 @@ async fn a_malformed_record_or_unknown_user_is_a_permanent_failure() {
         ("undecodable data", &garbage),
         ("user unknown to the producer", &unknown_user),
     ] {
-        match handler.handle(record).await {
+        match handler.handle(record, &origin(record)).await {
             Err(ProcessError::Permanent(reason)) => assert!(!reason.is_empty(), "{case}"),
             other => panic!("{case}: expected a permanent failure, got {other:?}"),
         }

@@ -1,0 +1,240 @@
+//! Runs an [`EventConsumer`] with one worker task per assigned partition.
+//!
+//! A partition's records are handled one at a time, in offset order, by its
+//! worker; partitions do not wait for each other. When a worker falls behind
+//! (it is retrying a record, or waiting for a retry's due time), its queue
+//! fills up to `queue_capacity` records and the partition is paused at the
+//! broker until the worker catches up, so one slow partition costs memory
+//! for at most that many records and holds up no other partition.
+//!
+//! A worker stores a record's offset once its handler returns
+//! [`Disposition::Done`]; the consumer commits stored offsets in batches.
+//! When the partition is revoked, the worker's lease token is cancelled: the
+//! handler should finish or abandon the record in hand, the worker stops,
+//! and anything it finishes afterwards is not committed (its next owner
+//! redelivers it). A partition assigned again gets a fresh worker.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::consumer::{EventConsumer, PartitionLease, Record};
+use crate::error::ConsumeError;
+
+/// What became of a record, as far as its offset is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// The record is dealt with (applied, skipped as a duplicate, moved to
+    /// the retry or dead-letter topic): store its offset.
+    Done,
+    /// The work was abandoned because the lease was revoked: store nothing;
+    /// the record will be redelivered.
+    Abandoned,
+}
+
+/// Handles the records of one partition, one at a time.
+pub trait RecordHandler: Clone + Send + Sync + 'static {
+    /// Handles `record`. Must return [`Disposition::Done`] only once the
+    /// record's effect is durable, and should return
+    /// [`Disposition::Abandoned`] promptly after `lease.revoked()` is
+    /// cancelled if it is still waiting (retrying, sleeping).
+    fn handle(&self, record: &Record, lease: &PartitionLease) -> impl Future<Output = Disposition> + Send;
+}
+
+/// Dispatching settings.
+#[derive(Debug, Clone, Copy)]
+pub struct DispatchSettings {
+    /// Records queued per partition before the partition is paused.
+    pub queue_capacity: usize,
+    /// At shutdown, how long workers may take to finish the record in hand
+    /// before they are aborted (their records are then redelivered).
+    pub drain_timeout: Duration,
+}
+
+enum Progress {
+    /// The worker took a record off its queue.
+    Took(PartitionKey),
+    /// The worker stopped.
+    Stopped(PartitionKey, u64),
+}
+
+type PartitionKey = (String, i32);
+
+struct Worker {
+    generation: u64,
+    queue: mpsc::Sender<Record>,
+    /// Records received while the queue was full, in order.
+    overflow: VecDeque<Record>,
+    paused: bool,
+}
+
+/// Receives records and hands each to its partition's worker until
+/// `shutdown` is cancelled; then lets the workers finish the record in hand
+/// (up to `drain_timeout`), commits stored offsets and leaves the group.
+///
+/// # Errors
+///
+/// [`ConsumeError::Commit`] when the final commit fails (the uncommitted
+/// records will be redelivered to the group).
+pub async fn run<H: RecordHandler>(
+    mut consumer: EventConsumer,
+    handler: H,
+    settings: DispatchSettings,
+    shutdown: CancellationToken,
+) -> Result<(), ConsumeError> {
+    let (progress_sender, mut progress) = mpsc::unbounded_channel();
+    let mut workers: HashMap<PartitionKey, Worker> = HashMap::new();
+    let mut tasks = JoinSet::new();
+    loop {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            Some(event) = progress.recv() => match event {
+                Progress::Took(key) => refill(&consumer, &mut workers, &key),
+                Progress::Stopped(key, generation) => {
+                    if workers.get(&key).is_some_and(|worker| worker.generation == generation) {
+                        workers.remove(&key);
+                    }
+                }
+            },
+            received = consumer.recv() => match received {
+                Ok(record) => {
+                    let key = (record.topic.clone(), record.partition);
+                    let Some(lease) = consumer.lease(&record.topic, record.partition) else {
+                        // Fetched before a revoke; its next owner reads it again.
+                        continue;
+                    };
+                    let worker = match workers.get_mut(&key) {
+                        Some(worker) if worker.generation == lease.generation() => worker,
+                        _ => {
+                            let (queue, receiver) = mpsc::channel(settings.queue_capacity.max(1));
+                            let worker = Worker { generation: lease.generation(), queue, overflow: VecDeque::new(), paused: false };
+                            tasks.spawn(work(lease, receiver, handler.clone(), progress_sender.clone()));
+                            workers.insert(key.clone(), worker);
+                            workers.get_mut(&key).expect("just inserted")
+                        }
+                    };
+                    enqueue(&consumer, worker, &key, record);
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error_chain(&error), "consumer error; carrying on");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+        }
+        // Reap workers that have finished, so the set does not grow.
+        while tasks.try_join_next().is_some() {}
+    }
+
+    // Every lease's token is a child of the consumer's shutdown token.
+    tracing::info!(
+        workers = tasks.len(),
+        "stopping: waiting for partition workers to finish the record in hand"
+    );
+    let drained = tokio::time::timeout(settings.drain_timeout, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            workers = tasks.len(),
+            timeout_ms = settings.drain_timeout.as_millis(),
+            "partition workers did not finish in time; abandoning their records (they will be redelivered)"
+        );
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+    }
+    consumer.shutdown().await
+}
+
+/// Queues `record` for `worker`, pausing the partition when the queue is full.
+fn enqueue(consumer: &EventConsumer, worker: &mut Worker, key: &PartitionKey, record: Record) {
+    if !worker.overflow.is_empty() {
+        worker.overflow.push_back(record);
+        return;
+    }
+    match worker.queue.try_send(record) {
+        Ok(()) => {}
+        Err(mpsc::error::TrySendError::Full(record)) => {
+            worker.overflow.push_back(record);
+            if !worker.paused {
+                consumer.pause(&key.0, key.1);
+                worker.paused = true;
+            }
+        }
+        // The worker stopped (its lease was revoked): drop the record.
+        Err(mpsc::error::TrySendError::Closed(_)) => {}
+    }
+}
+
+/// Moves overflow records into the worker's queue as room frees up, and
+/// resumes the partition once the overflow is empty.
+fn refill(consumer: &EventConsumer, workers: &mut HashMap<PartitionKey, Worker>, key: &PartitionKey) {
+    let Some(worker) = workers.get_mut(key) else { return };
+    while let Some(record) = worker.overflow.pop_front() {
+        match worker.queue.try_send(record) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(record)) => {
+                worker.overflow.push_front(record);
+                return;
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                worker.overflow.clear();
+                return;
+            }
+        }
+    }
+    if worker.paused {
+        consumer.resume(&key.0, key.1);
+        worker.paused = false;
+    }
+}
+
+/// One partition's worker: handles its records in order until the lease is
+/// revoked.
+async fn work<H: RecordHandler>(
+    lease: PartitionLease,
+    mut queue: mpsc::Receiver<Record>,
+    handler: H,
+    progress: mpsc::UnboundedSender<Progress>,
+) {
+    let key = (lease.topic().to_owned(), lease.partition());
+    loop {
+        let record = tokio::select! {
+            biased;
+            () = lease.revoked().cancelled() => break,
+            record = queue.recv() => match record {
+                Some(record) => record,
+                None => break,
+            },
+        };
+        // Ignoring send errors: the dispatcher only stops listening when it
+        // is shutting down.
+        let _ = progress.send(Progress::Took(key.clone()));
+        match handler.handle(&record, &lease).await {
+            Disposition::Done => {
+                if let Err(error) = lease.store(&record) {
+                    tracing::info!(topic = key.0, partition = key.1, offset = record.offset, %error, "offset not stored; the record will be redelivered");
+                    break;
+                }
+            }
+            Disposition::Abandoned => break,
+        }
+    }
+    let _ = progress.send(Progress::Stopped(key, lease.generation()));
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

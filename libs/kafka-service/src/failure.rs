@@ -1,0 +1,364 @@
+//! Records that failed: their copies on the retry topic and the dead-letter
+//! topic, and the headers those copies carry.
+//!
+//! A copy keeps the original key, value and headers, and adds the headers
+//! below (values are UTF-8 text). Headers this module added to an earlier
+//! copy are replaced, never repeated, so a record that went through the retry
+//! topic five times still carries one `retry-round`.
+//!
+//! | header             | on            | value                                                         |
+//! |--------------------|---------------|---------------------------------------------------------------|
+//! | `origin-topic`     | retry, dead   | topic the record was first consumed from                      |
+//! | `origin-partition` | retry, dead   | its partition there                                           |
+//! | `origin-offset`    | retry, dead   | its offset there                                              |
+//! | `attempts`         | retry, dead   | processing attempts so far, in-place retries included         |
+//! | `retry-round`      | retry         | `0`: parked behind an earlier record of its key, not tried yet; `n`: the n-th round on the retry topic |
+//! | `retry-not-before` | retry         | earliest time of the next attempt, RFC 3339 UTC               |
+//! | `error-message`    | retry, dead   | the last error, with its causes                               |
+//! | `error-class`      | dead          | [`FailureClass`]: `permanent` or `exhausted`                  |
+//! | `failed-at`        | dead          | when it was dead-lettered, RFC 3339 UTC                       |
+
+use chrono::{DateTime, SecondsFormat, Utc};
+
+use crate::consumer::Record;
+use crate::producer::OutgoingRecord;
+
+/// Header names added to retry and dead-letter copies.
+pub mod header {
+    /// Topic the record was first consumed from.
+    pub const ORIGIN_TOPIC: &str = "origin-topic";
+    /// Partition of the record on its origin topic.
+    pub const ORIGIN_PARTITION: &str = "origin-partition";
+    /// Offset of the record on its origin topic.
+    pub const ORIGIN_OFFSET: &str = "origin-offset";
+    /// Processing attempts so far, in-place retries included.
+    pub const ATTEMPTS: &str = "attempts";
+    /// Retry round this copy is for; `0` for a record parked behind another.
+    pub const RETRY_ROUND: &str = "retry-round";
+    /// Earliest time of the next attempt (RFC 3339, UTC).
+    pub const RETRY_NOT_BEFORE: &str = "retry-not-before";
+    /// The last error, with its causes.
+    pub const ERROR_MESSAGE: &str = "error-message";
+    /// Why the record was dead-lettered ([`super::FailureClass`]).
+    pub const ERROR_CLASS: &str = "error-class";
+    /// When the record was dead-lettered (RFC 3339, UTC).
+    pub const FAILED_AT: &str = "failed-at";
+
+    /// Every header this module adds.
+    pub const ALL: [&str; 9] = [
+        ORIGIN_TOPIC,
+        ORIGIN_PARTITION,
+        ORIGIN_OFFSET,
+        ATTEMPTS,
+        RETRY_ROUND,
+        RETRY_NOT_BEFORE,
+        ERROR_MESSAGE,
+        ERROR_CLASS,
+        FAILED_AT,
+    ];
+}
+
+/// Where a record was first consumed from: its own coordinates, or those in
+/// its `origin-*` headers when it is a retry or dead-letter copy.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Origin {
+    /// The origin topic.
+    pub topic: String,
+    /// The partition on the origin topic.
+    pub partition: i32,
+    /// The offset on the origin topic.
+    pub offset: i64,
+}
+
+impl Origin {
+    /// The origin of `record`.
+    ///
+    /// # Errors
+    ///
+    /// [`FailureHeaderError`] when the record has `origin-*` headers but one
+    /// is missing or not a number.
+    pub fn of(record: &Record) -> Result<Self, FailureHeaderError> {
+        if record.header(header::ORIGIN_TOPIC).is_none() {
+            return Ok(Self {
+                topic: record.topic.clone(),
+                partition: record.partition,
+                offset: record.offset,
+            });
+        }
+        Ok(Self {
+            topic: text(record, header::ORIGIN_TOPIC)?.to_owned(),
+            partition: number(record, header::ORIGIN_PARTITION)?,
+            offset: number(record, header::ORIGIN_OFFSET)?,
+        })
+    }
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}[{}]@{}", self.topic, self.partition, self.offset)
+    }
+}
+
+/// The retry headers of a record read from the retry topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryState {
+    /// Where the record came from.
+    pub origin: Origin,
+    /// `0` when the record was parked behind another and never tried;
+    /// otherwise the retry round this copy is for (1-based).
+    pub round: u32,
+    /// Processing attempts so far, in-place retries included.
+    pub attempts: u32,
+    /// Earliest time of the next attempt.
+    pub not_before: DateTime<Utc>,
+}
+
+impl RetryState {
+    /// Reads the retry headers of `record`.
+    ///
+    /// # Errors
+    ///
+    /// [`FailureHeaderError`] when a retry header is missing or malformed
+    /// (a record put on the retry topic by something else).
+    pub fn of(record: &Record) -> Result<Self, FailureHeaderError> {
+        if record.header(header::ORIGIN_TOPIC).is_none() {
+            return Err(FailureHeaderError::Missing(header::ORIGIN_TOPIC));
+        }
+        let not_before = text(record, header::RETRY_NOT_BEFORE)?;
+        Ok(Self {
+            origin: Origin::of(record)?,
+            round: number(record, header::RETRY_ROUND)?,
+            attempts: number(record, header::ATTEMPTS)?,
+            not_before: DateTime::parse_from_rfc3339(not_before)
+                .map_err(|_| FailureHeaderError::Malformed(header::RETRY_NOT_BEFORE))?
+                .with_timezone(&Utc),
+        })
+    }
+}
+
+/// Why a record was dead-lettered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureClass {
+    /// It can never be processed: not a valid envelope, an unknown event
+    /// type, invalid data.
+    Permanent,
+    /// It failed every in-place retry and every retry round.
+    Exhausted,
+}
+
+impl FailureClass {
+    /// The `error-class` header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureClass::Permanent => "permanent",
+            FailureClass::Exhausted => "exhausted",
+        }
+    }
+}
+
+/// A copy of `record` for the retry topic.
+pub fn retry_copy(
+    record: &Record,
+    origin: &Origin,
+    round: u32,
+    attempts: u32,
+    not_before: DateTime<Utc>,
+    error: &str,
+) -> OutgoingRecord {
+    copy(
+        record,
+        origin,
+        [
+            (header::ATTEMPTS, attempts.to_string()),
+            (header::RETRY_ROUND, round.to_string()),
+            (header::RETRY_NOT_BEFORE, rfc3339(not_before)),
+            (header::ERROR_MESSAGE, error.to_owned()),
+        ],
+    )
+}
+
+/// A copy of `record` for the dead-letter topic.
+pub fn dead_letter_copy(
+    record: &Record,
+    origin: &Origin,
+    class: FailureClass,
+    attempts: u32,
+    error: &str,
+    failed_at: DateTime<Utc>,
+) -> OutgoingRecord {
+    copy(
+        record,
+        origin,
+        [
+            (header::ATTEMPTS, attempts.to_string()),
+            (header::ERROR_CLASS, class.as_str().to_owned()),
+            (header::ERROR_MESSAGE, error.to_owned()),
+            (header::FAILED_AT, rfc3339(failed_at)),
+        ],
+    )
+}
+
+/// `record` as it was before it failed: original key, value and headers,
+/// without the failure headers (to redrive a dead letter to its origin).
+pub fn original(record: &Record) -> OutgoingRecord {
+    OutgoingRecord {
+        key: record.key.clone(),
+        value: record.value.clone(),
+        headers: without_failure_headers(record),
+    }
+}
+
+fn copy<const N: usize>(record: &Record, origin: &Origin, extra: [(&str, String); N]) -> OutgoingRecord {
+    let mut headers = without_failure_headers(record);
+    headers.extend(
+        [
+            (header::ORIGIN_TOPIC, origin.topic.clone()),
+            (header::ORIGIN_PARTITION, origin.partition.to_string()),
+            (header::ORIGIN_OFFSET, origin.offset.to_string()),
+        ]
+        .into_iter()
+        .chain(extra)
+        .map(|(name, value)| (name.to_owned(), Some(value.into_bytes()))),
+    );
+    OutgoingRecord {
+        key: record.key.clone(),
+        value: record.value.clone(),
+        headers,
+    }
+}
+
+fn without_failure_headers(record: &Record) -> Vec<(String, Option<Vec<u8>>)> {
+    record
+        .headers
+        .iter()
+        .filter(|(name, _)| !header::ALL.contains(&name.as_str()))
+        .cloned()
+        .collect()
+}
+
+fn rfc3339(time: DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn text<'r>(record: &'r Record, name: &'static str) -> Result<&'r str, FailureHeaderError> {
+    let value = record.header(name).ok_or(FailureHeaderError::Missing(name))?;
+    std::str::from_utf8(value).map_err(|_| FailureHeaderError::Malformed(name))
+}
+
+fn number<T: std::str::FromStr>(record: &Record, name: &'static str) -> Result<T, FailureHeaderError> {
+    text(record, name)?
+        .parse()
+        .map_err(|_| FailureHeaderError::Malformed(name))
+}
+
+/// A retry or dead-letter header that is missing or malformed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FailureHeaderError {
+    /// The header is absent.
+    #[error("missing header `{0}`")]
+    Missing(&'static str),
+    /// The header's value cannot be parsed.
+    #[error("malformed header `{0}`")]
+    Malformed(&'static str),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> Record {
+        Record {
+            topic: "issued-token".to_owned(),
+            partition: 3,
+            offset: 41,
+            key: Some(b"user-1".to_vec()),
+            headers: vec![("ce_type".to_owned(), Some(b"user.token_issued.v1".to_vec()))],
+            value: Some(b"{}".to_vec()),
+            timestamp_ms: None,
+        }
+    }
+
+    fn consumed(topic: &str, copy: OutgoingRecord) -> Record {
+        Record {
+            topic: topic.to_owned(),
+            partition: 0,
+            offset: 7,
+            key: copy.key,
+            headers: copy.headers,
+            value: copy.value,
+            timestamp_ms: None,
+        }
+    }
+
+    #[test]
+    fn a_record_that_never_failed_is_its_own_origin() {
+        let origin = Origin::of(&record()).unwrap();
+        assert_eq!(origin.to_string(), "issued-token[3]@41");
+    }
+
+    #[test]
+    fn a_retry_copy_keeps_key_value_and_headers_and_round_trips_its_state() {
+        let original = record();
+        let origin = Origin::of(&original).unwrap();
+        let not_before = DateTime::parse_from_rfc3339("2026-11-22T10:00:00.250Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let copy = consumed("retry", retry_copy(&original, &origin, 2, 7, not_before, "timed out"));
+
+        assert_eq!(copy.key, original.key);
+        assert_eq!(copy.value, original.value);
+        assert_eq!(copy.header("ce_type"), Some(&b"user.token_issued.v1"[..]));
+        let state = RetryState::of(&copy).unwrap();
+        assert_eq!(
+            state,
+            RetryState {
+                origin,
+                round: 2,
+                attempts: 7,
+                not_before
+            }
+        );
+        assert_eq!(copy.header(header::ERROR_MESSAGE), Some(&b"timed out"[..]));
+    }
+
+    #[test]
+    fn copying_a_copy_replaces_failure_headers_instead_of_repeating_them() {
+        let original = record();
+        let origin = Origin::of(&original).unwrap();
+        let first = consumed("retry", retry_copy(&original, &origin, 1, 3, Utc::now(), "first"));
+        // The copy's origin is still the original record, not the retry topic.
+        assert_eq!(Origin::of(&first).unwrap(), origin);
+        let dead = consumed(
+            "dead",
+            dead_letter_copy(&first, &origin, FailureClass::Exhausted, 9, "last", Utc::now()),
+        );
+
+        let count = |name: &str| dead.headers.iter().filter(|(key, _)| key == name).count();
+        assert_eq!(count(header::ERROR_MESSAGE), 1);
+        assert_eq!(count(header::ORIGIN_TOPIC), 1);
+        assert_eq!(count(header::RETRY_ROUND), 0);
+        assert_eq!(dead.header(header::ERROR_CLASS), Some(&b"exhausted"[..]));
+        assert_eq!(dead.header(header::ORIGIN_OFFSET), Some(&b"41"[..]));
+
+        let redriven = super::original(&dead);
+        assert_eq!(redriven.headers, original.headers);
+    }
+
+    #[test]
+    fn a_record_without_retry_headers_has_no_retry_state() {
+        assert_eq!(
+            RetryState::of(&record()),
+            Err(FailureHeaderError::Missing(header::ORIGIN_TOPIC))
+        );
+        let mut bad = consumed(
+            "retry",
+            retry_copy(&record(), &Origin::of(&record()).unwrap(), 1, 1, Utc::now(), "x"),
+        );
+        bad.headers
+            .push((header::RETRY_ROUND.to_owned(), Some(b"one".to_vec())));
+        assert_eq!(
+            RetryState::of(&bad),
+            Err(FailureHeaderError::Malformed(header::RETRY_ROUND))
+        );
+    }
+}

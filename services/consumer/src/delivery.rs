@@ -1,0 +1,362 @@
+//! What happens to each record: applied, retried in place, parked on the
+//! retry topic, or dead-lettered. The guarantees and their reasons are in
+//! `docs/delivery.md`; in short:
+//!
+//! - A **transient** failure (database or producer unavailable) is retried
+//!   in place (`retry.attempts`, exponential backoff with jitter, bounded in
+//!   time). Meanwhile the partition waits; other partitions flow.
+//! - A record that exhausts its in-place tries is **parked**: recorded in
+//!   `parked_records` and copied to the retry topic with its next-attempt
+//!   time. Only after that copy's delivery report is its offset stored.
+//! - While a key has a parked record, the key's later records are parked
+//!   behind it (round 0), so **per-key order** holds; other keys flow.
+//! - A retry-topic record waits for its time, then is applied only if it is
+//!   the oldest parked record of its key; otherwise it goes back to the end
+//!   of the retry topic. A failed round is copied again with a longer delay,
+//!   up to `retry.topic_rounds`; then the record is dead-lettered.
+//! - A record that can never succeed (undecodable, unknown type, missing
+//!   headers, invalid data) is **dead-lettered** at once. A dead-lettered
+//!   record is never retried.
+//!
+//! If parking or dead-lettering itself fails (database or broker down), the
+//! whole step is retried without end (backoff up to 30 s) until it succeeds
+//! or the partition is revoked: nothing is committed past a record that is
+//! not applied, parked or dead-lettered.
+
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use chrono::Utc;
+use kafka_service::failure::{self, FailureClass, Origin, RetryState};
+use kafka_service::{Disposition, EventProducer, OutgoingRecord, PartitionLease, Record, RecordHandler};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::configuration::RetrySettings;
+use crate::parking::{Parking, Position};
+use crate::processing::{Handler, Outcome, ProcessError};
+
+/// Handles each record of the consumed topics (the event topics and the
+/// retry topic). Cheap to clone: one per partition worker.
+#[derive(Clone)]
+pub struct Delivery {
+    handler: Handler,
+    parking: Parking,
+    producer: EventProducer,
+    retry_topic: String,
+    dead_letter_topic: String,
+    policy: RetrySettings,
+}
+
+/// Why a record's step stopped short.
+#[derive(Debug)]
+enum Interrupted {
+    /// The lease was revoked or the service is stopping.
+    Cancelled,
+    /// Parking, dead-lettering or unparking failed.
+    Infrastructure(anyhow::Error),
+}
+
+impl From<sqlx::Error> for Interrupted {
+    fn from(error: sqlx::Error) -> Self {
+        Interrupted::Infrastructure(anyhow::Error::new(error).context("parking (database)"))
+    }
+}
+
+impl From<kafka_service::ProduceError> for Interrupted {
+    fn from(error: kafka_service::ProduceError) -> Self {
+        Interrupted::Infrastructure(error.into())
+    }
+}
+
+/// The result of a delivery's in-place tries.
+enum Tried {
+    Succeeded(Outcome),
+    Rejected { reason: String, tries: u32 },
+    Exhausted { error: String, tries: u32 },
+}
+
+impl RecordHandler for Delivery {
+    async fn handle(&self, record: &Record, lease: &PartitionLease) -> Disposition {
+        let span = tracing::info_span!(
+            "record",
+            topic = record.topic,
+            partition = record.partition,
+            offset = record.offset,
+            key = record.key_lossy(),
+            event_id = tracing::field::Empty,
+        );
+        async {
+            let cancel = lease.revoked();
+            let mut delays = service_common::retry::backoff();
+            loop {
+                match self.process(record, cancel).await {
+                    Ok(()) => return Disposition::Done,
+                    Err(Interrupted::Cancelled) => {
+                        tracing::info!("partition revoked or stopping; record abandoned, it will be redelivered");
+                        return Disposition::Abandoned;
+                    }
+                    Err(Interrupted::Infrastructure(error)) => {
+                        tracing::warn!(
+                            error = format!("{error:#}"),
+                            "could not park or dead-letter the record; retrying"
+                        );
+                        if !service_common::retry::sleep_or_cancel(&mut delays, cancel).await {
+                            return Disposition::Abandoned;
+                        }
+                    }
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+impl Delivery {
+    /// Applies records with `handler`, parks them on `retry_topic` and
+    /// dead-letters them to `dead_letter_topic` through `producer`.
+    pub fn new(
+        handler: Handler,
+        parking: Parking,
+        producer: EventProducer,
+        retry_topic: String,
+        dead_letter_topic: String,
+        policy: RetrySettings,
+    ) -> Self {
+        Self {
+            handler,
+            parking,
+            producer,
+            retry_topic,
+            dead_letter_topic,
+            policy,
+        }
+    }
+
+    async fn process(&self, record: &Record, cancel: &CancellationToken) -> Result<(), Interrupted> {
+        if record.topic == self.retry_topic {
+            return self.process_retry(record, cancel).await;
+        }
+        let origin = own_origin(record);
+        if self.parking.is_parked(record.key.as_deref()).await? {
+            tracing::info!("an earlier record with this key is parked; parking this one behind it");
+            let reason = "parked behind an earlier record with the same key";
+            return self.park(record, &origin, 0, 0, Duration::ZERO, reason).await;
+        }
+        match self.try_in_place(record, &origin, cancel).await? {
+            Tried::Succeeded(outcome) => {
+                log_outcome(outcome);
+                Ok(())
+            }
+            Tried::Rejected { reason, tries } => {
+                self.dead_letter(record, &origin, FailureClass::Permanent, tries, &reason)
+                    .await
+            }
+            Tried::Exhausted { error, tries } if self.policy.topic_rounds == 0 => {
+                self.dead_letter(record, &origin, FailureClass::Exhausted, tries, &error)
+                    .await
+            }
+            Tried::Exhausted { error, tries } => {
+                let delay = self.policy.round_delay(1);
+                self.park(record, &origin, 1, tries, delay, &error).await
+            }
+        }
+    }
+
+    async fn process_retry(&self, record: &Record, cancel: &CancellationToken) -> Result<(), Interrupted> {
+        let state = match RetryState::of(record) {
+            Ok(state) => state,
+            Err(error) => {
+                let reason = format!("not a retry record: {error}");
+                return self
+                    .dead_letter(record, &own_origin(record), FailureClass::Permanent, 0, &reason)
+                    .await;
+            }
+        };
+        let origin = &state.origin;
+        let wait = (state.not_before - Utc::now()).to_std().unwrap_or_default();
+        if !wait.is_zero() {
+            tracing::debug!(
+                wait_ms = wait.as_millis(),
+                round = state.round,
+                "waiting for the retry's due time"
+            );
+            tokio::select! {
+                () = cancel.cancelled() => return Err(Interrupted::Cancelled),
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+        match self.parking.position(origin, record.key.as_deref()).await? {
+            Position::Head => {}
+            Position::Resolved => {
+                tracing::info!(%origin, "second copy of a record already applied or dead-lettered; skipped");
+                return Ok(());
+            }
+            Position::Behind(head) => {
+                // Back to the end of the retry topic, behind `head` (same
+                // key, same partition). The delay keeps a key whose head is
+                // not on the retry topic yet (its source is being redelivered
+                // after a crash) from spinning.
+                tracing::debug!(%origin, head, "an earlier record with this key is still parked; re-queued behind it");
+                let copy = failure::retry_copy(
+                    record,
+                    origin,
+                    state.round,
+                    state.attempts,
+                    Utc::now() + self.policy.round_delay(1).min(Duration::from_secs(1)),
+                    &format!("parked behind {head}"),
+                );
+                self.producer.send_record(&self.retry_topic, &copy).await?;
+                return Ok(());
+            }
+        }
+        match self.try_in_place(record, origin, cancel).await? {
+            Tried::Succeeded(outcome) => {
+                log_outcome(outcome);
+                if state.round > 0 {
+                    tracing::info!(%origin, round = state.round, "record applied on retry");
+                }
+                self.parking.unpark(origin).await?;
+                Ok(())
+            }
+            Tried::Rejected { reason, tries } => {
+                let attempts = state.attempts + tries;
+                self.dead_letter(record, origin, FailureClass::Permanent, attempts, &reason)
+                    .await
+            }
+            Tried::Exhausted { error, tries } if state.round >= self.policy.topic_rounds => {
+                let attempts = state.attempts + tries;
+                self.dead_letter(record, origin, FailureClass::Exhausted, attempts, &error)
+                    .await
+            }
+            Tried::Exhausted { error, tries } => {
+                let round = state.round + 1;
+                let delay = self.policy.round_delay(round);
+                tracing::warn!(%origin, round, delay_ms = delay.as_millis(), error, "retry round failed; scheduled again");
+                let copy = failure::retry_copy(
+                    record,
+                    origin,
+                    round,
+                    state.attempts + tries,
+                    Utc::now() + delay,
+                    &error,
+                );
+                self.producer.send_record(&self.retry_topic, &copy).await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Tries to apply `record` up to `retry.attempts` times, pausing between
+    /// tries with exponential backoff and jitter, for at most
+    /// `retry.max_elapsed_ms` of pauses in all.
+    async fn try_in_place(
+        &self,
+        record: &Record,
+        origin: &Origin,
+        cancel: &CancellationToken,
+    ) -> Result<Tried, Interrupted> {
+        let policy = &self.policy;
+        let mut delays = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(policy.initial_delay_ms))
+            .with_max_delay(Duration::from_millis(policy.max_delay_ms))
+            .with_max_times(policy.attempts.saturating_sub(1) as usize)
+            .with_total_delay(Some(Duration::from_millis(policy.max_elapsed_ms)))
+            .with_jitter()
+            .build();
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.handler.handle(record, origin).await {
+                Ok(outcome) => return Ok(Tried::Succeeded(outcome)),
+                Err(ProcessError::Permanent(reason)) => return Ok(Tried::Rejected { reason, tries }),
+                Err(ProcessError::Transient(error)) => {
+                    let error = format!("{error:#}");
+                    let Some(delay) = delays.next() else {
+                        tracing::warn!(tries, error, "event not applied; in-place retries exhausted");
+                        return Ok(Tried::Exhausted { error, tries });
+                    };
+                    tracing::warn!(
+                        tries,
+                        delay_ms = delay.as_millis(),
+                        error,
+                        "event not applied; retrying in place"
+                    );
+                    tokio::select! {
+                        () = cancel.cancelled() => return Err(Interrupted::Cancelled),
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Parks `record`: records it in `parked_records`, then copies it to the
+    /// retry topic for round `round`, due after `delay`.
+    async fn park(
+        &self,
+        record: &Record,
+        origin: &Origin,
+        round: u32,
+        attempts: u32,
+        delay: Duration,
+        reason: &str,
+    ) -> Result<(), Interrupted> {
+        self.parking.park(origin, record.key.as_deref(), reason).await?;
+        let copy = failure::retry_copy(record, origin, round, attempts, Utc::now() + delay, reason);
+        let delivered = self.producer.send_record(&self.retry_topic, &copy).await?;
+        tracing::warn!(
+            %origin,
+            round,
+            delay_ms = delay.as_millis(),
+            retry_partition = delivered.partition,
+            retry_offset = delivered.offset,
+            "record parked on the retry topic"
+        );
+        Ok(())
+    }
+
+    /// Copies `record` to the dead-letter topic, then ends its parking (if
+    /// it was parked).
+    async fn dead_letter(
+        &self,
+        record: &Record,
+        origin: &Origin,
+        class: FailureClass,
+        attempts: u32,
+        reason: &str,
+    ) -> Result<(), Interrupted> {
+        let copy: OutgoingRecord = failure::dead_letter_copy(record, origin, class, attempts, reason, Utc::now());
+        let delivered = self.producer.send_record(&self.dead_letter_topic, &copy).await?;
+        tracing::error!(
+            %origin,
+            class = class.as_str(),
+            attempts,
+            reason,
+            dead_letter_partition = delivered.partition,
+            dead_letter_offset = delivered.offset,
+            "record dead-lettered"
+        );
+        self.parking.unpark(origin).await?;
+        Ok(())
+    }
+}
+
+/// A record's own coordinates: where an event-topic record was consumed.
+/// (Failure headers on an event-topic record are not trusted: they were
+/// put there by whoever produced it.)
+fn own_origin(record: &Record) -> Origin {
+    Origin {
+        topic: record.topic.clone(),
+        partition: record.partition,
+        offset: record.offset,
+    }
+}
+
+fn log_outcome(outcome: Outcome) {
+    match outcome {
+        Outcome::Applied => tracing::debug!("event applied"),
+        Outcome::Duplicate => tracing::info!("event already applied; skipped"),
+    }
+}

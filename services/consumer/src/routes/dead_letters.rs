@@ -1,0 +1,241 @@
+//! Operator endpoints for the dead-letter topic: list dead letters, and
+//! redrive chosen ones to their origin topic. Both need a service
+//! credential (`consumer service-token` prints one); user tokens get `403`.
+//!
+//! Redriving is safe: effects are idempotent (each event id is applied at
+//! most once), so a record redriven twice, or one that had in fact been
+//! applied, changes nothing the second time.
+
+use actix_web::{web, HttpResponse};
+use anyhow::Context;
+use kafka_service::failure::{self, header, Origin};
+use kafka_service::{EventProducer, KafkaSettings, Record, Topic};
+use serde::{Deserialize, Serialize};
+use service_common::auth::{Authenticated, Principal};
+
+use crate::error::ApiError;
+
+/// Most records one request lists or redrives.
+pub const MAX_RECORDS: usize = 500;
+
+/// `GET /dead-letters` query.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Only this partition of the dead-letter topic; all when absent.
+    pub partition: Option<i32>,
+    /// First offset to list in each partition (default 0).
+    #[serde(default)]
+    pub from_offset: i64,
+    /// Most records to return in all (default and maximum [`MAX_RECORDS`]).
+    pub limit: Option<usize>,
+}
+
+/// One dead letter, as listed.
+#[derive(Debug, Serialize)]
+pub struct DeadLetter {
+    /// Partition of the dead-letter topic.
+    pub partition: i32,
+    /// Offset in that partition (with `partition`, what redrive takes).
+    pub offset: i64,
+    /// The record key (the user id), lossily as text.
+    pub key: Option<String>,
+    /// Where the record was first consumed from, if its headers say.
+    pub origin: Option<OriginView>,
+    /// `permanent` or `exhausted`.
+    pub error_class: Option<String>,
+    /// The last error.
+    pub error_message: Option<String>,
+    /// Processing attempts, in-place retries included.
+    pub attempts: Option<String>,
+    /// When it was dead-lettered (RFC 3339).
+    pub failed_at: Option<String>,
+    /// Every header, values lossily as text.
+    pub headers: Vec<(String, Option<String>)>,
+    /// The value, lossily as text.
+    pub value: Option<String>,
+}
+
+/// Where a record came from.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct OriginView {
+    /// The origin topic.
+    pub topic: String,
+    /// Its partition there.
+    pub partition: i32,
+    /// Its offset there.
+    pub offset: i64,
+}
+
+/// Lists dead letters in offset order, partition by partition.
+///
+/// `200 {"records": [...]}`; `401` without a valid token; `403` with a user
+/// token; `503` when the broker does not answer.
+#[tracing::instrument(name = "list dead letters", skip_all)]
+pub async fn list(
+    caller: Authenticated,
+    kafka: web::Data<KafkaSettings>,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, ApiError> {
+    require_operator(&caller)?;
+    let limit = query.limit.unwrap_or(MAX_RECORDS).min(MAX_RECORDS);
+    let topic = kafka.topics.name(Topic::DeadLetter);
+    let partitions = match query.partition {
+        Some(partition) => vec![partition],
+        None => (0..kafka_service::partition_count(&kafka, topic).await.map_err(broker)?).collect(),
+    };
+    let mut records = Vec::new();
+    for partition in partitions {
+        let left = limit - records.len();
+        if left == 0 {
+            break;
+        }
+        let read = kafka_service::reader::read_partition(&kafka, topic, partition, query.from_offset, left)
+            .await
+            .map_err(broker)?;
+        records.extend(read.iter().map(view));
+    }
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "records": records })))
+}
+
+/// `POST /dead-letters/redrive` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedriveRequest {
+    /// The dead letters to redrive, by partition and offset.
+    pub records: Vec<RecordRef>,
+}
+
+/// A record of the dead-letter topic.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordRef {
+    /// Partition of the dead-letter topic.
+    pub partition: i32,
+    /// Offset in that partition.
+    pub offset: i64,
+}
+
+/// One redriven record.
+#[derive(Debug, Serialize)]
+pub struct Redriven {
+    /// The dead letter that was redriven.
+    pub dead_letter: RecordRef,
+    /// The origin topic it was produced to.
+    pub topic: String,
+    /// Its new partition there.
+    pub partition: i32,
+    /// Its new offset there.
+    pub offset: i64,
+}
+
+/// Produces each chosen dead letter to its origin topic again, with its
+/// original key, value and headers (failure headers removed). All records
+/// are checked before any is produced.
+///
+/// `200 {"redriven": [...]}`; `422` when a record does not exist or its
+/// origin is not an event topic; `401`/`403` as for listing; `503` when the
+/// broker does not answer.
+#[tracing::instrument(name = "redrive dead letters", skip_all)]
+pub async fn redrive(
+    caller: Authenticated,
+    kafka: web::Data<KafkaSettings>,
+    producer: web::Data<EventProducer>,
+    request: web::Json<RedriveRequest>,
+) -> Result<HttpResponse, ApiError> {
+    require_operator(&caller)?;
+    let chosen = &request.records;
+    if chosen.is_empty() || chosen.len() > MAX_RECORDS {
+        return Err(ApiError::Validation(format!(
+            "records must list between 1 and {MAX_RECORDS} dead letters"
+        )));
+    }
+    let dead_letter_topic = kafka.topics.name(Topic::DeadLetter);
+    let event_topics: Vec<&str> = Topic::EVENTS.iter().map(|&topic| kafka.topics.name(topic)).collect();
+    let mut found = Vec::with_capacity(chosen.len());
+    for &wanted in chosen {
+        let read = kafka_service::reader::read_partition(&kafka, dead_letter_topic, wanted.partition, wanted.offset, 1)
+            .await
+            .map_err(broker)?;
+        let record = read
+            .into_iter()
+            .find(|record| record.offset == wanted.offset)
+            .ok_or_else(|| {
+                ApiError::Validation(format!(
+                    "no dead letter at partition {} offset {}",
+                    wanted.partition, wanted.offset
+                ))
+            })?;
+        let origin = Origin::of(&record)
+            .ok()
+            .filter(|origin| event_topics.contains(&origin.topic.as_str()))
+            .ok_or_else(|| {
+                ApiError::Validation(format!(
+                    "the dead letter at partition {} offset {} has no event topic as its origin",
+                    wanted.partition, wanted.offset
+                ))
+            })?;
+        found.push((wanted, origin, record));
+    }
+    let mut redriven = Vec::with_capacity(found.len());
+    for (wanted, origin, record) in found {
+        let delivery = producer
+            .send_record(&origin.topic, &failure::original(&record))
+            .await
+            .context("could not produce the redriven record")?;
+        tracing::info!(
+            dead_letter_partition = wanted.partition,
+            dead_letter_offset = wanted.offset,
+            %origin,
+            partition = delivery.partition,
+            offset = delivery.offset,
+            "dead letter redriven"
+        );
+        redriven.push(Redriven {
+            dead_letter: wanted,
+            topic: origin.topic,
+            partition: delivery.partition,
+            offset: delivery.offset,
+        });
+    }
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "redriven": redriven })))
+}
+
+fn require_operator(caller: &Authenticated) -> Result<(), ApiError> {
+    match &caller.0 {
+        Principal::Service(_) => Ok(()),
+        Principal::User(_) => Err(ApiError::Forbidden("dead letters need a service credential")),
+    }
+}
+
+fn broker(error: kafka_service::AdminError) -> ApiError {
+    ApiError::BrokerUnavailable(error.into())
+}
+
+fn view(record: &Record) -> DeadLetter {
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    let header_text = |name| record.header(name).map(text);
+    DeadLetter {
+        partition: record.partition,
+        offset: record.offset,
+        key: record.key.as_deref().map(text),
+        origin: Origin::of(record)
+            .ok()
+            .filter(|_| record.header(header::ORIGIN_TOPIC).is_some())
+            .map(|origin| OriginView {
+                topic: origin.topic,
+                partition: origin.partition,
+                offset: origin.offset,
+            }),
+        error_class: header_text(header::ERROR_CLASS),
+        error_message: header_text(header::ERROR_MESSAGE),
+        attempts: header_text(header::ATTEMPTS),
+        failed_at: header_text(header::FAILED_AT),
+        headers: record
+            .headers
+            .iter()
+            .map(|(name, value)| (name.clone(), value.as_deref().map(text)))
+            .collect(),
+        value: record.value.as_deref().map(text),
+    }
+}

@@ -1,0 +1,233 @@
+//! The services as real processes (the binaries `cargo build` leaves in
+//! `target/<profile>/`), configured through `APP_*` variables the way ECS
+//! configures them, so tests can SIGKILL and SIGTERM them.
+//!
+//! `scripts/test.sh` builds the binaries before the tests run; `cargo test
+//! --workspace` builds them too. Each process logs to
+//! `<temp dir>/e2e-logs/<service>-<port>.log`; a failing test names the file.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::process::{Child, Command};
+
+use crate::{eventually, fast_retries, TestContext, JWT_SECRET};
+
+/// The consumer processes' `session.timeout.ms`: short, so a killed member
+/// leaves the group soon, but long enough for Tansu, whose heartbeat
+/// responses take several seconds when it is busy (at 6 s, members timed
+/// out in steady state here).
+pub const SESSION_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Waits until the group coordinator has certainly dropped a member killed
+/// just before (its session timed out).
+///
+/// Needed with Tansu 0.6.0: when a new member joins while the group's
+/// leader is dead but not yet timed out, Tansu completes the rebalance with
+/// an empty assignment for the new member and never rebalances again (seen
+/// here several times; Apache Kafka, in GitHub Actions, rebalances once the
+/// session expires). Joining after the session has expired works.
+pub async fn wait_out_session() {
+    tokio::time::sleep(SESSION_TIMEOUT + Duration::from_secs(1)).await;
+}
+
+/// A service process listening on `127.0.0.1:<port>`.
+pub struct ServiceProcess {
+    /// `producer` or `consumer`.
+    pub name: &'static str,
+    /// Its HTTP port.
+    pub port: u16,
+    /// Where its log goes.
+    pub log: PathBuf,
+    child: Child,
+}
+
+impl ServiceProcess {
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The OS process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("process still running")
+    }
+
+    /// SIGKILL, and waits for the process to be gone.
+    pub async fn kill(mut self) {
+        signal(self.pid(), "KILL");
+        let _ = self.child.wait().await;
+    }
+
+    /// SIGTERM, and waits up to `limit` for a graceful exit. Returns the exit
+    /// code and how long the process took.
+    ///
+    /// # Panics
+    ///
+    /// When the process is still running after `limit` (it is killed).
+    pub async fn terminate(mut self, limit: Duration) -> (Option<i32>, Duration) {
+        let started = Instant::now();
+        signal(self.pid(), "TERM");
+        match tokio::time::timeout(limit, self.child.wait()).await {
+            Ok(status) => (status.expect("wait for the process").code(), started.elapsed()),
+            Err(_) => {
+                let _ = self.child.kill().await;
+                panic!(
+                    "{} did not exit within {limit:?} of SIGTERM; see {}",
+                    self.name,
+                    self.log.display()
+                );
+            }
+        }
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        // A test that panics must not leave processes behind.
+        let _ = self.child.start_kill();
+    }
+}
+
+fn signal(pid: u32, name: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill(1) runs");
+    assert!(status.success(), "kill -{name} {pid}");
+}
+
+/// The path of a workspace binary, next to the test executable's directory
+/// (`target/<profile>/deps/..`).
+///
+/// # Panics
+///
+/// When it has not been built.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test executable in target/<profile>/deps");
+    let path = profile_dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the services first (`cargo build -p producer -p consumer`, which scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// A free loopback port (bound and released; the service binds it next).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+impl TestContext {
+    /// `APP_*` variables both services share: local environment, broker,
+    /// this test's topic names, the signing key.
+    fn common_env(&self) -> Vec<(String, String)> {
+        let topics = &self.topics;
+        let mut env = vec![
+            ("RUST_LOG".to_owned(), "info".to_owned()),
+            ("APP_ENVIRONMENT".to_owned(), "local".to_owned()),
+            (
+                "APP_KAFKA__BOOTSTRAP_SERVERS".to_owned(),
+                self.bootstrap_servers.clone(),
+            ),
+            ("APP_KAFKA__REQUEST_TIMEOUT_MS".to_owned(), "2000".to_owned()),
+            ("APP_AUTH__JWT_SECRET".to_owned(), JWT_SECRET.to_owned()),
+            ("APP_SHUTDOWN__TIMEOUT_MS".to_owned(), "10000".to_owned()),
+        ];
+        for (key, topic) in [
+            ("NEW_USER_CREATED", kafka_service::Topic::NewUserCreated),
+            ("ISSUED_TOKEN", kafka_service::Topic::IssuedToken),
+            ("RETRY", kafka_service::Topic::Retry),
+            ("DEAD_LETTER", kafka_service::Topic::DeadLetter),
+        ] {
+            env.push((format!("APP_KAFKA__TOPICS__{key}__NAME"), topics.name(topic).to_owned()));
+        }
+        env
+    }
+
+    /// Starts the producer binary on a free port and waits until it is live.
+    pub async fn start_producer_process(&self) -> ServiceProcess {
+        let mut env = self.common_env();
+        env.extend([
+            ("APP_DATABASE__URL".to_owned(), self.producer_database_url.clone()),
+            ("APP_OUTBOX__POLL_INTERVAL_MS".to_owned(), "200".to_owned()),
+        ]);
+        start("producer", env).await
+    }
+
+    /// Starts the consumer binary on a free port, calling the producer at
+    /// `producer_url`, with [`fast_retries`], and waits until it is live.
+    /// `extra` overrides or adds `APP_*` variables.
+    pub async fn start_consumer_process(&self, producer_url: &str, extra: &[(&str, &str)]) -> ServiceProcess {
+        let retry = fast_retries();
+        let mut env = self.common_env();
+        env.extend(
+            [
+                ("APP_DATABASE__URL", self.consumer_database_url.clone()),
+                ("APP_KAFKA__GROUP_ID", self.group_id.clone()),
+                ("APP_KAFKA__COMMIT_INTERVAL_MS", "200".to_owned()),
+                ("APP_KAFKA__SESSION_TIMEOUT_MS", SESSION_TIMEOUT.as_millis().to_string()),
+                ("APP_PRODUCER__BASE_URL", producer_url.to_owned()),
+                ("APP_PRODUCER__TIMEOUT_MS", "500".to_owned()),
+                ("APP_RETRY__ATTEMPTS", retry.attempts.to_string()),
+                ("APP_RETRY__INITIAL_DELAY_MS", retry.initial_delay_ms.to_string()),
+                ("APP_RETRY__MAX_DELAY_MS", retry.max_delay_ms.to_string()),
+                ("APP_RETRY__MAX_ELAPSED_MS", retry.max_elapsed_ms.to_string()),
+                ("APP_RETRY__TOPIC_ROUNDS", retry.topic_rounds.to_string()),
+                (
+                    "APP_RETRY__TOPIC_INITIAL_DELAY_MS",
+                    retry.topic_initial_delay_ms.to_string(),
+                ),
+                ("APP_RETRY__TOPIC_MULTIPLIER", retry.topic_multiplier.to_string()),
+                ("APP_RETRY__TOPIC_MAX_DELAY_MS", retry.topic_max_delay_ms.to_string()),
+            ]
+            .map(|(key, value)| (key.to_owned(), value)),
+        );
+        env.extend(
+            extra
+                .iter()
+                .map(|(key, value)| ((*key).to_owned(), (*value).to_owned())),
+        );
+        start("consumer", env).await
+    }
+}
+
+async fn start(name: &'static str, mut env: Vec<(String, String)>) -> ServiceProcess {
+    let port = free_port();
+    env.push(("APP_HTTP__PORT".to_owned(), port.to_string()));
+    let logs = std::env::temp_dir().join("e2e-logs");
+    std::fs::create_dir_all(&logs).expect("log directory");
+    let log = logs.join(format!("{name}-{port}.log"));
+    let file = std::fs::File::create(&log).expect("log file");
+    let child = Command::new(binary(name))
+        .envs(env)
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().expect("log file handle"))
+        .stderr(file)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|error| panic!("could not start {name}: {error}"));
+    let process = ServiceProcess { name, port, log, child };
+    let client = reqwest::Client::new();
+    let live = format!("{}/health/live", process.url());
+    eventually(
+        Duration::from_secs(30),
+        &format!("{name} to be live ({})", process.log.display()),
+        || {
+            let request = client.get(&live).send();
+            async move { request.await.ok().filter(|r| r.status().is_success()).map(drop) }
+        },
+    )
+    .await;
+    process
+}

@@ -1,0 +1,216 @@
+//! Poison records, records that exhaust the retry schedule, and the
+//! operator endpoints that list and redrive dead letters.
+
+use std::time::Duration;
+
+use e2e::load::{
+    assert_offsets_at_end, dead_letters, envelope_of, new_users, processed_count, publish, token_issued,
+    wait_for_processed,
+};
+use e2e::proxy::{FaultProxy, Mode};
+use e2e::{eventually, TestContext, JWT_SECRET};
+use kafka_service::failure::header;
+use kafka_service::{EventProducer, OutgoingRecord, Record, Topic};
+use reqwest::Client;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{json, Value};
+use service_common::auth::TokenKeys;
+
+use crate::outages::users_the_consumer_has_not_seen;
+
+/// The record `envelope` would be, with its headers as bytes.
+fn outgoing(envelope: &kafka_service::Envelope) -> OutgoingRecord {
+    OutgoingRecord {
+        key: Some(envelope.key().to_vec()),
+        value: Some(envelope.data.clone()),
+        headers: envelope
+            .headers()
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), Some(value.into_bytes())))
+            .collect(),
+    }
+}
+
+fn header_text<'r>(record: &'r Record, name: &str) -> &'r str {
+    std::str::from_utf8(record.header(name).unwrap_or_default()).unwrap()
+}
+
+/// Produced straight to `issued-token`, keyed by user A, in this order: a
+/// good token, a record with a value that is not JSON, one with an unknown
+/// `ce_type`, one with no headers at all, another good token. User B gets
+/// one good token. The three poison records land in the dead-letter topic
+/// with their failure headers and original key and value; the good records
+/// behind them are applied.
+#[tokio::test]
+async fn poison_records_are_dead_lettered_and_the_records_behind_them_processed() {
+    let _serial = crate::one_at_a_time().await;
+    let context = TestContext::new();
+    let (users, created) = new_users(2);
+    let (a, b) = (users[0], users[1]);
+    publish(&context, &created).await;
+    let consumer = context.start_consumer_process("http://127.0.0.1:9", &[]).await;
+    let pool = context.consumer_pool().await;
+    wait_for_processed(&pool, 2, Duration::from_secs(30)).await;
+
+    let kafka = context.kafka();
+    let topic = kafka.topics.name(Topic::IssuedToken).to_owned();
+    let producer = EventProducer::new(&kafka, "poison").unwrap();
+    let good = outgoing(&envelope_of(&token_issued(a)));
+    let mut not_json = outgoing(&envelope_of(&token_issued(a)));
+    not_json.value = Some(b"{not json".to_vec());
+    let mut unknown_type = outgoing(&envelope_of(&token_issued(a)));
+    for (name, value) in &mut unknown_type.headers {
+        if name == "ce_type" {
+            *value = Some(b"user.deleted.v9".to_vec());
+        }
+    }
+    let mut no_headers = outgoing(&envelope_of(&token_issued(a)));
+    no_headers.headers.clear();
+    let poison = [not_json, unknown_type, no_headers];
+    let mut poison_offsets = Vec::new();
+    producer.send_record(&topic, &good).await.unwrap();
+    for record in &poison {
+        poison_offsets.push(producer.send_record(&topic, record).await.unwrap().offset);
+    }
+    producer
+        .send_record(&topic, &outgoing(&envelope_of(&token_issued(a))))
+        .await
+        .unwrap();
+    producer
+        .send_record(&topic, &outgoing(&envelope_of(&token_issued(b))))
+        .await
+        .unwrap();
+
+    wait_for_processed(&pool, 5, Duration::from_secs(30)).await;
+    let dead = eventually(Duration::from_secs(30), "three dead letters", || async {
+        let dead = dead_letters(&context).await;
+        (dead.len() >= 3).then_some(dead)
+    })
+    .await;
+    assert_eq!(dead.len(), 3);
+    for (record, (original, offset)) in dead.iter().zip(poison.iter().zip(&poison_offsets)) {
+        assert_eq!(record.key, original.key, "key kept");
+        assert_eq!(record.value, original.value, "value kept");
+        assert_eq!(header_text(record, header::ERROR_CLASS), "permanent");
+        assert_eq!(header_text(record, header::ORIGIN_TOPIC), topic);
+        assert_eq!(header_text(record, header::ORIGIN_OFFSET), offset.to_string());
+        assert_eq!(header_text(record, header::ATTEMPTS), "1");
+        assert!(!header_text(record, header::ERROR_MESSAGE).is_empty());
+        assert!(record.header(header::FAILED_AT).is_some());
+        for (name, value) in &original.headers {
+            assert!(
+                record.headers.contains(&(name.clone(), value.clone())),
+                "header {name} kept"
+            );
+        }
+    }
+    let counts = e2e::read_model_token_counts(&pool).await;
+    assert_eq!((counts[&a], counts[&b]), (2, 1));
+    assert_eq!(processed_count(&pool).await, 5);
+    assert_offsets_at_end(&context).await;
+
+    consumer.kill().await;
+    pool.close().await;
+    context.drop_databases().await;
+}
+
+/// The producer refuses every look-up: 2 users' 2 tokens each go through
+/// the whole retry schedule (4 rounds) and are dead-lettered as
+/// `exhausted`, first tokens before second ones. An operator lists them
+/// and, once the producer is back, redrives them; they are applied once.
+#[tokio::test]
+async fn exhausted_records_are_dead_lettered_in_order_and_an_operator_redrives_them() {
+    let _serial = crate::one_at_a_time().await;
+    let (context, producer, users) = users_the_consumer_has_not_seen(2).await;
+    let proxy = FaultProxy::start(format!("127.0.0.1:{}", producer.port), Mode::Refuse).await;
+    let consumer = context.start_consumer_process(&proxy.url(), &[]).await;
+    let tokens: Vec<_> = [0, 1, 0, 1].iter().map(|&i| token_issued(users[i])).collect();
+    publish(&context, &tokens).await;
+
+    let dead = eventually(Duration::from_secs(60), "four dead letters", || async {
+        let dead = dead_letters(&context).await;
+        (dead.len() >= 4).then_some(dead)
+    })
+    .await;
+    assert_eq!(dead.len(), 4);
+    for record in &dead {
+        assert_eq!(header_text(record, header::ERROR_CLASS), "exhausted");
+        // 2 tries in place on first delivery and in each of the 4 rounds.
+        assert_eq!(header_text(record, header::ATTEMPTS), "10");
+        assert!(header_text(record, header::ERROR_MESSAGE).contains("producer"));
+    }
+    for user in &users {
+        let offsets: Vec<i64> = dead
+            .iter()
+            .filter(|record| record.key.as_deref() == Some(user.to_string().as_bytes()))
+            .map(|record| header_text(record, header::ORIGIN_OFFSET).parse().unwrap())
+            .collect();
+        assert_eq!(offsets.len(), 2);
+        // Same dead-letter partition (same key): offset order is dead-letter order.
+        assert!(offsets[0] < offsets[1], "{user}: first token dead-lettered first");
+    }
+
+    let client = Client::new();
+    let keys = TokenKeys::new(&SecretString::from(JWT_SECRET.to_owned())).unwrap();
+    let operator = keys.service_token("operator");
+    let user_token = keys.issue_user_token(users[0], chrono::Duration::minutes(5));
+    let list = format!("{}/dead-letters", consumer.url());
+    let forbidden = client
+        .get(&list)
+        .bearer_auth(user_token.token.expose_secret())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forbidden.status(), 403, "users cannot read dead letters");
+    assert_eq!(client.get(&list).send().await.unwrap().status(), 401);
+    let listed: Value = client
+        .get(&list)
+        .bearer_auth(operator.expose_secret())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let listed = listed["records"].as_array().unwrap().clone();
+    assert_eq!(listed.len(), 4);
+    assert!(listed.iter().all(|record| record["error_class"] == "exhausted"));
+
+    proxy.set(Mode::Forward);
+    let chosen: Vec<Value> = listed
+        .iter()
+        .map(|record| json!({ "partition": record["partition"], "offset": record["offset"] }))
+        .collect();
+    let redrive = format!("{}/dead-letters/redrive", consumer.url());
+    let response = client
+        .post(&redrive)
+        .bearer_auth(operator.expose_secret())
+        .json(&json!({ "records": chosen }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["redriven"].as_array().unwrap().len(), 4);
+
+    let pool = context.consumer_pool().await;
+    wait_for_processed(&pool, 4, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(processed_count(&pool).await, 4);
+    let counts = e2e::read_model_token_counts(&pool).await;
+    assert_eq!((counts[&users[0]], counts[&users[1]]), (2, 2));
+
+    let missing = client
+        .post(&redrive)
+        .bearer_auth(operator.expose_secret())
+        .json(&json!({ "records": [{ "partition": 0, "offset": 999 }] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 422, "a dead letter that does not exist");
+
+    consumer.kill().await;
+    pool.close().await;
+    producer.stop().await.unwrap();
+    context.drop_databases().await;
+}

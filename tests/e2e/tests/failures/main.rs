@@ -1,0 +1,24 @@
+//! Failure tests: the services run as real processes against the real
+//! broker and PostgreSQL, and each test breaks something for real (SIGKILL,
+//! SIGTERM, a database that refuses connections, a producer that fails or
+//! hangs, poison records, members joining and leaving the group). Each one
+//! states the events it sent and asserts the exact final state.
+//!
+//! The broker outage test is in `tests/system/broker_outage.rs`.
+//!
+//! These tests run one at a time (see [`one_at_a_time`]): each loads the
+//! broker with thousands of records and several group members, and Tansu's
+//! group coordinator, answering heartbeats late under two such loads at
+//! once, would time members out and turn the tests into a measure of the
+//! machine.
+
+mod crashes;
+mod dead_letters;
+mod outages;
+mod rebalances;
+
+/// Held for the whole of each test in this binary.
+pub async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}

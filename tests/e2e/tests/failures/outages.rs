@@ -1,0 +1,129 @@
+//! Dependencies that fail for a while: the consumer's database, and the
+//! producer it asks about users.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use e2e::load::{
+    assert_exact_state, assert_offsets_at_end, assert_per_user_order, dead_letters, new_users, processed_count,
+    publish, tokens_for, wait_for_processed,
+};
+use e2e::proxy::{FaultProxy, Mode};
+use e2e::{create_user, eventually, TestContext};
+use kafka_service::Topic;
+use reqwest::Client;
+use sqlx::{Connection, PgConnection};
+use uuid::Uuid;
+
+/// 400 users and 1 token each. The consumer's database refuses connections
+/// (and its open ones are terminated) for 3 s mid-stream; the consumer is
+/// killed with SIGKILL during the outage and restarted once the database is
+/// back. Had it committed an offset past a record it had not applied, that
+/// record would be lost now and the counts would be short.
+#[tokio::test]
+async fn a_database_outage_commits_nothing_past_unapplied_records() {
+    let _serial = crate::one_at_a_time().await;
+    let context = TestContext::new();
+    let (users, created) = new_users(400);
+    publish(&context, &created).await;
+    let consumer = context.start_consumer_process("http://127.0.0.1:9", &[]).await;
+    let pool = context.consumer_pool().await;
+    wait_for_processed(&pool, 100, Duration::from_secs(60)).await;
+    pool.close().await;
+
+    let database = context.consumer_database_url.rsplit('/').next().unwrap().to_owned();
+    let mut admin = PgConnection::connect(&format!("{}/postgres", e2e::database_server_url()))
+        .await
+        .unwrap();
+    sqlx::query(&format!("ALTER DATABASE {database} ALLOW_CONNECTIONS false"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1")
+        .bind(&database)
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    consumer.kill().await;
+    e2e::process::wait_out_session().await;
+    sqlx::query(&format!("ALTER DATABASE {database} ALLOW_CONNECTIONS true"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+
+    let consumer = context.start_consumer_process("http://127.0.0.1:9", &[]).await;
+    let pool = context.consumer_pool().await;
+    wait_for_processed(&pool, 400, Duration::from_secs(60)).await;
+    publish(&context, &tokens_for(&users, 1)).await;
+    assert_exact_state(&context, &pool, &users, 1).await;
+    consumer.kill().await;
+    pool.close().await;
+    context.drop_databases().await;
+}
+
+/// The consumer's producer look-ups (a token for a user it has not seen)
+/// first hang past the client timeout, then are refused, then work again.
+/// 6 users, 3 tokens each (18 records). The records go through in-place
+/// retries and the retry topic, later tokens of a user are parked behind
+/// the first, and all end up applied exactly once, in per-user order, with
+/// nothing dead-lettered.
+#[tokio::test]
+async fn records_survive_a_failing_producer_through_the_retry_topic_in_per_user_order() {
+    let _serial = crate::one_at_a_time().await;
+    let (context, producer, users) = users_the_consumer_has_not_seen(6).await;
+    let proxy = FaultProxy::start(format!("127.0.0.1:{}", producer.port), Mode::Stall).await;
+    let consumer = context.start_consumer_process(&proxy.url(), &[]).await;
+    publish(&context, &tokens_for(&users, 3)).await;
+
+    let kafka = context.kafka();
+    let retry_topic = kafka.topics.name(Topic::Retry).to_owned();
+    eventually(Duration::from_secs(30), "records parked on the retry topic", || async {
+        let parked = kafka_service::reader::read_topic(&kafka, &retry_topic).await.ok()?;
+        (parked.len() >= users.len()).then_some(())
+    })
+    .await;
+    proxy.set(Mode::Refuse);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    proxy.set(Mode::Forward);
+
+    let pool = context.consumer_pool().await;
+    wait_for_processed(&pool, 18, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(processed_count(&pool).await, 18, "each token applied once");
+    let counts: HashMap<Uuid, i64> = e2e::read_model_token_counts(&pool).await;
+    for user in &users {
+        assert_eq!(counts.get(user), Some(&3), "tokens of {user}");
+    }
+    assert_per_user_order(&pool).await;
+    let parked: i64 = sqlx::query_scalar("SELECT count(*) FROM parked_records")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(parked, 0, "nothing left parked");
+    assert!(dead_letters(&context).await.is_empty(), "nothing dead-lettered");
+    assert_offsets_at_end(&context).await;
+
+    consumer.kill().await;
+    pool.close().await;
+    producer.stop().await.unwrap();
+    context.drop_databases().await;
+}
+
+/// A context whose producer runs in-process and publishes its
+/// `user.created.v1` events to a topic the consumer does not read, with
+/// `count` users created through its API: tokens for them make the consumer
+/// ask the producer.
+pub async fn users_the_consumer_has_not_seen(count: usize) -> (TestContext, e2e::Service, Vec<Uuid>) {
+    let context = TestContext::new();
+    let mut settings = context.producer_settings();
+    let unread = format!("{}-unread", context.topics.name(Topic::NewUserCreated));
+    settings.kafka.topics = settings.kafka.topics.with_name(Topic::NewUserCreated, unread);
+    let producer = context.spawn_producer_with(settings).await;
+    let client = Client::new();
+    let mut users = Vec::with_capacity(count);
+    for i in 0..count {
+        users.push(create_user(&client, &producer.url(), &format!("lookup{i}")).await.id);
+    }
+    (context, producer, users)
+}
