@@ -29,14 +29,23 @@ pub async fn ensure_topics(settings: &KafkaSettings, specs: &[&TopicSpec]) -> Re
         .client_config("admin", &[])
         .create()
         .map_err(AdminError::Config)?;
+    let retention: Vec<Option<String>> = specs
+        .iter()
+        .map(|spec| spec.retention_ms.map(|ms| ms.to_string()))
+        .collect();
     let new_topics: Vec<NewTopic<'_>> = specs
         .iter()
-        .map(|spec| {
-            NewTopic::new(
+        .zip(&retention)
+        .map(|(spec, retention)| {
+            let topic = NewTopic::new(
                 &spec.name,
                 spec.partitions,
                 TopicReplication::Fixed(spec.replication_factor),
-            )
+            );
+            match retention {
+                Some(ms) => topic.set("retention.ms", ms),
+                None => topic,
+            }
         })
         .collect();
     let options = AdminOptions::new().request_timeout(Some(settings.request_timeout()));

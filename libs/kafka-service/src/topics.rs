@@ -14,6 +14,9 @@ pub const DEFAULT_PARTITIONS: i32 = 8;
 /// broker; production sets 3 (see `docs/config/topics.md`).
 pub const DEFAULT_REPLICATION_FACTOR: i32 = 1;
 
+/// Retention of the dead-letter topic unless configured otherwise: 30 days.
+pub const DEAD_LETTER_RETENTION_MS: i64 = 30 * 24 * 60 * 60 * 1000;
+
 /// A logical topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Topic {
@@ -48,6 +51,16 @@ impl Topic {
     /// provisions these; the consumer subscribes to them).
     pub const EVENTS: [Topic; 2] = [Topic::NewUserCreated, Topic::IssuedToken];
 
+    /// `retention.ms` when configuration does not override it: 30 days for
+    /// the dead-letter topic (time for an operator to look), the broker's
+    /// default for the others.
+    pub fn default_retention_ms(self) -> Option<i64> {
+        match self {
+            Topic::DeadLetter => Some(DEAD_LETTER_RETENTION_MS),
+            _ => None,
+        }
+    }
+
     /// The physical name used when configuration does not override it.
     pub fn default_name(self) -> &'static str {
         match self {
@@ -68,6 +81,9 @@ pub struct TopicSpec {
     pub partitions: i32,
     /// Replication factor used when the topic is created.
     pub replication_factor: i32,
+    /// `retention.ms` set when the topic is created, in milliseconds;
+    /// `None` leaves the broker's default (`log.retention.hours`, 7 days).
+    pub retention_ms: Option<i64>,
 }
 
 /// Physical names and provisioning of every [`Topic`].
@@ -135,6 +151,7 @@ struct RawSpec {
     name: Option<String>,
     partitions: Option<i32>,
     replication_factor: Option<i32>,
+    retention_ms: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -155,6 +172,7 @@ impl RawSpec {
             name: self.name.unwrap_or_else(|| topic.default_name().to_owned()),
             partitions: self.partitions.unwrap_or(DEFAULT_PARTITIONS),
             replication_factor: self.replication_factor.unwrap_or(DEFAULT_REPLICATION_FACTOR),
+            retention_ms: self.retention_ms.or(topic.default_retention_ms()),
         }
     }
 }
@@ -182,6 +200,8 @@ mod tests {
         assert_eq!(registry.name(Topic::Retry), "side-topic-for-retry");
         assert_eq!(registry.name(Topic::DeadLetter), "dead-letter-queue");
         assert!(registry.specs(&Topic::ALL).iter().all(|spec| spec.partitions == 8));
+        assert_eq!(registry.spec(Topic::DeadLetter).retention_ms, Some(2_592_000_000));
+        assert_eq!(registry.spec(Topic::IssuedToken).retention_ms, None);
     }
 
     #[test]

@@ -1,7 +1,12 @@
-//! Test support for the API and end-to-end tests in `tests/`: both services
-//! run in-process on port 0 against the real broker and PostgreSQL that
-//! `scripts/test.sh` provides, each test with its own databases, topic
-//! names and consumer group.
+//! Test support for the tests in `tests/`, against the real broker and
+//! PostgreSQL that `scripts/test.sh` provides, each test with its own
+//! databases, topic names and consumer group:
+//!
+//! - `tests/system`: API and end-to-end tests, with both services
+//!   in-process on port 0 ([`TestContext::spawn_producer`]);
+//! - `tests/failures`: failure tests, with the services as processes
+//!   ([`process`]) that can be killed, a fault-injecting proxy ([`proxy`]),
+//!   and load and exact-state assertions ([`load`]).
 //!
 //! Environment: `TEST_KAFKA_BOOTSTRAP_SERVERS` (default `127.0.0.1:19092`)
 //! and `TEST_DATABASE_URL` (a server URL, default
