@@ -33,8 +33,12 @@ pub fn on_signal() -> CancellationToken {
 /// is still running then, logs that and exits the process with status 1
 /// (a commit or a broker call that hangs must not outlive the deadline, or
 /// ECS's SIGKILL would come first and the log would not say why).
-pub fn exit_after_deadline(shutdown: CancellationToken, deadline: std::time::Duration) {
-    tokio::spawn(async move {
+///
+/// The watchdog is disarmed when the returned guard is dropped: hold it
+/// until the service has stopped.
+#[must_use = "the watchdog is disarmed when the guard is dropped"]
+pub fn exit_after_deadline(shutdown: CancellationToken, deadline: std::time::Duration) -> DeadlineGuard {
+    DeadlineGuard(tokio::spawn(async move {
         shutdown.cancelled().await;
         tokio::time::sleep(deadline).await;
         tracing::error!(
@@ -42,5 +46,31 @@ pub fn exit_after_deadline(shutdown: CancellationToken, deadline: std::time::Dur
             "graceful shutdown did not finish within its deadline; exiting now"
         );
         std::process::exit(1);
-    });
+    }))
+}
+
+/// Disarms the [`exit_after_deadline`] watchdog when dropped.
+#[derive(Debug)]
+pub struct DeadlineGuard(tokio::task::JoinHandle<()>);
+
+impl Drop for DeadlineGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// If the guard did not disarm the watchdog, it would exit this test
+    /// process with status 1 and fail the run.
+    #[tokio::test]
+    async fn a_service_that_stopped_in_time_is_not_killed_by_its_watchdog() {
+        let shutdown = CancellationToken::new();
+        let guard = exit_after_deadline(shutdown.clone(), std::time::Duration::from_millis(50));
+        shutdown.cancel();
+        drop(guard);
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
 }

@@ -105,7 +105,7 @@ impl Application {
     /// commit fails.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let deadline = self.settings.shutdown.timeout();
-        service_common::shutdown::exit_after_deadline(shutdown.clone(), deadline);
+        let _watchdog = service_common::shutdown::exit_after_deadline(shutdown.clone(), deadline);
         let server_handle = self.server.handle();
         let mut server = tokio::spawn(self.server);
         let mut consumer = tokio::spawn(consume(self.settings, self.delivery, shutdown.clone()));

@@ -87,7 +87,7 @@ impl Application {
     /// When the server fails, or the relay stops on an error retrying
     /// cannot fix (see [`Relay::run`]).
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        service_common::shutdown::exit_after_deadline(shutdown.clone(), self.shutdown_timeout);
+        let _watchdog = service_common::shutdown::exit_after_deadline(shutdown.clone(), self.shutdown_timeout);
         let server_handle = self.server.handle();
         let mut server = tokio::spawn(self.server);
         let mut relay = tokio::spawn(self.relay.run(shutdown.clone()));
