@@ -34,11 +34,12 @@ use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
-use rdkafka::{ClientContext, TopicPartitionList};
+use rdkafka::{ClientContext, Statistics, TopicPartitionList};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ConsumeError;
+use crate::monitor::{GroupMonitor, STATISTICS_INTERVAL_MS};
 use crate::settings::{ConsumerSettings, KafkaSettings};
 
 /// A consumed record, owned.
@@ -126,6 +127,7 @@ struct Shared {
     shutdown: CancellationToken,
     /// Offsets stored since the last commit.
     stored: AtomicUsize,
+    monitor: GroupMonitor,
 }
 
 impl Shared {
@@ -149,7 +151,8 @@ pub struct EventConsumer {
 impl EventConsumer {
     /// Creates the consumer and subscribes it to `topics`. It connects and
     /// joins the group lazily, on the first [`recv`](Self::recv). Cancelling
-    /// `shutdown` cancels every lease.
+    /// `shutdown` cancels every lease. `monitor` receives its metrics and
+    /// progress.
     ///
     /// # Errors
     ///
@@ -161,11 +164,13 @@ impl EventConsumer {
         client_id: &str,
         topics: &[&str],
         shutdown: CancellationToken,
+        monitor: GroupMonitor,
     ) -> Result<Self, ConsumeError> {
         let shared = Arc::new(Shared {
             assignment: Mutex::default(),
             shutdown,
             stored: AtomicUsize::new(0),
+            monitor,
         });
         let client: StreamConsumer<GroupContext> = settings
             .client_config(
@@ -177,6 +182,7 @@ impl EventConsumer {
                     ("auto.offset.reset", consumer.auto_offset_reset.clone()),
                     ("session.timeout.ms", consumer.session_timeout_ms.to_string()),
                     ("partition.assignment.strategy", "cooperative-sticky".to_owned()),
+                    ("statistics.interval.ms", STATISTICS_INTERVAL_MS.to_string()),
                 ],
             )
             .create_with_context(GroupContext {
@@ -257,10 +263,11 @@ impl EventConsumer {
         self.last_commit = Instant::now();
         self.shared.stored.store(0, Ordering::Relaxed);
         let consumer = Arc::clone(&self.consumer);
-        tokio::task::spawn_blocking(move || commit_stored(&*consumer, CommitMode::Sync))
+        let result = tokio::task::spawn_blocking(move || commit_stored(&*consumer, CommitMode::Sync))
             .await
-            .expect("offset commit panicked")
-            .map_err(ConsumeError::Commit)
+            .expect("offset commit panicked");
+        self.shared.monitor.committed(result.is_ok());
+        result.map_err(ConsumeError::Commit)
     }
 
     /// The partitions currently assigned to this member, as
@@ -307,13 +314,21 @@ impl EventConsumer {
         }
     }
 
+    /// Commits the stored offsets in the background: a synchronous commit
+    /// on a blocking thread, so its result is known (and counted) without
+    /// holding up [`recv`](Self::recv).
     fn commit_async(&mut self) {
         self.last_commit = Instant::now();
         self.shared.stored.store(0, Ordering::Relaxed);
-        // The result arrives in `GroupContext::commit_callback`.
-        if let Err(error) = commit_stored(&*self.consumer, CommitMode::Async) {
-            tracing::warn!(%error, "could not start offset commit");
-        }
+        let consumer = Arc::clone(&self.consumer);
+        let shared = Arc::clone(&self.shared);
+        tokio::task::spawn_blocking(move || {
+            let result = commit_stored(&*consumer, CommitMode::Sync);
+            shared.monitor.committed(result.is_ok());
+            if let Err(error) = result {
+                tracing::warn!(%error, "offset commit failed; the next one will include these offsets");
+            }
+        });
     }
 }
 
@@ -377,6 +392,7 @@ impl PartitionLease {
             .store_offset(&record.topic, record.partition, record.offset)
             .map_err(ConsumeError::Commit)?;
         self.shared.stored.fetch_add(1, Ordering::Relaxed);
+        self.shared.monitor.progressed();
         Ok(())
     }
 }
@@ -419,6 +435,17 @@ impl ClientContext for GroupContext {
     fn error(&self, error: KafkaError, reason: &str) {
         tracing::warn!(target: "librdkafka", %error, reason, "kafka client error");
     }
+
+    fn stats(&self, statistics: Statistics) {
+        let held: Vec<(String, i32)> = self.shared.assignment().leases.keys().cloned().collect();
+        let reported = statistics.topics.into_iter().flat_map(|(topic, details)| {
+            details
+                .partitions
+                .into_iter()
+                .map(move |(partition, p)| (topic.clone(), partition, unprocessed(&p)))
+        });
+        self.shared.monitor.report_lag(reported, &held);
+    }
 }
 
 impl ConsumerContext for GroupContext {
@@ -430,14 +457,19 @@ impl ConsumerContext for GroupContext {
                 // abandoned and will be redelivered to their next owner.
                 {
                     let mut assignment = self.shared.assignment();
+                    let mut revoked = Vec::new();
                     for element in partitions.elements() {
                         let key = (element.topic().to_owned(), element.partition());
                         if let Some(claim) = assignment.leases.remove(&key) {
                             claim.revoked.cancel();
                         }
+                        revoked.push(key);
                     }
+                    self.shared.monitor.revoked(&revoked, assignment.leases.len());
                 }
-                match commit_stored(consumer, CommitMode::Sync) {
+                let committed = commit_stored(consumer, CommitMode::Sync);
+                self.shared.monitor.committed(committed.is_ok());
+                match committed {
                     Ok(()) => {
                         tracing::info!(partitions = %describe(partitions), "rebalance: committed processed offsets, revoking partitions")
                     }
@@ -465,6 +497,9 @@ impl ConsumerContext for GroupContext {
                         .leases
                         .insert((element.topic().to_owned(), element.partition()), claim);
                 }
+                self.shared
+                    .monitor
+                    .assigned(partitions.count(), assignment.leases.len());
             }
             // A partition paused for back-pressure before it was revoked
             // must not come back paused: nothing would ever resume it.
@@ -481,6 +516,22 @@ impl ConsumerContext for GroupContext {
             Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
             Err(error) => tracing::warn!(offsets = %describe(offsets), %error, "offset commit failed"),
         }
+    }
+}
+
+/// Records of a partition not yet processed, from librdkafka's statistics:
+/// behind the stored offset (the last record processed here), else behind
+/// the committed offset, else (a partition this group never committed,
+/// read from the start) the whole log; `-1` when unknown.
+fn unprocessed(partition: &rdkafka::statistics::Partition) -> i64 {
+    if partition.consumer_lag_stored >= 0 {
+        partition.consumer_lag_stored
+    } else if partition.consumer_lag >= 0 {
+        partition.consumer_lag
+    } else if partition.hi_offset >= 0 && partition.lo_offset >= 0 {
+        partition.hi_offset - partition.lo_offset
+    } else {
+        -1
     }
 }
 

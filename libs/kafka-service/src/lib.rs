@@ -21,6 +21,8 @@
 //!   synchronously before the partition is revoked.
 //! - [`dispatch`]: runs a consumer with one worker per assigned partition,
 //!   so a partition that is waiting (retrying a record) holds up no other.
+//! - [`monitor`]: a group member's metrics (lag, rebalances, commits) and
+//!   progress, for readiness.
 //! - [`failure`]: retry and dead-letter copies of failed records, and their
 //!   headers.
 //! - [`reader`]: reads a range of a partition outside any group (listing
@@ -34,6 +36,7 @@ pub mod dispatch;
 pub mod envelope;
 pub mod error;
 pub mod failure;
+pub mod monitor;
 pub mod producer;
 pub mod reader;
 pub mod settings;
@@ -44,6 +47,7 @@ pub use consumer::{EventConsumer, PartitionLease, Record};
 pub use dispatch::{Disposition, RecordHandler};
 pub use envelope::{Envelope, EnvelopeError};
 pub use error::{AdminError, ConsumeError, ProduceError};
+pub use monitor::GroupMonitor;
 pub use producer::{Delivery, EventProducer, OutgoingRecord};
 pub use settings::{ConsumerSettings, KafkaSettings};
 pub use topics::{Topic, TopicRegistry, TopicSpec};

@@ -9,11 +9,13 @@ use std::net::TcpListener;
 use actix_web::dev::Server;
 use actix_web::error::{InternalError, JsonPayloadError, PathError, QueryPayloadError};
 use actix_web::http::StatusCode;
+use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use serde::Serialize;
 use tracing_actix_web::TracingLogger;
 
 use crate::health;
+use crate::metrics::{self, Metrics};
 
 /// How long in-flight requests may finish once shutdown begins, in seconds.
 pub const SHUTDOWN_TIMEOUT_SECS: u64 = 10;
@@ -83,28 +85,31 @@ pub async fn not_found() -> HttpResponse {
 }
 
 /// An HTTP server on `listener` with what every service has: a tracing span
-/// per request, the JSON extractor settings, `/health/live` and
-/// `/health/ready` (which need `web::Data<PgPool>` and
-/// `web::Data<EventProducer>`), and JSON `404`s; plus the service's own
-/// routes and app data from `configure`. Signals are left to the caller,
-/// which stops the server through its handle.
+/// per request, request metrics and `GET /metrics` (from `metrics`), the
+/// JSON extractor settings, `/health/live`, and JSON `404`s; plus the
+/// service's own routes (including `/health/ready`) and app data from
+/// `configure`. Signals are left to the caller, which stops the server
+/// through its handle.
 ///
 /// # Errors
 ///
 /// When the listener cannot be used.
-pub fn serve<F>(listener: TcpListener, configure: F) -> std::io::Result<Server>
+pub fn serve<F>(listener: TcpListener, metrics: Metrics, configure: F) -> std::io::Result<Server>
 where
     F: Fn(&mut web::ServiceConfig) + Clone + Send + 'static,
 {
+    let metrics = web::Data::new(metrics);
     let server = HttpServer::new(move || {
         App::new()
+            .wrap(from_fn(metrics::record_request))
             .wrap(TracingLogger::default())
+            .app_data(metrics.clone())
             .app_data(json_config())
             .app_data(path_config())
             .app_data(query_config())
             .configure(configure.clone())
             .route("/health/live", web::get().to(health::live))
-            .route("/health/ready", web::get().to(health::ready))
+            .route("/metrics", web::get().to(metrics::endpoint))
             .default_service(web::to(not_found))
     })
     .listen(listener)?

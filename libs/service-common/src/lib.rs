@@ -12,6 +12,7 @@
 //! - [`shutdown`]: SIGTERM/SIGINT as a cancellation token.
 //! - [`database`]: the pool, database creation and migrations.
 //! - [`health`]: the liveness and readiness handlers.
+//! - [`metrics`]: the Prometheus registry, HTTP metrics and `GET /metrics`.
 //! - [`run`]: the shape of `main`.
 //! - [`retry`]: the backoff policy, and topic provisioning under it.
 #![warn(missing_docs)]
@@ -21,6 +22,7 @@ pub mod configuration;
 pub mod database;
 pub mod health;
 pub mod http;
+pub mod metrics;
 pub mod retry;
 pub mod run;
 pub mod shutdown;

@@ -31,6 +31,18 @@ pub struct Settings {
     pub retry: RetrySettings,
     /// How long a graceful stop may take.
     pub shutdown: ShutdownSettings,
+    /// When readiness reports the member stuck.
+    pub readiness: ReadinessSettings,
+}
+
+/// `readiness.*`
+#[derive(Debug, Clone, Deserialize)]
+pub struct ReadinessSettings {
+    /// Readiness fails when records wait on the event topics and none has
+    /// been processed for this long, or when no partition is assigned this
+    /// long after start, in milliseconds. Longer than an in-place retry
+    /// cycle (`retry.max_elapsed_ms`), so a retry is not taken for a stall.
+    pub stall_after_ms: u64,
 }
 
 /// `retry.*`: what happens to a record whose processing fails transiently
@@ -103,6 +115,7 @@ struct Raw {
     auth: AuthSettings,
     retry: RetrySettings,
     shutdown: ShutdownSettings,
+    readiness: ReadinessSettings,
 }
 
 #[derive(Deserialize)]
@@ -154,6 +167,7 @@ impl Settings {
             auth: raw.auth,
             retry: raw.retry,
             shutdown: raw.shutdown,
+            readiness: raw.readiness,
         })
     }
 }
@@ -180,7 +194,8 @@ mod tests {
                 "topic_rounds": 5, "topic_initial_delay_ms": 60000, "topic_multiplier": 5,
                 "topic_max_delay_ms": 3600000
             },
-            "shutdown": { "timeout_ms": 20000 }
+            "shutdown": { "timeout_ms": 20000 },
+            "readiness": { "stall_after_ms": 120000 }
         }))
         .unwrap()
     }

@@ -29,6 +29,11 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::Utc;
 use kafka_service::failure::{self, FailureClass, Origin, RetryState};
 use kafka_service::{Disposition, EventProducer, OutgoingRecord, PartitionLease, Record, RecordHandler};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use service_common::metrics::{seconds_histogram, Registry};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -46,6 +51,70 @@ pub struct Delivery {
     retry_topic: String,
     dead_letter_topic: String,
     policy: RetrySettings,
+    metrics: DeliveryMetrics,
+}
+
+/// What became of each record, by topic:
+///
+/// - `kafka_records_consumed_total{topic,outcome}`: `applied`, `duplicate`
+///   (applied before), `parked` (moved to the retry topic, first time or
+///   another round), `requeued` (behind an older parked record of its key),
+///   `dead_lettered`, `skipped` (a second copy of a resolved record);
+/// - `kafka_record_retries_total{topic}`: in-place retries;
+/// - `kafka_record_handling_duration_seconds{topic}`: from taking a record
+///   to being done with it, retries and retry waits included.
+#[derive(Clone)]
+pub struct DeliveryMetrics {
+    records: Family<OutcomeLabels, Counter>,
+    retries: Family<TopicLabels, Counter>,
+    duration: Family<TopicLabels, Histogram, fn() -> Histogram>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    topic: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TopicLabels {
+    topic: String,
+}
+
+impl DeliveryMetrics {
+    /// The metrics, registered in `registry`.
+    pub fn new(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            records: Family::default(),
+            retries: Family::default(),
+            duration: Family::new_with_constructor(seconds_histogram),
+        };
+        registry.register(
+            "kafka_records_consumed",
+            "Records consumed, by topic and outcome",
+            metrics.records.clone(),
+        );
+        registry.register(
+            "kafka_record_retries",
+            "In-place retries of records",
+            metrics.retries.clone(),
+        );
+        registry.register(
+            "kafka_record_handling_duration_seconds",
+            "Time from taking a record to being done with it, retries included",
+            metrics.duration.clone(),
+        );
+        metrics
+    }
+
+    fn outcome(&self, record: &Record, outcome: &'static str) {
+        self.records
+            .get_or_create(&OutcomeLabels {
+                topic: record.topic.clone(),
+                outcome,
+            })
+            .inc();
+    }
 }
 
 /// Why a record's step stopped short.
@@ -86,7 +155,8 @@ impl RecordHandler for Delivery {
             key = record.key_lossy(),
             event_id = tracing::field::Empty,
         );
-        async {
+        let started = std::time::Instant::now();
+        let disposition = async {
             let cancel = lease.revoked();
             let mut delays = service_common::retry::backoff();
             loop {
@@ -109,7 +179,14 @@ impl RecordHandler for Delivery {
             }
         }
         .instrument(span)
-        .await
+        .await;
+        self.metrics
+            .duration
+            .get_or_create(&TopicLabels {
+                topic: record.topic.clone(),
+            })
+            .observe(started.elapsed().as_secs_f64());
+        disposition
     }
 }
 
@@ -123,6 +200,7 @@ impl Delivery {
         retry_topic: String,
         dead_letter_topic: String,
         policy: RetrySettings,
+        metrics: DeliveryMetrics,
     ) -> Self {
         Self {
             handler,
@@ -131,6 +209,7 @@ impl Delivery {
             retry_topic,
             dead_letter_topic,
             policy,
+            metrics,
         }
     }
 
@@ -146,7 +225,7 @@ impl Delivery {
         }
         match self.try_in_place(record, &origin, cancel).await? {
             Tried::Succeeded(outcome) => {
-                log_outcome(outcome);
+                self.log_outcome(record, outcome);
                 Ok(())
             }
             Tried::Rejected { reason, tries } => {
@@ -191,6 +270,7 @@ impl Delivery {
             Position::Head => {}
             Position::Resolved => {
                 tracing::info!(%origin, "second copy of a record already applied or dead-lettered; skipped");
+                self.metrics.outcome(record, "skipped");
                 return Ok(());
             }
             Position::Behind(head) => {
@@ -208,12 +288,13 @@ impl Delivery {
                     &format!("parked behind {head}"),
                 );
                 self.producer.send_record(&self.retry_topic, &copy).await?;
+                self.metrics.outcome(record, "requeued");
                 return Ok(());
             }
         }
         match self.try_in_place(record, origin, cancel).await? {
             Tried::Succeeded(outcome) => {
-                log_outcome(outcome);
+                self.log_outcome(record, outcome);
                 if state.round > 0 {
                     tracing::info!(%origin, round = state.round, "record applied on retry");
                 }
@@ -243,6 +324,7 @@ impl Delivery {
                     &error,
                 );
                 self.producer.send_record(&self.retry_topic, &copy).await?;
+                self.metrics.outcome(record, "parked");
                 Ok(())
             }
         }
@@ -283,6 +365,12 @@ impl Delivery {
                         error,
                         "event not applied; retrying in place"
                     );
+                    self.metrics
+                        .retries
+                        .get_or_create(&TopicLabels {
+                            topic: record.topic.clone(),
+                        })
+                        .inc();
                     tokio::select! {
                         () = cancel.cancelled() => return Err(Interrupted::Cancelled),
                         () = tokio::time::sleep(delay) => {}
@@ -314,6 +402,7 @@ impl Delivery {
             retry_offset = delivered.offset,
             "record parked on the retry topic"
         );
+        self.metrics.outcome(record, "parked");
         Ok(())
     }
 
@@ -339,6 +428,7 @@ impl Delivery {
             "record dead-lettered"
         );
         self.parking.unpark(origin).await?;
+        self.metrics.outcome(record, "dead_lettered");
         Ok(())
     }
 }
@@ -354,9 +444,17 @@ fn own_origin(record: &Record) -> Origin {
     }
 }
 
-fn log_outcome(outcome: Outcome) {
-    match outcome {
-        Outcome::Applied => tracing::debug!("event applied"),
-        Outcome::Duplicate => tracing::info!("event already applied; skipped"),
+impl Delivery {
+    fn log_outcome(&self, record: &Record, outcome: Outcome) {
+        match outcome {
+            Outcome::Applied => {
+                tracing::debug!("event applied");
+                self.metrics.outcome(record, "applied");
+            }
+            Outcome::Duplicate => {
+                tracing::info!("event already applied; skipped");
+                self.metrics.outcome(record, "duplicate");
+            }
+        }
     }
 }

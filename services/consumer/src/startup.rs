@@ -7,17 +7,19 @@ use actix_web::dev::Server;
 use actix_web::web;
 use anyhow::Context;
 use kafka_service::dispatch::{self, DispatchSettings};
-use kafka_service::{EventConsumer, EventProducer, KafkaSettings, Topic};
+use kafka_service::{EventConsumer, EventProducer, GroupMonitor, KafkaSettings, Topic};
 use secrecy::ExposeSecret;
 use service_common::auth::TokenKeys;
+use service_common::metrics::{Metrics, Registry};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::configuration::Settings;
-use crate::delivery::Delivery;
+use crate::delivery::{Delivery, DeliveryMetrics};
 use crate::parking::Parking;
 use crate::processing::Handler;
 use crate::producer_client::ProducerClient;
+use crate::routes::health::{self, StallCheck};
 use crate::routes::{dead_letters, users};
 
 /// The consumer: HTTP server and processing loop, ready to run.
@@ -27,6 +29,7 @@ pub struct Application {
     settings: Settings,
     delivery: Delivery,
     producer: EventProducer,
+    monitor: GroupMonitor,
 }
 
 impl Application {
@@ -58,19 +61,32 @@ impl Application {
         // Parks records on the retry topic, dead-letters and redrives them,
         // and tells readiness whether the broker answers.
         let producer = EventProducer::new(&settings.kafka, "consumer").context("invalid configuration: kafka")?;
+        let mut registry = Registry::default();
+        let monitor = GroupMonitor::new(&mut registry);
+        let delivery_metrics = DeliveryMetrics::new(&mut registry);
+        let metrics = Metrics::new(registry);
+        let topics = &settings.kafka.topics;
+        let stall = StallCheck {
+            monitor: monitor.clone(),
+            event_topics: Topic::EVENTS.iter().map(|&t| topics.name(t).to_owned()).collect(),
+            stall_after: Duration::from_millis(settings.readiness.stall_after_ms),
+        };
         let address = format!("{}:{}", settings.http.host, settings.http.port);
         let listener = TcpListener::bind(&address).with_context(|| format!("could not bind {address}"))?;
         let port = listener.local_addr()?.port();
         let server = run_server(
             listener,
-            pool.clone(),
-            keys,
-            producer_client.clone(),
-            producer.clone(),
-            settings.kafka.clone(),
+            metrics,
+            AppData {
+                pool: pool.clone(),
+                keys,
+                producer_client: producer_client.clone(),
+                producer: producer.clone(),
+                kafka: settings.kafka.clone(),
+                stall,
+            },
         )?;
         tracing::info!(%address, port, producer = settings.producer.base_url, "consumer listening");
-        let topics = &settings.kafka.topics;
         let delivery = Delivery::new(
             Handler::new(pool.clone(), producer_client),
             Parking::new(pool),
@@ -78,6 +94,7 @@ impl Application {
             topics.name(Topic::Retry).to_owned(),
             topics.name(Topic::DeadLetter).to_owned(),
             settings.retry.clone(),
+            delivery_metrics,
         );
         Ok(Self {
             port,
@@ -85,6 +102,7 @@ impl Application {
             settings,
             delivery,
             producer,
+            monitor,
         })
     }
 
@@ -108,7 +126,7 @@ impl Application {
         let _watchdog = service_common::shutdown::exit_after_deadline(shutdown.clone(), deadline);
         let server_handle = self.server.handle();
         let mut server = tokio::spawn(self.server);
-        let mut consumer = tokio::spawn(consume(self.settings, self.delivery, shutdown.clone()));
+        let mut consumer = tokio::spawn(consume(self.settings, self.delivery, self.monitor, shutdown.clone()));
         let outcome = tokio::select! {
             () = shutdown.cancelled() => Ok(()),
             result = &mut server => result.context("http server panicked")?.context("http server failed"),
@@ -139,7 +157,12 @@ const COMMIT_RESERVE: Duration = Duration::from_secs(5);
 
 /// Provisions the topics, joins the group and processes records until
 /// shutdown.
-async fn consume(settings: Settings, delivery: Delivery, shutdown: CancellationToken) -> anyhow::Result<()> {
+async fn consume(
+    settings: Settings,
+    delivery: Delivery,
+    monitor: GroupMonitor,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let topics = &settings.kafka.topics;
     if !service_common::retry::provision_topics(&settings.kafka, &topics.specs(&Topic::ALL), &shutdown)
         .await
@@ -158,6 +181,7 @@ async fn consume(settings: Settings, delivery: Delivery, shutdown: CancellationT
         "consumer",
         &names,
         shutdown.child_token(),
+        monitor,
     )
     .context("invalid configuration: kafka")?;
     tracing::info!(group_id = settings.consumer.group_id, topics = ?names, "subscribed");
@@ -174,26 +198,32 @@ async fn consume(settings: Settings, delivery: Delivery, shutdown: CancellationT
         .context("final offset commit failed")
 }
 
-fn run_server(
-    listener: TcpListener,
+/// What the HTTP handlers need.
+struct AppData {
     pool: PgPool,
     keys: TokenKeys,
-    producer: ProducerClient,
-    broker: EventProducer,
+    producer_client: ProducerClient,
+    producer: EventProducer,
     kafka: KafkaSettings,
-) -> std::io::Result<Server> {
-    let pool = web::Data::new(pool);
-    let keys = web::Data::new(keys);
-    let producer = web::Data::new(producer);
-    let broker = web::Data::new(broker);
-    let kafka = web::Data::new(kafka);
-    service_common::http::serve(listener, move |config| {
+    stall: StallCheck,
+}
+
+fn run_server(listener: TcpListener, metrics: Metrics, data: AppData) -> std::io::Result<Server> {
+    let pool = web::Data::new(data.pool);
+    let keys = web::Data::new(data.keys);
+    let producer_client = web::Data::new(data.producer_client);
+    let producer = web::Data::new(data.producer);
+    let kafka = web::Data::new(data.kafka);
+    let stall = web::Data::new(data.stall);
+    service_common::http::serve(listener, metrics, move |config| {
         config
             .app_data(pool.clone())
             .app_data(keys.clone())
+            .app_data(producer_client.clone())
             .app_data(producer.clone())
-            .app_data(broker.clone())
             .app_data(kafka.clone())
+            .app_data(stall.clone())
+            .route("/health/ready", web::get().to(health::ready))
             .route("/users/{id}", web::get().to(users::get_user))
             .route("/dead-letters", web::get().to(dead_letters::list))
             .route("/dead-letters/redrive", web::post().to(dead_letters::redrive));

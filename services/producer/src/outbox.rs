@@ -21,10 +21,17 @@ use chrono::{DateTime, Utc};
 use events::UserEvent;
 use futures::future::join_all;
 use kafka_service::{Envelope, EventProducer, KafkaSettings, Topic};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use secrecy::{ExposeSecret, SecretString};
+use service_common::metrics::{seconds_histogram, Registry};
 use service_common::retry::{backoff, sleep_or_cancel};
 use sqlx::postgres::PgListener;
 use sqlx::{Connection, PgConnection, PgPool};
+use std::sync::atomic::AtomicU64;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -84,6 +91,69 @@ pub struct Relay {
     kafka: KafkaSettings,
     batch_size: u32,
     poll_interval: Duration,
+    metrics: RelayMetrics,
+}
+
+/// The relay's metrics:
+///
+/// - `outbox_pending_rows`: rows not yet published, as of the last batch;
+/// - `outbox_oldest_pending_age_seconds`: age of the oldest of them (0 when
+///   none), as of the last batch;
+/// - `kafka_records_published_total{topic,result}`: `delivered` or `failed`;
+/// - `kafka_delivery_duration_seconds{topic}`: from handing a record to the
+///   client to its delivery report.
+///
+/// While no instance is elected (or the database is down) they stand still.
+#[derive(Clone)]
+pub struct RelayMetrics {
+    pending: Gauge,
+    oldest_age: Gauge<f64, AtomicU64>,
+    published: Family<PublishLabels, Counter>,
+    delivery: Family<TopicLabels, Histogram, fn() -> Histogram>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PublishLabels {
+    topic: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TopicLabels {
+    topic: String,
+}
+
+impl RelayMetrics {
+    /// The metrics, registered in `registry`.
+    pub fn new(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            pending: Gauge::default(),
+            oldest_age: Gauge::default(),
+            published: Family::default(),
+            delivery: Family::new_with_constructor(seconds_histogram),
+        };
+        registry.register(
+            "outbox_pending_rows",
+            "Outbox rows not yet published",
+            metrics.pending.clone(),
+        );
+        registry.register(
+            "outbox_oldest_pending_age_seconds",
+            "Age of the oldest outbox row not yet published",
+            metrics.oldest_age.clone(),
+        );
+        registry.register(
+            "kafka_records_published",
+            "Records handed to Kafka, by topic and delivery result",
+            metrics.published.clone(),
+        );
+        registry.register(
+            "kafka_delivery_duration_seconds",
+            "Time from producing a record to its delivery report",
+            metrics.delivery.clone(),
+        );
+        metrics
+    }
 }
 
 impl Relay {
@@ -95,6 +165,7 @@ impl Relay {
         kafka: KafkaSettings,
         batch_size: u32,
         poll_interval: Duration,
+        metrics: RelayMetrics,
     ) -> Self {
         Self {
             database_url,
@@ -103,6 +174,7 @@ impl Relay {
             kafka,
             batch_size: batch_size.max(1),
             poll_interval,
+            metrics,
         }
     }
 
@@ -215,6 +287,7 @@ impl Relay {
         .fetch_all(&mut *connection)
         .await
         .map_err(RelayError::Database)?;
+        self.measure_pending(connection).await?;
         if rows.is_empty() {
             return Ok(0);
         }
@@ -233,7 +306,19 @@ impl Relay {
                 subject: row.subject.clone(),
                 data: serde_json::to_vec(&row.data).expect("JSON value serializes"),
             };
-            let delivery = self.producer.send(topic, &envelope).await?;
+            let started = std::time::Instant::now();
+            let sent = self.producer.send(topic, &envelope).await;
+            let result = if sent.is_ok() { "delivered" } else { "failed" };
+            let metrics = &self.metrics;
+            metrics
+                .published
+                .get_or_create(&PublishLabels { topic: topic.to_owned(), result })
+                .inc();
+            metrics
+                .delivery
+                .get_or_create(&TopicLabels { topic: topic.to_owned() })
+                .observe(started.elapsed().as_secs_f64());
+            let delivery = sent?;
             tracing::debug!(topic, partition = delivery.partition, offset = delivery.offset, key = row.subject, event_id = %row.event_id, "event published");
             anyhow::Ok(())
         }));
@@ -266,6 +351,23 @@ impl Relay {
             Some(error) => Err(RelayError::Delivery(error)),
             None => Ok(delivered.len()),
         }
+    }
+}
+
+impl Relay {
+    /// Updates `outbox_pending_rows` and `outbox_oldest_pending_age_seconds`
+    /// (the partial index on unpublished rows keeps this cheap).
+    async fn measure_pending(&self, connection: &mut PgConnection) -> Result<(), RelayError> {
+        let (pending, oldest_age): (i64, Option<f64>) = sqlx::query_as(
+            "SELECT count(*), EXTRACT(EPOCH FROM now() - min(occurred_at))::float8 \
+             FROM outbox WHERE published_at IS NULL",
+        )
+        .fetch_one(&mut *connection)
+        .await
+        .map_err(RelayError::Database)?;
+        self.metrics.pending.set(pending);
+        self.metrics.oldest_age.set(oldest_age.unwrap_or(0.0).max(0.0));
+        Ok(())
     }
 }
 

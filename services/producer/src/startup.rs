@@ -9,11 +9,13 @@ use anyhow::Context;
 use kafka_service::EventProducer;
 use secrecy::ExposeSecret;
 use service_common::auth::TokenKeys;
+use service_common::health;
+use service_common::metrics::{Metrics, Registry};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::configuration::Settings;
-use crate::outbox::Relay;
+use crate::outbox::{Relay, RelayMetrics};
 use crate::routes::auth::TokenTtl;
 use crate::routes::{auth, users};
 
@@ -54,7 +56,10 @@ impl Application {
         let listener = TcpListener::bind(&address).with_context(|| format!("could not bind {address}"))?;
         let port = listener.local_addr()?.port();
         let ttl = TokenTtl(chrono::Duration::seconds(settings.auth.token_ttl_secs as i64));
-        let server = run_server(listener, pool.clone(), keys, ttl, producer.clone())?;
+        let mut registry = Registry::default();
+        let relay_metrics = RelayMetrics::new(&mut registry);
+        let metrics = Metrics::new(registry);
+        let server = run_server(listener, metrics, pool.clone(), keys, ttl, producer.clone())?;
         let relay = Relay::new(
             settings.database.url.clone(),
             pool,
@@ -62,6 +67,7 @@ impl Application {
             settings.kafka.clone(),
             settings.outbox.batch_size,
             Duration::from_millis(settings.outbox.poll_interval_ms),
+            relay_metrics,
         );
         tracing::info!(%address, port, "producer listening");
         Ok(Self {
@@ -111,6 +117,7 @@ impl Application {
 
 fn run_server(
     listener: TcpListener,
+    metrics: Metrics,
     pool: PgPool,
     keys: TokenKeys,
     ttl: TokenTtl,
@@ -120,12 +127,13 @@ fn run_server(
     let keys = web::Data::new(keys);
     let ttl = web::Data::new(ttl);
     let producer = web::Data::new(producer);
-    service_common::http::serve(listener, move |config| {
+    service_common::http::serve(listener, metrics, move |config| {
         config
             .app_data(pool.clone())
             .app_data(keys.clone())
             .app_data(ttl.clone())
             .app_data(producer.clone())
+            .route("/health/ready", web::get().to(health::ready))
             .route("/users", web::post().to(users::create_user))
             .route("/users/{id}", web::get().to(users::get_user))
             .route("/auth/token", web::post().to(auth::issue_token));

@@ -145,6 +145,7 @@ impl TestContext {
             },
             retry: fast_retries(),
             shutdown: ShutdownSettings { timeout_ms: 10_000 },
+            readiness: ReadinessSettings { stall_after_ms: 60_000 },
         }
     }
 

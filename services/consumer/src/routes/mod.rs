@@ -1,4 +1,5 @@
 //! HTTP routes, one module per resource.
 
 pub mod dead_letters;
+pub mod health;
 pub mod users;

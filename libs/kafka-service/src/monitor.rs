@@ -1,0 +1,290 @@
+//! What a consumer-group member reports about itself: Prometheus metrics,
+//! and the progress readiness needs to tell a stuck member from a busy one.
+//!
+//! Metrics (registered by [`GroupMonitor::new`]):
+//!
+//! | name | labels | meaning |
+//! |---|---|---|
+//! | `kafka_consumer_lag_records` | `topic`, `partition` | records between the last one processed (or committed) and the high watermark, per assigned partition (librdkafka statistics, every [`STATISTICS_INTERVAL_MS`]) |
+//! | `kafka_consumer_assigned_partitions` | | partitions this member holds |
+//! | `kafka_consumer_rebalances_total` | `kind` (`assign`, `revoke`) | partitions assigned or revoked, by rebalance |
+//! | `kafka_consumer_commits_total` | `result` (`ok`, `failed`) | offset commits |
+//! | `kafka_consumer_offsets_stored_total` | | records whose offset was stored (processed) |
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// How often librdkafka reports statistics (and so lag), in milliseconds.
+pub const STATISTICS_INTERVAL_MS: u64 = 5_000;
+
+/// Labels naming one partition.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabels {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+/// Metrics and progress of one group member. Cheap to clone.
+#[derive(Clone)]
+pub struct GroupMonitor {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    started: Instant,
+    /// Milliseconds after `started` of the last stored offset; `-1` for none.
+    last_progress_ms: AtomicI64,
+    lag_by_partition: Mutex<HashMap<(String, i32), i64>>,
+    lag: Family<PartitionLabels, Gauge>,
+    assigned: Gauge,
+    rebalances: Family<KindLabels, Counter>,
+    commits: Family<ResultLabels, Counter>,
+    stored: Counter,
+}
+
+impl GroupMonitor {
+    /// A monitor whose metrics are registered in `registry`.
+    pub fn new(registry: &mut Registry) -> Self {
+        let inner = Inner {
+            started: Instant::now(),
+            last_progress_ms: AtomicI64::new(-1),
+            lag_by_partition: Mutex::default(),
+            lag: Family::default(),
+            assigned: Gauge::default(),
+            rebalances: Family::default(),
+            commits: Family::default(),
+            stored: Counter::default(),
+        };
+        registry.register(
+            "kafka_consumer_lag_records",
+            "Records between the member's position and the high watermark, per assigned partition",
+            inner.lag.clone(),
+        );
+        registry.register(
+            "kafka_consumer_assigned_partitions",
+            "Partitions assigned to this member",
+            inner.assigned.clone(),
+        );
+        registry.register(
+            "kafka_consumer_rebalances",
+            "Partitions assigned to or revoked from this member",
+            inner.rebalances.clone(),
+        );
+        registry.register(
+            "kafka_consumer_commits",
+            "Offset commits, by result",
+            inner.commits.clone(),
+        );
+        registry.register(
+            "kafka_consumer_offsets_stored",
+            "Records processed and their offsets stored for commit",
+            inner.stored.clone(),
+        );
+        Self { inner: Arc::new(inner) }
+    }
+
+    /// How long ago the member was created.
+    pub fn uptime(&self) -> Duration {
+        self.inner.started.elapsed()
+    }
+
+    /// How long ago a record was last processed (its offset stored), or the
+    /// uptime when none has been.
+    pub fn since_progress(&self) -> Duration {
+        match u64::try_from(self.inner.last_progress_ms.load(Ordering::Relaxed)) {
+            Ok(ms) => self.uptime().saturating_sub(Duration::from_millis(ms)),
+            Err(_) => self.uptime(),
+        }
+    }
+
+    /// Partitions this member holds.
+    pub fn assigned_partitions(&self) -> i64 {
+        self.inner.assigned.get()
+    }
+
+    /// The summed lag of the assigned partitions of `topics`, as of the last
+    /// statistics report.
+    pub fn lag(&self, topics: &[&str]) -> i64 {
+        self.lag_map()
+            .iter()
+            .filter(|((topic, _), _)| topics.contains(&topic.as_str()))
+            .map(|(_, lag)| *lag)
+            .sum()
+    }
+
+    /// Why this member looks stuck, if it does: no partition assigned
+    /// `stall_after` after start, or records waiting on `topics` and none
+    /// processed for `stall_after`. (A member of a group with more members
+    /// than partitions is legitimately idle: size the group to the
+    /// partitions.)
+    pub fn stalled(&self, topics: &[&str], stall_after: Duration) -> Option<String> {
+        let uptime = self.uptime();
+        if uptime > stall_after && self.assigned_partitions() == 0 {
+            return Some(format!("no partitions assigned {} s after start", uptime.as_secs()));
+        }
+        let lag = self.lag(topics);
+        let idle = self.since_progress();
+        (lag > 0 && idle > stall_after).then(|| {
+            format!(
+                "stalled: {lag} records behind and none processed for {} s",
+                idle.as_secs()
+            )
+        })
+    }
+
+    pub(crate) fn progressed(&self) {
+        let ms = i64::try_from(self.inner.started.elapsed().as_millis()).unwrap_or(i64::MAX);
+        self.inner.last_progress_ms.store(ms, Ordering::Relaxed);
+        self.inner.stored.inc();
+    }
+
+    pub(crate) fn assigned(&self, count: usize, held: usize) {
+        self.inner
+            .rebalances
+            .get_or_create(&KindLabels { kind: "assign" })
+            .inc_by(count as u64);
+        self.inner.assigned.set(i64::try_from(held).unwrap_or(i64::MAX));
+    }
+
+    pub(crate) fn revoked(&self, partitions: &[(String, i32)], held: usize) {
+        self.inner
+            .rebalances
+            .get_or_create(&KindLabels { kind: "revoke" })
+            .inc_by(partitions.len() as u64);
+        self.inner.assigned.set(i64::try_from(held).unwrap_or(i64::MAX));
+        let mut lag = self.lag_map();
+        for (topic, partition) in partitions {
+            lag.remove(&(topic.clone(), *partition));
+            self.inner.lag.remove(&PartitionLabels {
+                topic: topic.clone(),
+                partition: *partition,
+            });
+        }
+    }
+
+    pub(crate) fn committed(&self, ok: bool) {
+        let result = if ok { "ok" } else { "failed" };
+        self.inner.commits.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    /// Records the lag librdkafka reported for the partitions this member
+    /// holds (`held`); `-1` (unknown yet) is left out.
+    pub(crate) fn report_lag(&self, reported: impl IntoIterator<Item = (String, i32, i64)>, held: &[(String, i32)]) {
+        let mut lag = self.lag_map();
+        for (topic, partition, records) in reported {
+            if records < 0 || !held.contains(&(topic.clone(), partition)) {
+                continue;
+            }
+            self.inner
+                .lag
+                .get_or_create(&PartitionLabels {
+                    topic: topic.clone(),
+                    partition,
+                })
+                .set(records);
+            lag.insert((topic, partition), records);
+        }
+    }
+
+    fn lag_map(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i32), i64>> {
+        self.inner
+            .lag_by_partition
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lag_counts_only_held_partitions_of_the_asked_topics_and_leaves_with_a_revoke() {
+        let mut registry = Registry::default();
+        let monitor = GroupMonitor::new(&mut registry);
+        let held = vec![("a".to_owned(), 0), ("a".to_owned(), 1), ("retry".to_owned(), 0)];
+        monitor.assigned(3, 3);
+        monitor.report_lag(
+            [
+                ("a".to_owned(), 0, 5),
+                ("a".to_owned(), 1, -1),
+                ("a".to_owned(), 2, 100),
+                ("retry".to_owned(), 0, 7),
+            ],
+            &held,
+        );
+        assert_eq!(monitor.lag(&["a"]), 5);
+        assert_eq!(monitor.lag(&["a", "retry"]), 12);
+
+        monitor.revoked(&[("a".to_owned(), 0)], 2);
+        assert_eq!(monitor.lag(&["a"]), 0);
+        assert_eq!(monitor.assigned_partitions(), 2);
+
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains("kafka_consumer_lag_records{topic=\"retry\",partition=\"0\"} 7"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("topic=\"a\",partition=\"0\""),
+            "revoked partitions leave the metric"
+        );
+        assert!(
+            text.contains("kafka_consumer_rebalances_total{kind=\"revoke\"} 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_member_is_stalled_when_behind_without_progress_or_unassigned_long_after_start() {
+        let monitor = GroupMonitor::new(&mut Registry::default());
+        let quick = Duration::from_millis(10);
+        assert_eq!(monitor.stalled(&["a"], Duration::from_secs(60)), None, "just started");
+        std::thread::sleep(Duration::from_millis(20));
+        let reason = monitor.stalled(&["a"], quick).unwrap();
+        assert!(reason.starts_with("no partitions assigned"), "{reason}");
+
+        monitor.assigned(1, 1);
+        assert_eq!(monitor.stalled(&["a"], quick), None, "assigned, nothing to do");
+        monitor.report_lag([("a".to_owned(), 0, 3)], &[("a".to_owned(), 0)]);
+        let reason = monitor.stalled(&["a"], quick).unwrap();
+        assert!(reason.starts_with("stalled: 3 records behind"), "{reason}");
+        assert_eq!(monitor.stalled(&["retry"], quick), None, "lag elsewhere does not count");
+        monitor.progressed();
+        assert_eq!(
+            monitor.stalled(&["a"], Duration::from_secs(60)),
+            None,
+            "making progress"
+        );
+    }
+
+    #[test]
+    fn progress_is_measured_from_the_last_stored_offset() {
+        let monitor = GroupMonitor::new(&mut Registry::default());
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(monitor.since_progress() >= Duration::from_millis(20));
+        monitor.progressed();
+        assert!(monitor.since_progress() < Duration::from_millis(20));
+    }
+}
