@@ -80,15 +80,35 @@ impl EventProducer {
     /// until then; by default forever, so while the broker is down this
     /// waits).
     pub async fn send(&self, topic: &str, envelope: &Envelope) -> Result<Delivery, ProduceError> {
+        self.send_with_headers(topic, envelope, &[]).await
+    }
+
+    /// As [`send`](Self::send), with `extra` headers after the envelope's
+    /// (a `traceparent`, say).
+    ///
+    /// # Errors
+    ///
+    /// As [`send`](Self::send).
+    pub async fn send_with_headers(
+        &self,
+        topic: &str,
+        envelope: &Envelope,
+        extra: &[(&str, String)],
+    ) -> Result<Delivery, ProduceError> {
         let headers = envelope.headers();
         let headers = headers
             .iter()
-            .fold(OwnedHeaders::new_with_capacity(headers.len()), |acc, (key, value)| {
-                acc.insert(Header {
-                    key,
-                    value: Some(value.as_bytes()),
-                })
-            });
+            .map(|(key, value)| (*key, value.as_str()))
+            .chain(extra.iter().map(|(key, value)| (*key, value.as_str())))
+            .fold(
+                OwnedHeaders::new_with_capacity(headers.len() + extra.len()),
+                |acc, (key, value)| {
+                    acc.insert(Header {
+                        key,
+                        value: Some(value.as_bytes()),
+                    })
+                },
+            );
         let record = FutureRecord::to(topic)
             .key(envelope.key())
             .payload(&envelope.data)

@@ -4,7 +4,8 @@
 //!
 //! - [`configuration`]: layered configuration (embedded base file, then the
 //!   `APP_ENVIRONMENT` file, then `APP_*` environment variables).
-//! - [`telemetry`]: the tracing subscriber.
+//! - [`telemetry`]: the tracing subscriber, W3C trace context across the
+//!   services, and OTLP export when configured.
 //! - [`auth`]: access tokens (JWT, HS256): user tokens the producer issues
 //!   and the service credential the consumer presents to the producer.
 //! - [`http`]: the JSON error body every 4xx/5xx carries, and actix-web

@@ -91,7 +91,8 @@ pub async fn endpoint(metrics: web::Data<Metrics>) -> HttpResponse {
         .body(metrics.encode())
 }
 
-/// Middleware counting and timing every request by route pattern.
+/// Middleware counting and timing every request by route pattern, and
+/// logging one line per request.
 pub async fn record_request(
     request: ServiceRequest,
     next: Next<impl MessageBody>,
@@ -100,19 +101,28 @@ pub async fn record_request(
     let method = request.method().to_string();
     let started = Instant::now();
     let response = next.call(request).await?;
+    // Routing has happened by now, so the pattern is known.
+    let route = response
+        .request()
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let elapsed = started.elapsed();
+    // Inside the request's span (TracingLogger wraps this middleware), so
+    // the line carries the request id and trace id.
+    tracing::info!(
+        status = response.status().as_u16(),
+        route,
+        elapsed_ms = elapsed.as_secs_f64() * 1000.0,
+        "request answered"
+    );
     if let Some(metrics) = metrics {
-        // Routing has happened by now, so the pattern is known.
-        let route = response
-            .request()
-            .match_pattern()
-            .unwrap_or_else(|| "unmatched".to_owned());
         metrics
             .durations
             .get_or_create(&RouteLabels {
                 method: method.clone(),
                 route: route.clone(),
             })
-            .observe(started.elapsed().as_secs_f64());
+            .observe(elapsed.as_secs_f64());
         metrics
             .requests
             .get_or_create(&RequestLabels {

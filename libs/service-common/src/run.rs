@@ -12,7 +12,7 @@ use crate::configuration::{ConfigurationError, Environment};
 /// handlers, then runs `run` until it returns: status 0 after a clean
 /// shutdown, 1 after an error, which is logged with its cause chain.
 pub async fn main<S, F>(
-    service: &str,
+    service: &'static str,
     load: impl FnOnce() -> Result<(Environment, S), ConfigurationError>,
     run: impl FnOnce(S, CancellationToken) -> F,
 ) -> ExitCode
@@ -26,7 +26,7 @@ where
             return ExitCode::from(2);
         }
     };
-    crate::telemetry::init(environment, "info");
+    let _telemetry = crate::telemetry::init(service, environment, "info");
     match run(settings, crate::shutdown::on_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -154,7 +154,13 @@ impl RecordHandler for Delivery {
             offset = record.offset,
             key = record.key_lossy(),
             event_id = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
         );
+        // Continue the trace of the request that caused the event.
+        let traceparent = record
+            .header(service_common::telemetry::TRACEPARENT)
+            .and_then(|value| std::str::from_utf8(value).ok());
+        service_common::telemetry::continue_trace(&span, traceparent);
         let started = std::time::Instant::now();
         let disposition = async {
             let cancel = lease.revoked();

@@ -73,12 +73,15 @@ impl ProducerClient {
     /// other status.
     #[tracing::instrument(name = "fetch user from producer", skip(self))]
     pub async fn get_user(&self, id: Uuid) -> Result<Option<ProducerUser>, ProducerClientError> {
-        let response = self
+        let mut request = self
             .http
             .get(format!("{}/users/{id}", self.base_url))
-            .bearer_auth(self.keys.service_token(SERVICE_NAME).expose_secret())
-            .send()
-            .await?;
+            .bearer_auth(self.keys.service_token(SERVICE_NAME).expose_secret());
+        // The trace of the record being handled goes on in the producer.
+        if let Some(traceparent) = service_common::telemetry::current_traceparent() {
+            request = request.header(service_common::telemetry::TRACEPARENT, traceparent);
+        }
+        let response = request.send().await?;
         match response.status() {
             StatusCode::OK => Ok(Some(response.json().await?)),
             StatusCode::NOT_FOUND => Ok(None),

@@ -54,14 +54,18 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// The database error, which should abort the transaction.
 pub async fn append(tx: &mut PgConnection, event: &UserEvent) -> Result<Uuid, sqlx::Error> {
     let event_id = Uuid::now_v7();
-    sqlx::query("INSERT INTO outbox (event_id, event_type, subject, occurred_at, data) VALUES ($1, $2, $3, $4, $5)")
-        .bind(event_id)
-        .bind(event.event_type())
-        .bind(event.user_id().to_string())
-        .bind(event.time())
-        .bind(event.data())
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "INSERT INTO outbox (event_id, event_type, subject, occurred_at, data, traceparent) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(event_id)
+    .bind(event.event_type())
+    .bind(event.user_id().to_string())
+    .bind(event.time())
+    .bind(event.data())
+    .bind(service_common::telemetry::current_traceparent())
+    .execute(&mut *tx)
+    .await?;
     sqlx::query("SELECT pg_notify($1, '')")
         .bind(CHANNEL)
         .execute(&mut *tx)
@@ -77,6 +81,7 @@ struct PendingRow {
     subject: String,
     occurred_at: DateTime<Utc>,
     data: serde_json::Value,
+    traceparent: Option<String>,
 }
 
 /// Publishes outbox rows to Kafka. See the [module docs](self).
@@ -280,7 +285,7 @@ impl Relay {
         shutdown: &CancellationToken,
     ) -> Result<usize, RelayError> {
         let rows: Vec<PendingRow> = sqlx::query_as(
-            "SELECT id, event_id, event_type, subject, occurred_at, data \
+            "SELECT id, event_id, event_type, subject, occurred_at, data, traceparent \
              FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1",
         )
         .bind(i64::from(self.batch_size))
@@ -307,7 +312,12 @@ impl Relay {
                 data: serde_json::to_vec(&row.data).expect("JSON value serializes"),
             };
             let started = std::time::Instant::now();
-            let sent = self.producer.send(topic, &envelope).await;
+            let trace: Vec<(&str, String)> = row
+                .traceparent
+                .iter()
+                .map(|value| (service_common::telemetry::TRACEPARENT, value.clone()))
+                .collect();
+            let sent = self.producer.send_with_headers(topic, &envelope, &trace).await;
             let result = if sent.is_ok() { "delivered" } else { "failed" };
             let metrics = &self.metrics;
             metrics

@@ -157,11 +157,22 @@ impl TestContext {
 
     /// Starts the producer binary on a free port and waits until it is live.
     pub async fn start_producer_process(&self) -> ServiceProcess {
+        self.start_producer_process_with(&[]).await
+    }
+
+    /// As [`start_producer_process`](Self::start_producer_process), with
+    /// `extra` `APP_*` variables overriding or adding to the defaults.
+    pub async fn start_producer_process_with(&self, extra: &[(&str, &str)]) -> ServiceProcess {
         let mut env = self.common_env();
         env.extend([
             ("APP_DATABASE__URL".to_owned(), self.producer_database_url.clone()),
             ("APP_OUTBOX__POLL_INTERVAL_MS".to_owned(), "200".to_owned()),
         ]);
+        env.extend(
+            extra
+                .iter()
+                .map(|(key, value)| ((*key).to_owned(), (*value).to_owned())),
+        );
         start("producer", env).await
     }
 

@@ -286,3 +286,134 @@ async fn readiness_fails_while_the_consumer_is_stalled_and_recovers() {
     producer.stop().await.unwrap();
     context.drop_databases().await;
 }
+
+/// A token is issued by a request carrying a W3C `traceparent`; the
+/// consumer has not seen the user (the producer's `user.created.v1` events
+/// go to a topic it does not read), so handling the token makes it ask the
+/// producer. The one trace id shows up in the producer's line for the token
+/// request, in the consumer's lines for the record, and in the producer's
+/// line for the consumer's look-up.
+#[tokio::test]
+async fn one_trace_id_follows_an_event_from_the_request_through_kafka_and_back() {
+    let context = TestContext::new();
+    let unread = format!("{}-unread", context.topics.name(kafka_service::Topic::NewUserCreated));
+    let producer = context
+        .start_producer_process_with(&[("APP_KAFKA__TOPICS__NEW_USER_CREATED__NAME", &unread)])
+        .await;
+    let consumer = context.start_consumer_process(&producer.url(), &[]).await;
+    let client = Client::new();
+    let user = create_user(&client, &producer.url(), "traced").await;
+
+    let trace_id = uuid::Uuid::new_v4().simple().to_string();
+    let response = client
+        .post(format!("{}/auth/token", producer.url()))
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .json(&serde_json::json!({ "username": user.username, "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let pool = context.consumer_pool().await;
+    e2e::load::wait_for_processed(&pool, 1, Duration::from_secs(30)).await;
+
+    let producer_log = std::fs::read_to_string(&producer.log).unwrap();
+    let consumer_log = std::fs::read_to_string(&consumer.log).unwrap();
+    let traced = |log: &str, needle: &str| {
+        log.lines()
+            .any(|line| line.contains(&trace_id) && line.contains(needle))
+    };
+    assert!(
+        traced(&producer_log, "/auth/token"),
+        "the token request; see {}",
+        producer.log.display()
+    );
+    assert!(
+        traced(&consumer_log, "user fetched from the producer"),
+        "the record's handling; see {}",
+        consumer.log.display()
+    );
+    assert!(
+        traced(&producer_log, "/users/{id}"),
+        "the consumer's look-up; see {}",
+        producer.log.display()
+    );
+
+    consumer.kill().await;
+    producer.kill().await;
+    pool.close().await;
+    context.drop_databases().await;
+}
+
+/// With `OTEL_EXPORTER_OTLP_ENDPOINT` set, the producer exports its spans
+/// over OTLP/HTTP (protobuf) to `<endpoint>/v1/traces`. The collector here
+/// is a loopback listener that records what it is sent.
+#[tokio::test]
+async fn spans_are_exported_over_otlp_when_an_endpoint_is_configured() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let collector = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", collector.local_addr().unwrap());
+    let (sender, mut received) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = collector.accept().await {
+            let sender = sender.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 8192];
+                // Read until the body announced by content-length is in.
+                loop {
+                    let Ok(read) = stream.read(&mut buffer).await else {
+                        return;
+                    };
+                    if read == 0 {
+                        return;
+                    }
+                    request.extend_from_slice(&buffer[..read]);
+                    let text = String::from_utf8_lossy(&request).to_string();
+                    if let Some(head_end) = text.find("\r\n\r\n") {
+                        let length: usize = text[..head_end]
+                            .lines()
+                            .find_map(|line| {
+                                line.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if request.len() >= head_end + 4 + length {
+                            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await;
+                            let _ = sender.send(request);
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+
+    let context = TestContext::new();
+    let producer = context
+        .start_producer_process_with(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ])
+        .await;
+    let client = Client::new();
+    create_user(&client, &producer.url(), "exported").await;
+    let request = tokio::time::timeout(Duration::from_secs(30), received.recv())
+        .await
+        .expect("spans exported within 30 s")
+        .unwrap();
+    let text = String::from_utf8_lossy(&request);
+    assert!(
+        text.starts_with("POST /v1/traces "),
+        "{}",
+        text.lines().next().unwrap_or_default()
+    );
+    assert!(text
+        .to_ascii_lowercase()
+        .contains("content-type: application/x-protobuf"));
+    assert!(text.contains("producer"), "the resource names the service");
+
+    producer.kill().await;
+    context.drop_databases().await;
+}
