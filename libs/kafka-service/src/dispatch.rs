@@ -162,6 +162,11 @@ fn enqueue(consumer: &EventConsumer, worker: &mut Worker, key: &PartitionKey, re
         Err(mpsc::error::TrySendError::Full(record)) => {
             worker.overflow.push_back(record);
             if !worker.paused {
+                tracing::debug!(
+                    topic = key.0,
+                    partition = key.1,
+                    "partition paused: its worker is behind"
+                );
                 consumer.pause(&key.0, key.1);
                 worker.paused = true;
             }
@@ -172,7 +177,10 @@ fn enqueue(consumer: &EventConsumer, worker: &mut Worker, key: &PartitionKey, re
 }
 
 /// Moves overflow records into the worker's queue as room frees up, and
-/// resumes the partition once the overflow is empty.
+/// resumes the partition once the overflow is empty and the queue at most
+/// half full. (Each resume costs a fetch round trip before records flow
+/// again, so resuming at the first free slot would pause and resume once
+/// per record.)
 fn refill(consumer: &EventConsumer, workers: &mut HashMap<PartitionKey, Worker>, key: &PartitionKey) {
     let Some(worker) = workers.get_mut(key) else { return };
     while let Some(record) = worker.overflow.pop_front() {
@@ -188,7 +196,8 @@ fn refill(consumer: &EventConsumer, workers: &mut HashMap<PartitionKey, Worker>,
             }
         }
     }
-    if worker.paused {
+    if worker.paused && worker.queue.capacity() * 2 >= worker.queue.max_capacity() {
+        tracing::debug!(topic = key.0, partition = key.1, "partition resumed");
         consumer.resume(&key.0, key.1);
         worker.paused = false;
     }
