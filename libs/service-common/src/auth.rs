@@ -20,6 +20,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::configuration::{ConfigurationError, Environment};
 use crate::http::error_response;
 
 /// The `iss` claim of every token.
@@ -32,6 +33,35 @@ pub const SERVICE_AUDIENCE: &str = "services";
 /// (RFC 7518 §3.2: "a key of the same size as the hash output ... MUST be
 /// used").
 pub const MIN_SECRET_BYTES: usize = 32;
+
+/// The signing key both services' `local.yaml` use: public, so never
+/// accepted in `production` (see [`check_production_secret`]).
+pub const LOCAL_DEVELOPMENT_SECRET: &str = "local-development-signing-key-not-for-production-use";
+
+/// Refuses, in `production`, a signing key that is too short or is the
+/// public local development key.
+///
+/// # Errors
+///
+/// A [`ConfigurationError`] naming `auth.jwt_secret`.
+pub fn check_production_secret(environment: Environment, secret: &SecretString) -> Result<(), ConfigurationError> {
+    if environment != Environment::Production {
+        return Ok(());
+    }
+    let secret = secret.expose_secret();
+    if secret == LOCAL_DEVELOPMENT_SECRET {
+        return Err(ConfigurationError(
+            "auth.jwt_secret is the public local development key; set APP_AUTH__JWT_SECRET to a secret of your own"
+                .to_owned(),
+        ));
+    }
+    if secret.len() < MIN_SECRET_BYTES {
+        return Err(ConfigurationError(format!(
+            "auth.jwt_secret must be at least {MIN_SECRET_BYTES} bytes"
+        )));
+    }
+    Ok(())
+}
 /// Lifetime of a service credential.
 const SERVICE_TOKEN_TTL: Duration = Duration::minutes(5);
 
@@ -258,6 +288,17 @@ mod tests {
             keys(SECRET).verify(expired.token.expose_secret()),
             Err(AuthError::Invalid)
         ));
+    }
+
+    #[test]
+    fn production_refuses_the_local_development_key_and_short_keys() {
+        let local = SecretString::from(LOCAL_DEVELOPMENT_SECRET.to_owned());
+        let short = SecretString::from("too-short".to_owned());
+        let good = SecretString::from(SECRET.to_owned());
+        assert!(check_production_secret(Environment::Production, &local).is_err());
+        assert!(check_production_secret(Environment::Production, &short).is_err());
+        assert!(check_production_secret(Environment::Production, &good).is_ok());
+        assert!(check_production_secret(Environment::Local, &local).is_ok());
     }
 
     #[test]

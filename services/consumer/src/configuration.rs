@@ -130,7 +130,8 @@ impl Settings {
     ///
     /// # Errors
     ///
-    /// [`ConfigurationError`] naming the key at fault.
+    /// [`ConfigurationError`] naming the key at fault; in `production`, also
+    /// a short or public signing key.
     pub fn load() -> Result<(Environment, Self), ConfigurationError> {
         let (environment, raw): (Environment, Raw) = configuration::load(Files {
             base: include_str!("../configuration/base.yaml"),
@@ -138,7 +139,9 @@ impl Settings {
             production: include_str!("../configuration/production.yaml"),
         })?;
         let discovery = std::env::var(SERVICE_DISCOVERY_ENDPOINT_VAR).ok();
-        Ok((environment, Self::resolve(raw, discovery.as_deref())?))
+        let settings = Self::resolve(raw, discovery.as_deref())?;
+        service_common::auth::check_production_secret(environment, &settings.auth.jwt_secret)?;
+        Ok((environment, settings))
     }
 
     fn resolve(raw: Raw, discovery_endpoint: Option<&str>) -> Result<Self, ConfigurationError> {
@@ -231,6 +234,11 @@ mod tests {
         assert_eq!(settings.consumer.group_id, "user-read-model");
         assert!(settings.shutdown.timeout_ms < 30_000, "below ECS's SIGKILL");
         assert_eq!(settings.retry.topic_rounds, 5);
+        assert_eq!(
+            secrecy::ExposeSecret::expose_secret(&settings.auth.jwt_secret),
+            service_common::auth::LOCAL_DEVELOPMENT_SECRET,
+            "production refuses exactly the key local.yaml ships with"
+        );
     }
 
     #[test]

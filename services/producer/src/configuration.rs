@@ -47,12 +47,15 @@ impl Settings {
     ///
     /// # Errors
     ///
-    /// [`ConfigurationError`] naming the key at fault.
+    /// [`ConfigurationError`] naming the key at fault; in `production`, also
+    /// a short or public signing key.
     pub fn load() -> Result<(Environment, Self), ConfigurationError> {
-        configuration::load(Files {
+        let (environment, settings): (Environment, Self) = configuration::load(Files {
             base: include_str!("../configuration/base.yaml"),
             local: include_str!("../configuration/local.yaml"),
             production: include_str!("../configuration/production.yaml"),
-        })
+        })?;
+        service_common::auth::check_production_secret(environment, &settings.auth.jwt_secret)?;
+        Ok((environment, settings))
     }
 }
