@@ -121,7 +121,8 @@ pub async fn run<H: RecordHandler>(
                     enqueue(&consumer, worker, &key, record);
                 }
                 Err(error) => {
-                    tracing::warn!(error = %error_chain(&error), "consumer error; carrying on");
+                    // As `&dyn Error`, the log line carries the cause chain.
+                    tracing::warn!(error = &error as &(dyn std::error::Error + 'static), "consumer error; carrying on");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             },
@@ -235,15 +236,4 @@ async fn work<H: RecordHandler>(
         }
     }
     let _ = progress.send(Progress::Stopped(key, lease.generation()));
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -79,17 +79,24 @@ impl Origin {
     /// is missing or not a number.
     pub fn of(record: &Record) -> Result<Self, FailureHeaderError> {
         if record.header(header::ORIGIN_TOPIC).is_none() {
-            return Ok(Self {
-                topic: record.topic.clone(),
-                partition: record.partition,
-                offset: record.offset,
-            });
+            return Ok(Self::consumed_at(record));
         }
         Ok(Self {
             topic: text(record, header::ORIGIN_TOPIC)?.to_owned(),
             partition: number(record, header::ORIGIN_PARTITION)?,
             offset: number(record, header::ORIGIN_OFFSET)?,
         })
+    }
+}
+
+impl Origin {
+    /// Where `record` itself was consumed, whatever its headers say.
+    pub fn consumed_at(record: &Record) -> Self {
+        Self {
+            topic: record.topic.clone(),
+            partition: record.partition,
+            offset: record.offset,
+        }
     }
 }
 

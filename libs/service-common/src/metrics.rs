@@ -45,6 +45,13 @@ pub struct RouteLabels {
     pub route: String,
 }
 
+/// Labels of a metric kept per topic.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicLabels {
+    /// The physical topic name.
+    pub topic: String,
+}
+
 /// The service's metrics registry (complete once the service is built) and
 /// the HTTP metrics in it. Cheap to clone.
 #[derive(Clone)]

@@ -33,7 +33,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
-use service_common::metrics::{seconds_histogram, Registry};
+use service_common::metrics::{seconds_histogram, Registry, TopicLabels};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -74,11 +74,6 @@ pub struct DeliveryMetrics {
 struct OutcomeLabels {
     topic: String,
     outcome: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct TopicLabels {
-    topic: String,
 }
 
 impl DeliveryMetrics {
@@ -223,7 +218,9 @@ impl Delivery {
         if record.topic == self.retry_topic {
             return self.process_retry(record, cancel).await;
         }
-        let origin = own_origin(record);
+        // Failure headers on an event-topic record are not trusted: whoever
+        // produced the record put them there.
+        let origin = Origin::consumed_at(record);
         if self.parking.is_parked(record.key.as_deref()).await? {
             tracing::info!("an earlier record with this key is parked; parking this one behind it");
             let reason = "parked behind an earlier record with the same key";
@@ -255,7 +252,13 @@ impl Delivery {
             Err(error) => {
                 let reason = format!("not a retry record: {error}");
                 return self
-                    .dead_letter(record, &own_origin(record), FailureClass::Permanent, 0, &reason)
+                    .dead_letter(
+                        record,
+                        &Origin::consumed_at(record),
+                        FailureClass::Permanent,
+                        0,
+                        &reason,
+                    )
                     .await;
             }
         };
@@ -436,17 +439,6 @@ impl Delivery {
         self.parking.unpark(origin).await?;
         self.metrics.outcome(record, "dead_lettered");
         Ok(())
-    }
-}
-
-/// A record's own coordinates: where an event-topic record was consumed.
-/// (Failure headers on an event-topic record are not trusted: they were
-/// put there by whoever produced it.)
-fn own_origin(record: &Record) -> Origin {
-    Origin {
-        topic: record.topic.clone(),
-        partition: record.partition,
-        offset: record.offset,
     }
 }
 

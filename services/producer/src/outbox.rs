@@ -27,7 +27,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use secrecy::{ExposeSecret, SecretString};
-use service_common::metrics::{seconds_histogram, Registry};
+use service_common::metrics::{seconds_histogram, Registry, TopicLabels};
 use service_common::retry::{backoff, sleep_or_cancel};
 use sqlx::postgres::PgListener;
 use sqlx::{Connection, PgConnection, PgPool};
@@ -121,11 +121,6 @@ pub struct RelayMetrics {
 struct PublishLabels {
     topic: String,
     result: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct TopicLabels {
-    topic: String,
 }
 
 impl RelayMetrics {
