@@ -308,7 +308,7 @@ impl EventConsumer {
         let stored = self.shared.stored.load(Ordering::Relaxed);
         let interval_passed = Instant::now() >= self.last_commit + self.commit_interval;
         if stored >= self.commit_batch_size || (stored > 0 && interval_passed) {
-            self.commit_async();
+            self.commit_in_background();
         } else if interval_passed {
             self.last_commit = Instant::now();
         }
@@ -317,7 +317,7 @@ impl EventConsumer {
     /// Commits the stored offsets in the background: a synchronous commit
     /// on a blocking thread, so its result is known (and counted) without
     /// holding up [`recv`](Self::recv).
-    fn commit_async(&mut self) {
+    fn commit_in_background(&mut self) {
         self.last_commit = Instant::now();
         self.shared.stored.store(0, Ordering::Relaxed);
         let consumer = Arc::clone(&self.consumer);

@@ -114,6 +114,22 @@ pub async fn wait_for_processed(pool: &PgPool, expected: i64, timeout: Duration)
     .await;
 }
 
+/// Waits until every one of `users` has been created in the read model,
+/// then issues `tokens_per_user` tokens to each and asserts the exact final
+/// state ([`assert_exact_state`]).
+pub async fn publish_tokens_then_assert_exact_state(
+    context: &TestContext,
+    pool: &PgPool,
+    users: &[Uuid],
+    tokens_per_user: usize,
+) {
+    let created = i64::try_from(users.len()).expect("count");
+    wait_for_processed(pool, created, Duration::from_secs(60)).await;
+    publish(context, &tokens_for(users, tokens_per_user)).await;
+    let per_user = i64::try_from(tokens_per_user).expect("count");
+    assert_exact_state(context, pool, users, per_user).await;
+}
+
 /// Asserts the exact final state after `users` were created and each was
 /// issued `tokens_per_user` tokens: every event applied exactly once, in
 /// per-user order, committed offsets at the end of every event-topic

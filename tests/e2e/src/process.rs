@@ -14,6 +14,10 @@ use tokio::process::{Child, Command};
 
 use crate::{eventually, fast_retries, TestContext, JWT_SECRET};
 
+/// A producer URL where nothing listens, for consumers whose events never
+/// need a look-up (port 9, discard, is closed on loopback).
+pub const NO_PRODUCER: &str = "http://127.0.0.1:9";
+
 /// The consumer processes' `session.timeout.ms`: short, so a killed member
 /// leaves the group soon, but long enough for Tansu, whose heartbeat
 /// responses take several seconds when it is busy (at 6 s, members timed

@@ -3,15 +3,16 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use e2e::load::{assert_exact_state, new_users, processed_count, publish, tokens_for, wait_for_processed};
+use e2e::load::{
+    assert_exact_state, new_users, processed_count, publish, publish_tokens_then_assert_exact_state, tokens_for,
+    wait_for_processed,
+};
+use e2e::process::NO_PRODUCER;
 use e2e::TestContext;
 use futures::future::join_all;
 use reqwest::Client;
 use serde_json::{json, Value};
 use uuid::Uuid;
-
-/// Where no producer listens: these tests' events never need a look-up.
-const NO_PRODUCER: &str = "http://127.0.0.1:9";
 
 /// 1000 users and 3 tokens each (4000 events). The consumer is killed with
 /// SIGKILL twice mid-stream, once in each phase, and restarted.
@@ -71,9 +72,7 @@ async fn sigterm_under_load_stops_within_the_deadline_and_the_next_member_contin
     );
 
     let consumer = context.start_consumer_process(NO_PRODUCER, &[]).await;
-    wait_for_processed(&pool, 1000, Duration::from_secs(60)).await;
-    publish(&context, &tokens_for(&users, 1)).await;
-    assert_exact_state(&context, &pool, &users, 1).await;
+    publish_tokens_then_assert_exact_state(&context, &pool, &users, 1).await;
     consumer.kill().await;
     pool.close().await;
     context.drop_databases().await;

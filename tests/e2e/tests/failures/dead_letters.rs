@@ -7,6 +7,7 @@ use e2e::load::{
     assert_offsets_at_end, dead_letters, envelope_of, new_users, processed_count, publish, token_issued,
     wait_for_processed,
 };
+use e2e::process::NO_PRODUCER;
 use e2e::proxy::{FaultProxy, Mode};
 use e2e::{eventually, TestContext, JWT_SECRET};
 use kafka_service::failure::header;
@@ -48,7 +49,7 @@ async fn poison_records_are_dead_lettered_and_the_records_behind_them_processed(
     let (users, created) = new_users(2);
     let (a, b) = (users[0], users[1]);
     publish(&context, &created).await;
-    let consumer = context.start_consumer_process("http://127.0.0.1:9", &[]).await;
+    let consumer = context.start_consumer_process(NO_PRODUCER, &[]).await;
     let pool = context.consumer_pool().await;
     wait_for_processed(&pool, 2, Duration::from_secs(30)).await;
 

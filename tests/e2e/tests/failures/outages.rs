@@ -5,9 +5,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use e2e::load::{
-    assert_exact_state, assert_offsets_at_end, assert_per_user_order, dead_letters, new_users, processed_count,
-    publish, tokens_for, wait_for_processed,
+    assert_offsets_at_end, assert_per_user_order, dead_letters, new_users, processed_count, publish,
+    publish_tokens_then_assert_exact_state, tokens_for, wait_for_processed,
 };
+use e2e::process::NO_PRODUCER;
 use e2e::proxy::{FaultProxy, Mode};
 use e2e::{create_user, eventually, TestContext};
 use kafka_service::Topic;
@@ -26,7 +27,7 @@ async fn a_database_outage_commits_nothing_past_unapplied_records() {
     let context = TestContext::new();
     let (users, created) = new_users(400);
     publish(&context, &created).await;
-    let consumer = context.start_consumer_process("http://127.0.0.1:9", &[]).await;
+    let consumer = context.start_consumer_process(NO_PRODUCER, &[]).await;
     let pool = context.consumer_pool().await;
     wait_for_processed(&pool, 100, Duration::from_secs(60)).await;
     pool.close().await;
@@ -52,11 +53,9 @@ async fn a_database_outage_commits_nothing_past_unapplied_records() {
         .await
         .unwrap();
 
-    let consumer = context.start_consumer_process("http://127.0.0.1:9", &[]).await;
+    let consumer = context.start_consumer_process(NO_PRODUCER, &[]).await;
     let pool = context.consumer_pool().await;
-    wait_for_processed(&pool, 400, Duration::from_secs(60)).await;
-    publish(&context, &tokens_for(&users, 1)).await;
-    assert_exact_state(&context, &pool, &users, 1).await;
+    publish_tokens_then_assert_exact_state(&context, &pool, &users, 1).await;
     consumer.kill().await;
     pool.close().await;
     context.drop_databases().await;

@@ -3,11 +3,8 @@
 use std::time::Duration;
 
 use e2e::load::{assert_exact_state, new_users, publish, tokens_for, wait_for_processed};
-use e2e::process::ServiceProcess;
+use e2e::process::{ServiceProcess, NO_PRODUCER};
 use e2e::TestContext;
-
-/// Where no producer listens: these events never need a look-up.
-const NO_PRODUCER: &str = "http://127.0.0.1:9";
 
 /// 1500 users and 2 tokens each (4500 events). Members A and B share the
 /// partitions from the start; C joins mid-stream and A leaves (SIGTERM)
