@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test: unit tests, API tests and end-to-end tests against a real
+# Runs every test: the offline validators of the deployment files, then unit
+# tests, API tests and end-to-end tests against a real
 # broker (Tansu on 127.0.0.1:19092, started here) and the local PostgreSQL.
 #
 # Override with TEST_KAFKA_BOOTSTRAP_SERVERS (then no broker is started) and
@@ -7,6 +8,9 @@
 # drop their own databases).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# The deployment and CI files, offline (installs pinned validators once).
+scripts/validate.sh
 
 scripts/postgres.sh
 if [[ -z ${TEST_KAFKA_BOOTSTRAP_SERVERS:-} ]]; then

@@ -3,11 +3,11 @@
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
+use crate::context::KafkaContext;
 use crate::error::AdminError;
 use crate::settings::KafkaSettings;
 use crate::topics::TopicSpec;
@@ -15,19 +15,95 @@ use crate::topics::TopicSpec;
 /// Creates every topic in `specs` that does not exist, then checks that each
 /// has at least its configured number of partitions.
 ///
-/// Idempotent: safe to call on every start of every instance.
+/// Idempotent: safe to call on every start of every instance. Topics that
+/// exist are only described, so a deployment whose topics were created
+/// beforehand needs no permission to create topics.
 ///
 /// # Errors
 ///
 /// - [`AdminError::Broker`] when the broker does not answer within
 ///   `request_timeout_ms` (transient: see [`AdminError::is_transient`]);
-/// - [`AdminError::CreateTopic`] when the broker refuses to create a topic;
+/// - [`AdminError::CreateTopic`] when the broker refuses to create a topic,
+///   or a topic is missing under MSK IAM authentication, where rdkafka's
+///   admin client cannot authenticate (rust-rdkafka issue #757): create the
+///   topics first (`deploy/README.md` shows how);
 /// - [`AdminError::TooFewPartitions`] when an existing topic has fewer
 ///   partitions than configured.
 pub async fn ensure_topics(settings: &KafkaSettings, specs: &[&TopicSpec]) -> Result<(), AdminError> {
-    let admin: AdminClient<DefaultClientContext> = settings
+    let names: Vec<String> = specs.iter().map(|spec| spec.name.clone()).collect();
+    let existing = describe(settings, &names).await?;
+    let missing: Vec<&TopicSpec> = specs
+        .iter()
+        .zip(&existing)
+        .filter(|(_, partitions)| **partitions == 0)
+        .map(|(spec, _)| *spec)
+        .collect();
+    let partitions = if missing.is_empty() {
+        existing
+    } else {
+        create(settings, &missing).await?;
+        describe(settings, &names).await?
+    };
+
+    for (spec, actual) in specs.iter().zip(partitions) {
+        if actual < spec.partitions {
+            return Err(AdminError::TooFewPartitions {
+                topic: spec.name.clone(),
+                expected: spec.partitions,
+                actual,
+            });
+        }
+        tracing::debug!(topic = spec.name, partitions = actual, "topic ready");
+    }
+    Ok(())
+}
+
+/// The partition count of each of `names`, in order; `0` for a topic that
+/// does not exist.
+async fn describe(settings: &KafkaSettings, names: &[String]) -> Result<Vec<i32>, AdminError> {
+    let client = KafkaContext::base_consumer(settings, "metadata", &[]).map_err(AdminError::Config)?;
+    let timeout = settings.request_timeout();
+    let names = names.to_vec();
+    tokio::task::spawn_blocking(move || {
+        names
+            .iter()
+            .map(|name| {
+                let metadata = client.fetch_metadata(Some(name), timeout)?;
+                Ok(metadata
+                    .topics()
+                    .iter()
+                    .filter(|topic| topic.error().is_none())
+                    .map(|topic| i32::try_from(topic.partitions().len()).unwrap_or(i32::MAX))
+                    .sum())
+            })
+            .collect::<Result<Vec<i32>, _>>()
+    })
+    .await
+    .expect("metadata request panicked")
+    .map_err(|source| AdminError::Broker {
+        context: "describe topics".to_owned(),
+        source,
+    })
+}
+
+/// Creates `specs`; a topic that another instance created meanwhile is fine.
+async fn create(settings: &KafkaSettings, specs: &[&TopicSpec]) -> Result<(), AdminError> {
+    let context = KafkaContext::new(settings);
+    if context.uses_oauthbearer() {
+        return Err(AdminError::CreateTopic {
+            topic: specs
+                .iter()
+                .map(|spec| spec.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            reason: "it does not exist, and rdkafka's admin client cannot authenticate with MSK IAM \
+                     (rust-rdkafka #757); create it first, as deploy/README.md shows"
+                .to_owned(),
+        });
+    }
+    let admin: AdminClient<KafkaContext> = settings
         .client_config("admin", &[])
-        .create()
+        .create_with_context(context)
         .map_err(AdminError::Config)?;
     let retention: Vec<Option<String>> = specs
         .iter()
@@ -68,39 +144,6 @@ pub async fn ensure_topics(settings: &KafkaSettings, specs: &[&TopicSpec]) -> Re
             }
         }
     }
-
-    let timeout = settings.request_timeout();
-    let names: Vec<String> = specs.iter().map(|spec| spec.name.clone()).collect();
-    let partitions = tokio::task::spawn_blocking(move || {
-        let client = admin.inner();
-        names
-            .iter()
-            .map(|name| {
-                let metadata = client.fetch_metadata(Some(name), timeout)?;
-                Ok(metadata
-                    .topics()
-                    .first()
-                    .map_or(0, |topic| topic.partitions().len() as i32))
-            })
-            .collect::<Result<Vec<i32>, _>>()
-    })
-    .await
-    .expect("metadata request panicked")
-    .map_err(|source| AdminError::Broker {
-        context: "describe topics".to_owned(),
-        source,
-    })?;
-
-    for (spec, actual) in specs.iter().zip(partitions) {
-        if actual < spec.partitions {
-            return Err(AdminError::TooFewPartitions {
-                topic: spec.name.clone(),
-                expected: spec.partitions,
-                actual,
-            });
-        }
-        tracing::debug!(topic = spec.name, partitions = actual, "topic ready");
-    }
     Ok(())
 }
 
@@ -138,9 +181,7 @@ pub async fn group_offsets(
     group_id: &str,
     topics: &[&str],
 ) -> Result<Vec<PartitionOffsets>, AdminError> {
-    let consumer: BaseConsumer = settings
-        .client_config("offsets", &[("group.id", group_id.to_owned())])
-        .create()
+    let consumer = KafkaContext::base_consumer(settings, "offsets", &[("group.id", group_id.to_owned())])
         .map_err(AdminError::Config)?;
     let timeout = settings.request_timeout();
     let topics: Vec<String> = topics.iter().map(|&topic| topic.to_owned()).collect();
@@ -154,7 +195,7 @@ pub async fn group_offsets(
 }
 
 fn query_offsets(
-    consumer: &BaseConsumer,
+    consumer: &BaseConsumer<KafkaContext>,
     topics: &[String],
     timeout: Duration,
 ) -> rdkafka::error::KafkaResult<Vec<PartitionOffsets>> {
@@ -192,24 +233,6 @@ fn query_offsets(
 /// [`AdminError::Broker`] when the broker does not answer within
 /// `request_timeout_ms`.
 pub async fn partition_count(settings: &KafkaSettings, topic: &str) -> Result<i32, AdminError> {
-    let consumer: BaseConsumer = settings
-        .client_config("metadata", &[])
-        .create()
-        .map_err(AdminError::Config)?;
-    let timeout = settings.request_timeout();
-    let name = topic.to_owned();
-    let metadata = tokio::task::spawn_blocking(move || consumer.fetch_metadata(Some(&name), timeout))
-        .await
-        .expect("metadata request panicked")
-        .map_err(|source| AdminError::Broker {
-            context: format!("fetch metadata of topic `{topic}`"),
-            source,
-        })?;
-    let count = metadata
-        .topics()
-        .iter()
-        .filter(|t| t.error().is_none())
-        .map(|t| t.partitions().len())
-        .sum::<usize>();
-    Ok(i32::try_from(count).unwrap_or(i32::MAX))
+    let counts = describe(settings, &[topic.to_owned()]).await?;
+    Ok(counts.first().copied().unwrap_or(0))
 }

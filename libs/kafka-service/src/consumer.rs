@@ -30,6 +30,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use rdkafka::client::OAuthToken;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
@@ -38,6 +39,7 @@ use rdkafka::{ClientContext, Statistics, TopicPartitionList};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::context::KafkaContext;
 use crate::error::ConsumeError;
 use crate::monitor::{GroupMonitor, STATISTICS_INTERVAL_MS};
 use crate::settings::{ConsumerSettings, KafkaSettings};
@@ -187,6 +189,7 @@ impl EventConsumer {
             )
             .create_with_context(GroupContext {
                 shared: Arc::clone(&shared),
+                client: KafkaContext::new(settings),
             })
             .map_err(ConsumeError::Config)?;
         client.subscribe(topics).map_err(ConsumeError::Config)?;
@@ -416,24 +419,23 @@ fn commit_stored<C: Consumer<X>, X: ConsumerContext>(consumer: &C, mode: CommitM
 /// before partitions are revoked, and logs rebalances and commit results.
 struct GroupContext {
     shared: Arc<Shared>,
+    /// Logging and authentication, as every client of the crate does them.
+    client: KafkaContext,
 }
 
 impl ClientContext for GroupContext {
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        match level {
-            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error => {
-                tracing::error!(target: "librdkafka", facility, "{message}")
-            }
-            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility, "{message}"),
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                tracing::info!(target: "librdkafka", facility, "{message}")
-            }
-            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", facility, "{message}"),
-        }
+        self.client.log(level, facility, message);
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(target: "librdkafka", %error, reason, "kafka client error");
+        self.client.error(error, reason);
+    }
+
+    fn generate_oauth_token(&self, config: Option<&str>) -> Result<OAuthToken, Box<dyn std::error::Error>> {
+        self.client.generate_oauth_token(config)
     }
 
     fn stats(&self, statistics: Statistics) {

@@ -7,6 +7,8 @@
 //!
 //! - [`settings`]: connection and client settings ([`KafkaSettings`],
 //!   [`ConsumerSettings`]) as they appear in the services' configuration.
+//! - [`context`]: what every client shares: librdkafka logs into
+//!   `tracing`, and Amazon MSK IAM authentication tokens.
 //! - [`topics`]: the topic registry, mapping each logical [`Topic`] to its
 //!   physical name, partition count and replication factor.
 //! - [`admin`]: topic provisioning at start-up and consumer-group offsets
@@ -32,6 +34,7 @@
 
 pub mod admin;
 pub mod consumer;
+pub mod context;
 pub mod dispatch;
 pub mod envelope;
 pub mod error;
@@ -49,5 +52,5 @@ pub use envelope::{Envelope, EnvelopeError};
 pub use error::{AdminError, ConsumeError, ProduceError};
 pub use monitor::GroupMonitor;
 pub use producer::{Delivery, EventProducer, OutgoingRecord};
-pub use settings::{ConsumerSettings, KafkaSettings};
+pub use settings::{ConsumerSettings, KafkaSettings, Security};
 pub use topics::{Topic, TopicRegistry, TopicSpec};

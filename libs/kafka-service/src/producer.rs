@@ -6,6 +6,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 
+use crate::context::KafkaContext;
 use crate::envelope::Envelope;
 use crate::error::ProduceError;
 use crate::settings::KafkaSettings;
@@ -37,7 +38,7 @@ pub struct OutgoingRecord {
 /// Cheap to clone: clones share one librdkafka client.
 #[derive(Clone)]
 pub struct EventProducer {
-    producer: FutureProducer,
+    producer: FutureProducer<KafkaContext>,
     request_timeout: Duration,
 }
 
@@ -62,7 +63,7 @@ impl EventProducer {
                     ("linger.ms", "5".to_owned()),
                 ],
             )
-            .create()
+            .create_with_context(KafkaContext::new(settings))
             .map_err(ProduceError::Config)?;
         Ok(Self {
             producer,

@@ -1,10 +1,11 @@
 //! Reads a range of one partition outside any consumer group: nothing is
 //! committed and no group is joined (listing dead letters, audits in tests).
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::consumer::Record;
+use crate::context::KafkaContext;
 use crate::error::AdminError;
 use crate::settings::KafkaSettings;
 
@@ -58,18 +59,17 @@ fn read_blocking(
         move |source| AdminError::Broker { context, source }
     };
     let timeout = settings.request_timeout();
-    let consumer: BaseConsumer = settings
-        .client_config(
-            "reader",
-            &[
-                // Required by librdkafka even when no group is joined.
-                ("group.id", "kafka-service-reader".to_owned()),
-                ("enable.auto.commit", "false".to_owned()),
-                ("enable.partition.eof", "false".to_owned()),
-            ],
-        )
-        .create()
-        .map_err(AdminError::Config)?;
+    let consumer = KafkaContext::base_consumer(
+        settings,
+        "reader",
+        &[
+            // Required by librdkafka even when no group is joined.
+            ("group.id", "kafka-service-reader".to_owned()),
+            ("enable.auto.commit", "false".to_owned()),
+            ("enable.partition.eof", "false".to_owned()),
+        ],
+    )
+    .map_err(AdminError::Config)?;
     let (low, high) = consumer
         .fetch_watermarks(topic, partition, timeout)
         .map_err(broker("could not fetch watermarks of"))?;

@@ -33,11 +33,64 @@ pub struct KafkaSettings {
     /// factors. Every field has a default.
     #[serde(default)]
     pub topics: TopicRegistry,
+    /// How clients connect and authenticate (`kafka.security.*`); plaintext
+    /// when absent.
+    #[serde(default)]
+    pub security: Security,
     /// Any other librdkafka property, passed through verbatim after the
     /// settings above (so it can override them), e.g.
     /// `{"security.protocol": "ssl"}`.
     #[serde(default)]
     pub librdkafka: BTreeMap<String, String>,
+}
+
+/// How clients connect to the brokers and prove who they are, chosen by
+/// `kafka.security.protocol`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(tag = "protocol", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Security {
+    /// No encryption, no authentication: a local broker (the default).
+    #[default]
+    Plaintext,
+    /// TLS to the brokers (`security.protocol=ssl`), e.g. Amazon MSK's
+    /// port 9094 or a broker with its own certificate.
+    Ssl {
+        /// PEM file of the certificate authorities to trust
+        /// (`ssl.ca.location`); absent means the system's store, found by
+        /// librdkafka's `probe`.
+        #[serde(default)]
+        ca_location: Option<String>,
+    },
+    /// Amazon MSK IAM access control: TLS plus SASL/OAUTHBEARER
+    /// (`security.protocol=sasl_ssl`, `sasl.mechanism=OAUTHBEARER`, MSK's
+    /// port 9098), with tokens signed by the task's IAM role (see
+    /// [`crate::auth`]).
+    MskIam {
+        /// The AWS region of the cluster, e.g. `eu-west-1` (the token is a
+        /// SigV4 presigned URL for `kafka.<region>.amazonaws.com`).
+        region: String,
+    },
+}
+
+impl Security {
+    /// The librdkafka properties this choice sets.
+    pub(crate) fn properties(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Security::Plaintext => vec![("security.protocol", "plaintext".to_owned())],
+            Security::Ssl { ca_location } => vec![
+                ("security.protocol", "ssl".to_owned()),
+                (
+                    "ssl.ca.location",
+                    ca_location.clone().unwrap_or_else(|| "probe".to_owned()),
+                ),
+            ],
+            Security::MskIam { .. } => vec![
+                ("security.protocol", "sasl_ssl".to_owned()),
+                ("sasl.mechanism", "OAUTHBEARER".to_owned()),
+                ("ssl.ca.location", "probe".to_owned()),
+            ],
+        }
+    }
 }
 
 /// Settings of a consumer-group member. They live in the same `kafka`
@@ -77,19 +130,20 @@ impl KafkaSettings {
             request_timeout_ms: default_request_timeout_ms(),
             message_timeout_ms: default_message_timeout_ms(),
             topics: TopicRegistry::default(),
+            security: Security::default(),
             librdkafka: BTreeMap::new(),
         }
     }
 
-    /// A client's librdkafka properties: bootstrap servers and client id,
-    /// then the client kind's own `properties`, then the pass-through map,
-    /// which overrides both.
+    /// A client's librdkafka properties: bootstrap servers, client id and
+    /// security, then the client kind's own `properties`, then the
+    /// pass-through map, which overrides them all.
     pub(crate) fn client_config(&self, client_id: &str, properties: &[(&str, String)]) -> rdkafka::ClientConfig {
         let mut config = rdkafka::ClientConfig::new();
         config
             .set("bootstrap.servers", &self.bootstrap_servers)
             .set("client.id", client_id);
-        for (key, value) in properties {
+        for (key, value) in self.security.properties().iter().chain(properties) {
             config.set(*key, value);
         }
         for (key, value) in &self.librdkafka {
@@ -144,4 +198,72 @@ fn default_commit_interval_ms() -> u64 {
 
 fn default_partition_queue_capacity() -> usize {
     256
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn security(yaml: &str) -> Security {
+        #[derive(Deserialize)]
+        struct Section {
+            #[serde(default)]
+            security: Security,
+        }
+        serde_json::from_str::<Section>(yaml).unwrap().security
+    }
+
+    #[test]
+    fn security_defaults_to_plaintext() {
+        assert_eq!(security("{}"), Security::Plaintext);
+    }
+
+    #[test]
+    fn msk_iam_selects_sasl_ssl_with_oauthbearer() {
+        let chosen = security(r#"{"security": {"protocol": "msk_iam", "region": "eu-west-1"}}"#);
+        assert_eq!(
+            chosen,
+            Security::MskIam {
+                region: "eu-west-1".to_owned()
+            }
+        );
+        let config = KafkaSettings {
+            security: chosen,
+            ..KafkaSettings::new("b-1.example:9098")
+        }
+        .client_config("test", &[]);
+        assert_eq!(config.get("security.protocol"), Some("sasl_ssl"));
+        assert_eq!(config.get("sasl.mechanism"), Some("OAUTHBEARER"));
+        assert_eq!(config.get("ssl.ca.location"), Some("probe"));
+    }
+
+    #[test]
+    fn ssl_uses_the_given_ca_and_the_pass_through_map_wins() {
+        let mut settings = KafkaSettings {
+            security: security(r#"{"security": {"protocol": "ssl", "ca_location": "/etc/ca.pem"}}"#),
+            ..KafkaSettings::new("broker:9094")
+        };
+        assert_eq!(
+            settings.client_config("test", &[]).get("ssl.ca.location"),
+            Some("/etc/ca.pem")
+        );
+        settings
+            .librdkafka
+            .insert("ssl.ca.location".to_owned(), "/other.pem".to_owned());
+        assert_eq!(
+            settings.client_config("test", &[]).get("ssl.ca.location"),
+            Some("/other.pem")
+        );
+    }
+
+    #[test]
+    fn an_unknown_protocol_is_refused() {
+        #[derive(Debug, Deserialize)]
+        #[allow(dead_code)]
+        struct Section {
+            security: Security,
+        }
+        let error = serde_json::from_str::<Section>(r#"{"security": {"protocol": "sasl_plain"}}"#).unwrap_err();
+        assert!(error.to_string().contains("unknown variant `sasl_plain`"), "{error}");
+    }
 }

@@ -108,8 +108,15 @@ pub struct HttpSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct DatabaseSettings {
     /// `postgres://user:password@host:port/database` (`APP_DATABASE__URL`).
-    /// A secret: it may hold a password.
+    /// A secret: it may hold a password. TLS is chosen by its `sslmode`
+    /// parameter: `require` encrypts, `verify-full` (with `sslrootcert`)
+    /// also checks the server's certificate and name.
     pub url: SecretString,
+    /// The password, when it is kept apart from the URL
+    /// (`APP_DATABASE__PASSWORD`, e.g. injected from Secrets Manager); it
+    /// replaces any password in `url`.
+    #[serde(default)]
+    pub password: Option<SecretString>,
     /// Size of the connection pool.
     pub max_connections: u32,
     /// Create the database at start-up when it does not exist.
@@ -130,5 +137,49 @@ impl ShutdownSettings {
     /// [`timeout_ms`](Self::timeout_ms) as a duration.
     pub fn timeout(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kafka_service::{KafkaSettings, Security};
+
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    struct WithKafka {
+        kafka: KafkaSettings,
+    }
+
+    fn kafka_from(base: &'static str) -> Result<KafkaSettings, ConfigurationError> {
+        let files = Files {
+            base,
+            local: "{}",
+            production: "{}",
+        };
+        load::<WithKafka>(files).map(|(_, settings)| settings.kafka)
+    }
+
+    #[test]
+    fn kafka_security_is_chosen_by_its_protocol_key() {
+        let kafka = kafka_from(
+            "kafka:\n  bootstrap_servers: b-1:9098\n  security:\n    protocol: msk_iam\n    region: eu-west-1\n",
+        )
+        .unwrap();
+        assert_eq!(
+            kafka.security,
+            Security::MskIam {
+                region: "eu-west-1".to_owned()
+            }
+        );
+        let kafka = kafka_from("kafka:\n  bootstrap_servers: 127.0.0.1:9092\n").unwrap();
+        assert_eq!(kafka.security, Security::Plaintext);
+    }
+
+    #[test]
+    fn msk_iam_without_a_region_is_a_configuration_error() {
+        let error =
+            kafka_from("kafka:\n  bootstrap_servers: b-1:9098\n  security:\n    protocol: msk_iam\n").unwrap_err();
+        assert!(error.to_string().contains("region"), "{error}");
     }
 }

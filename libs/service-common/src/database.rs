@@ -2,40 +2,58 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
-use sqlx::migrate::{MigrateDatabase, Migrator};
-use sqlx::postgres::PgPoolOptions;
-use sqlx::{PgPool, Postgres};
+use std::str::FromStr;
 
-/// Connects a pool of `max_connections` to `url`, creating the database
-/// first when `create_if_missing` is set and it does not exist, and applies
+use anyhow::Context;
+use secrecy::ExposeSecret;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool};
+
+use crate::configuration::DatabaseSettings;
+
+/// Connects a pool of `database.max_connections` to `database.url` (with
+/// `database.password` when set), creating the database first when
+/// `create_if_missing` is set and it does not exist, and applies
 /// `migrations`.
 ///
 /// # Errors
 ///
-/// When the server is unreachable (within 5 s), the database cannot be
-/// created, or a migration fails. Messages never contain the URL, which may
-/// hold a password.
-pub async fn connect(
-    url: &str,
-    max_connections: u32,
-    create_if_missing: bool,
-    migrations: &Migrator,
-) -> anyhow::Result<PgPool> {
-    if create_if_missing
-        && !Postgres::database_exists(url)
+/// When the URL does not parse, the server is unreachable (within 5 s) or
+/// refuses TLS that `sslmode` requires, the database cannot be created, or a
+/// migration fails. Messages never contain the URL or the password.
+pub async fn connect(database: &DatabaseSettings, migrations: &Migrator) -> anyhow::Result<PgPool> {
+    let url = database.url.expose_secret();
+    let mut options = PgConnectOptions::from_str(url)
+        .map_err(|_| anyhow::anyhow!("invalid configuration: database.url does not parse"))?;
+    if let Some(password) = &database.password {
+        options = options.password(password.expose_secret());
+    }
+    if database.create_if_missing {
+        // Creating a database needs a connection to another one.
+        let server = options.clone().database("postgres");
+        let name = options.get_database().unwrap_or("postgres").to_owned();
+        let mut connection = PgConnection::connect_with(&server)
             .await
-            .context("could not reach the database server (database.url)")?
-    {
-        Postgres::create_database(url)
+            .context("could not reach the database server (database.url)")?;
+        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut connection)
             .await
-            .context("could not create the database")?;
-        tracing::info!("database created");
+            .context("could not reach the database server (database.url)")?;
+        if !exists {
+            // Identifiers cannot be bound parameters; quote it instead.
+            sqlx::query(&format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\"")))
+                .execute(&mut connection)
+                .await
+                .context("could not create the database")?;
+            tracing::info!(database = name, "database created");
+        }
     }
     let pool = PgPoolOptions::new()
-        .max_connections(max_connections)
+        .max_connections(database.max_connections)
         .acquire_timeout(Duration::from_secs(5))
-        .connect(url)
+        .connect_with(options)
         .await
         .context("could not connect to the database (database.url)")?;
     migrations.run(&pool).await.context("database migration failed")?;

@@ -1,9 +1,13 @@
 //! The consumer service's entry point: configuration, telemetry, run until
 //! SIGTERM or SIGINT.
 //!
-//! `consumer service-token` instead prints a service credential (valid for
-//! five minutes, signed with the configured `auth.jwt_secret`) for the
-//! operator endpoints (`/dead-letters`).
+//! Subcommands:
+//!
+//! - `consumer service-token` prints a service credential (valid for five
+//!   minutes, signed with the configured `auth.jwt_secret`) for the operator
+//!   endpoints (`/dead-letters`);
+//! - `consumer healthcheck` is the container health check: exit status 0
+//!   when the running service's `/health/ready` answers `200`.
 
 use std::process::ExitCode;
 
@@ -16,8 +20,18 @@ fn main() -> ExitCode {
     match std::env::args().nth(1).as_deref() {
         None => serve(),
         Some("service-token") => print_service_token(),
+        Some("healthcheck") => match Settings::load() {
+            Ok((_, settings)) => service_common::health::check("consumer", settings.http.port),
+            Err(error) => {
+                eprintln!("consumer: {error}");
+                ExitCode::from(2)
+            }
+        },
         Some(other) => {
-            eprintln!("consumer: unknown subcommand `{other}`; run without one, or `consumer service-token`");
+            eprintln!(
+                "consumer: unknown subcommand `{other}`; run without one, or `consumer service-token`, \
+                 or `consumer healthcheck`"
+            );
             ExitCode::from(2)
         }
     }

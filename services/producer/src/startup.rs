@@ -7,7 +7,6 @@ use actix_web::dev::Server;
 use actix_web::web;
 use anyhow::Context;
 use kafka_service::EventProducer;
-use secrecy::ExposeSecret;
 use service_common::auth::TokenKeys;
 use service_common::health;
 use service_common::metrics::{Metrics, Registry};
@@ -42,14 +41,7 @@ impl Application {
     /// is too short, the Kafka settings are invalid, or the port cannot be
     /// bound.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let database = &settings.database;
-        let pool = service_common::database::connect(
-            database.url.expose_secret(),
-            database.max_connections,
-            database.create_if_missing,
-            &sqlx::migrate!("./migrations"),
-        )
-        .await?;
+        let pool = service_common::database::connect(&settings.database, &sqlx::migrate!("./migrations")).await?;
         let keys = TokenKeys::new(&settings.auth.jwt_secret).context("invalid configuration: auth.jwt_secret")?;
         let producer = EventProducer::new(&settings.kafka, "producer").context("invalid configuration: kafka")?;
         let address = format!("{}:{}", settings.http.host, settings.http.port);

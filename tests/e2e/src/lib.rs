@@ -101,6 +101,7 @@ impl TestContext {
             },
             database: DatabaseSettings {
                 url: SecretString::from(self.producer_database_url.clone()),
+                password: None,
                 max_connections: 5,
                 create_if_missing: true,
             },
@@ -131,6 +132,7 @@ impl TestContext {
             },
             database: DatabaseSettings {
                 url: SecretString::from(self.consumer_database_url.clone()),
+                password: None,
                 max_connections: 5,
                 create_if_missing: true,
             },

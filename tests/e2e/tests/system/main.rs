@@ -3,6 +3,7 @@
 
 mod broker_outage;
 mod consumer_api;
+mod database;
 mod event_flow;
 mod producer_api;
 mod topics;

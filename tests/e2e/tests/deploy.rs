@@ -1,0 +1,565 @@
+//! What the schemas in `scripts/validate.sh` cannot see: that the
+//! deployment files agree with each other and with the code.
+//!
+//! - Copilot: manifest names equal their directories; build paths resolve
+//!   from `deploy/`; ports agree with the services' configuration and
+//!   Dockerfiles; the consumer never runs more tasks than partitions; every
+//!   `from_cfn` export, imported value and Secrets Manager name is defined
+//!   by an addon; IAM policies and the lag-scaling override name the real
+//!   topics and consumer group.
+//! - Kafka settings: the topic table in `docs/config/topics.md`, the topic
+//!   registry's defaults, the production replication factors,
+//!   `docs/config/server.properties`, the compose file and the CI broker.
+//! - Images: the binaries link only libraries the runtime image has.
+//!
+//! No broker or database needed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use kafka_service::topics::{Topic, TopicRegistry, DEFAULT_PARTITIONS};
+use yaml_rust2::{Yaml, YamlLoader};
+
+const SERVICES: [&str; 2] = ["producer", "consumer"];
+const ENVIRONMENTS: [&str; 2] = ["test", "prod"];
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(root().join(path)).unwrap_or_else(|error| panic!("{path}: {error}"))
+}
+
+fn yaml(path: &str) -> Yaml {
+    YamlLoader::load_from_str(&read(path))
+        .unwrap_or_else(|error| panic!("{path}: {error}"))
+        .remove(0)
+}
+
+fn text<'a>(node: &'a Yaml, what: &str) -> &'a str {
+    node.as_str()
+        .unwrap_or_else(|| panic!("{what} is not a string: {node:?}"))
+}
+
+fn int(node: &Yaml, what: &str) -> i64 {
+    match node {
+        Yaml::Integer(value) => *value,
+        Yaml::String(value) => value.parse().unwrap_or_else(|_| panic!("{what}: {value}")),
+        other => panic!("{what} is not a number: {other:?}"),
+    }
+}
+
+/// Every string anywhere in `node`, depth first.
+fn strings(node: &Yaml) -> Vec<String> {
+    match node {
+        Yaml::String(value) => vec![value.clone()],
+        Yaml::Array(items) => items.iter().flat_map(strings).collect(),
+        Yaml::Hash(map) => map
+            .iter()
+            .flat_map(|(k, v)| strings(k).into_iter().chain(strings(v)))
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn addon_paths() -> Vec<String> {
+    let mut paths = Vec::new();
+    for dir in ["environments/addons", "producer/addons", "consumer/addons"] {
+        let full = root().join("deploy/copilot").join(dir);
+        for entry in std::fs::read_dir(&full).unwrap_or_else(|error| panic!("{}: {error}", full.display())) {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            if name.ends_with(".yml") {
+                paths.push(format!("deploy/copilot/{dir}/{name}"));
+            }
+        }
+    }
+    paths.sort();
+    paths
+}
+
+/// Export names the environment addons define, without the
+/// `${App}-${Env}-` prefix.
+fn environment_exports() -> BTreeSet<String> {
+    let mut exports = BTreeSet::new();
+    for path in addon_paths().iter().filter(|p| p.contains("/environments/")) {
+        let template = yaml(path);
+        for (_, output) in template["Outputs"].as_hash().expect("Outputs") {
+            if let Some(name) = output["Export"]["Name"].as_str() {
+                let suffix = name
+                    .strip_prefix("${App}-${Env}-")
+                    .unwrap_or_else(|| panic!("{path}: export {name} is not named ${{App}}-${{Env}}-<Name>"));
+                exports.insert(suffix.to_owned());
+            }
+        }
+    }
+    exports
+}
+
+/// Secrets Manager names the environment addons create, without the
+/// `${App}/${Env}/` prefix, with the JSON keys each holds (empty: a plain
+/// string).
+fn environment_secrets() -> BTreeMap<String, BTreeSet<String>> {
+    let mut secrets = BTreeMap::new();
+    for path in addon_paths().iter().filter(|p| p.contains("/environments/")) {
+        let template = yaml(path);
+        for (_, resource) in template["Resources"].as_hash().expect("Resources") {
+            if resource["Type"].as_str() != Some("AWS::SecretsManager::Secret") {
+                continue;
+            }
+            let properties = &resource["Properties"];
+            let name = text(&properties["Name"], "secret name");
+            let name = name
+                .strip_prefix("${App}/${Env}/")
+                .expect("secret named ${App}/${Env}/...");
+            let generate = &properties["GenerateSecretString"];
+            let mut keys = BTreeSet::new();
+            if let Some(template) = generate["SecretStringTemplate"].as_str() {
+                let fields: serde_json::Value = serde_json::from_str(template).expect("SecretStringTemplate is JSON");
+                keys.extend(fields.as_object().unwrap().keys().cloned());
+                keys.insert(text(&generate["GenerateStringKey"], "GenerateStringKey").to_owned());
+            }
+            secrets.insert(name.to_owned(), keys);
+        }
+    }
+    secrets
+}
+
+fn service_config(service: &str, file: &str) -> Yaml {
+    yaml(&format!("services/{service}/configuration/{file}.yaml"))
+}
+
+fn http_port(service: &str) -> i64 {
+    int(&service_config(service, "base")["http"]["port"], "http.port")
+}
+
+#[test]
+fn copilot_manifest_names_equal_their_directories() {
+    assert_eq!(read("deploy/copilot/.workspace").trim(), "application: kafka-example");
+    for service in SERVICES {
+        let manifest = yaml(&format!("deploy/copilot/{service}/manifest.yml"));
+        assert_eq!(manifest["name"].as_str(), Some(service));
+    }
+    for environment in ENVIRONMENTS {
+        let manifest = yaml(&format!("deploy/copilot/environments/{environment}/manifest.yml"));
+        assert_eq!(manifest["name"].as_str(), Some(environment));
+        assert_eq!(manifest["type"].as_str(), Some("Environment"));
+    }
+}
+
+#[test]
+fn copilot_build_paths_resolve_from_deploy() {
+    let deploy = root().join("deploy");
+    for service in SERVICES {
+        let manifest = yaml(&format!("deploy/copilot/{service}/manifest.yml"));
+        let build = &manifest["image"]["build"];
+        let dockerfile = deploy.join(text(&build["dockerfile"], "dockerfile"));
+        assert!(
+            dockerfile.is_file(),
+            "{service}: {} does not exist",
+            dockerfile.display()
+        );
+        assert_eq!(
+            dockerfile.canonicalize().unwrap(),
+            root()
+                .join(format!("services/{service}/Dockerfile"))
+                .canonicalize()
+                .unwrap()
+        );
+        let context = deploy.join(text(&build["context"], "context")).canonicalize().unwrap();
+        assert_eq!(
+            context,
+            root().canonicalize().unwrap(),
+            "{service}: the context is the repository root"
+        );
+    }
+}
+
+#[test]
+fn ports_agree_across_configuration_dockerfiles_manifests_and_compose() {
+    let compose = yaml("compose.yaml");
+    for service in SERVICES {
+        let port = http_port(service);
+        let manifest = yaml(&format!("deploy/copilot/{service}/manifest.yml"));
+        assert_eq!(
+            int(&manifest["image"]["port"], "image.port"),
+            port,
+            "{service}: image.port"
+        );
+
+        let dockerfile = read(&format!("services/{service}/Dockerfile"));
+        assert!(
+            dockerfile.contains(&format!("\nEXPOSE {port}\n")),
+            "{service}: Dockerfile EXPOSE {port}"
+        );
+        let healthcheck = format!("[\"/usr/local/bin/{service}\", \"healthcheck\"]");
+        assert!(
+            dockerfile.contains(&healthcheck),
+            "{service}: Dockerfile HEALTHCHECK runs {healthcheck}"
+        );
+        let command: Vec<&str> = manifest["image"]["healthcheck"]["command"]
+            .as_vec()
+            .expect("image.healthcheck.command")
+            .iter()
+            .map(|part| text(part, "command"))
+            .collect();
+        assert_eq!(command, ["CMD", &format!("/usr/local/bin/{service}"), "healthcheck"]);
+
+        let container = &compose["services"][service];
+        assert_eq!(
+            text(&container["environment"]["APP_HTTP__PORT"], "APP_HTTP__PORT"),
+            port.to_string()
+        );
+        let published: Vec<&str> = container["ports"]
+            .as_vec()
+            .unwrap()
+            .iter()
+            .map(|p| text(p, "port"))
+            .collect();
+        assert_eq!(
+            published,
+            [format!("127.0.0.1:{port}:{port}")],
+            "{service}: published on loopback only"
+        );
+    }
+
+    let consumer = yaml("deploy/copilot/consumer/manifest.yml");
+    assert_eq!(
+        int(&consumer["nlb"]["target_port"], "nlb.target_port"),
+        http_port("consumer")
+    );
+    assert_eq!(
+        int(&consumer["nlb"]["healthcheck"]["port"], "nlb.healthcheck.port"),
+        http_port("consumer")
+    );
+    // The consumer derives the producer's address from service discovery
+    // with this port.
+    let consumer_source = read("services/consumer/src/configuration.rs");
+    assert!(
+        consumer_source.contains(&format!(":{}", http_port("producer"))),
+        "the consumer's derived producer URL uses port {}",
+        http_port("producer")
+    );
+    let producer = yaml("deploy/copilot/producer/manifest.yml");
+    assert_eq!(producer["http"]["healthcheck"]["path"].as_str(), Some("/health/ready"));
+}
+
+#[test]
+fn the_consumer_never_runs_more_tasks_than_partitions() {
+    let manifest = yaml("deploy/copilot/consumer/manifest.yml");
+    let range = text(&manifest["count"]["range"], "count.range");
+    let (min, max) = range.split_once('-').expect("count.range is min-max");
+    let (min, max): (i32, i32) = (min.parse().unwrap(), max.parse().unwrap());
+    let registry = TopicRegistry::default();
+    let fewest = Topic::EVENTS
+        .iter()
+        .map(|&topic| registry.spec(topic).partitions)
+        .min()
+        .unwrap();
+    assert!(1 <= min && min <= max, "count.range {range}");
+    assert!(
+        max <= fewest,
+        "count.range {range}: more than {fewest} tasks would sit idle"
+    );
+}
+
+#[test]
+fn every_import_export_and_secret_the_services_use_is_defined() {
+    let exports = environment_exports();
+    let secrets = environment_secrets();
+    // Exported by every Copilot environment stack.
+    let copilot = ["VpcId", "PrivateSubnets", "PublicSubnets", "EnvironmentSecurityGroup"];
+
+    for service in SERVICES {
+        let path = format!("deploy/copilot/{service}/manifest.yml");
+        let manifest = yaml(&path);
+        let mut from_cfn = Vec::new();
+        for section in ["variables", "secrets"] {
+            for (name, value) in manifest[section].as_hash().into_iter().flatten() {
+                let name = text(name, "variable");
+                if let Some(export) = value["from_cfn"].as_str() {
+                    from_cfn.push((name.to_owned(), export.to_owned()));
+                }
+                if let Some(secret) = value["secretsmanager"].as_str() {
+                    let secret = secret
+                        .strip_prefix("${COPILOT_APPLICATION_NAME}/${COPILOT_ENVIRONMENT_NAME}/")
+                        .unwrap_or_else(|| panic!("{path}: {name}: secret outside the app and environment"));
+                    let (secret_name, key) = match secret.split_once(':') {
+                        Some((secret_name, rest)) => (secret_name, rest.split(':').next().unwrap_or("")),
+                        None => (secret, ""),
+                    };
+                    let keys = secrets
+                        .get(secret_name)
+                        .unwrap_or_else(|| panic!("{path}: {name}: no addon creates secret {secret_name}"));
+                    assert!(
+                        key.is_empty() || keys.contains(key),
+                        "{path}: {name}: secret {secret_name} has no key {key} (keys: {keys:?})"
+                    );
+                }
+            }
+        }
+        for (name, export) in &from_cfn {
+            let suffix = export
+                .strip_prefix("${COPILOT_APPLICATION_NAME}-${COPILOT_ENVIRONMENT_NAME}-")
+                .unwrap_or_else(|| panic!("{path}: {name}: export {export} is outside the app and environment"));
+            assert!(
+                exports.contains(suffix),
+                "{path}: {name}: no environment addon exports {suffix} (exports: {exports:?})"
+            );
+        }
+        for required in [
+            "APP_DATABASE__URL",
+            "APP_KAFKA__BOOTSTRAP_SERVERS",
+            "APP_KAFKA__SECURITY__REGION",
+        ] {
+            assert!(from_cfn.iter().any(|(name, _)| name == required), "{path}: {required}");
+        }
+        assert_eq!(manifest["variables"]["APP_ENVIRONMENT"].as_str(), Some("production"));
+    }
+
+    for path in addon_paths() {
+        let template = read(&path);
+        for import in template.split("Fn::ImportValue: !Sub \"${App}-${Env}-").skip(1) {
+            let name = import.split('"').next().unwrap();
+            assert!(
+                exports.contains(name) || copilot.contains(&name),
+                "{path}: imports {name}, which neither Copilot nor an environment addon exports"
+            );
+        }
+    }
+}
+
+#[test]
+fn iam_policies_and_the_lag_override_name_the_real_topics_and_group() {
+    let registry = TopicRegistry::default();
+    let group = service_config("consumer", "base")["kafka"]["group_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let producer_policy = read("deploy/copilot/producer/addons/kafka-access.yml");
+    for topic in Topic::EVENTS {
+        assert!(
+            producer_policy.contains(&format!("/{}\"", registry.name(topic))),
+            "the producer may write {}",
+            registry.name(topic)
+        );
+    }
+    let consumer_policy = read("deploy/copilot/consumer/addons/kafka-access.yml");
+    assert!(consumer_policy.contains(&format!("group/${{Cluster}}/{group}\"")));
+    assert!(consumer_policy.contains("topic/${Cluster}/*\""));
+
+    let patch = yaml("deploy/copilot/consumer/overrides/cfn.patches.yml");
+    let values = strings(&patch[0]["value"]);
+    assert!(values.contains(&group), "the lag metric is the group {group}'s");
+    for topic in Topic::EVENTS {
+        assert!(
+            values.iter().any(|v| v == registry.name(topic)),
+            "lag of {}",
+            registry.name(topic)
+        );
+    }
+    // The metric's cluster name is the one the environment addon creates.
+    let kafka = yaml("deploy/copilot/environments/addons/kafka.yml");
+    assert_eq!(
+        kafka["Resources"]["KafkaCluster"]["Properties"]["ClusterName"].as_str(),
+        Some("${App}-${Env}")
+    );
+    assert!(values.iter().any(|v| v == "${AppName}-${EnvName}"));
+}
+
+/// `docs/config/topics.md`'s table, by topic name: (partitions,
+/// "local / production" replication factors, retention cell).
+fn topic_table() -> BTreeMap<String, (i32, String, String)> {
+    read("docs/config/topics.md")
+        .lines()
+        .filter(|line| line.starts_with("| `"))
+        .map(|line| {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            (
+                cells[1].trim_matches('`').to_owned(),
+                (cells[2].parse().unwrap(), cells[3].to_owned(), cells[5].to_owned()),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn the_topic_table_agrees_with_the_registry_and_production_settings() {
+    let table = topic_table();
+    let registry = TopicRegistry::default();
+    assert_eq!(table.len(), Topic::ALL.len(), "one row per topic: {table:?}");
+    let production = service_config("consumer", "production");
+    let keys = [
+        (Topic::NewUserCreated, "new_user_created"),
+        (Topic::IssuedToken, "issued_token"),
+        (Topic::Retry, "retry"),
+        (Topic::DeadLetter, "dead_letter"),
+    ];
+    for (topic, key) in keys {
+        let spec = registry.spec(topic);
+        let (partitions, replication, retention) = table
+            .get(&spec.name)
+            .unwrap_or_else(|| panic!("{} has no row in docs/config/topics.md", spec.name));
+        assert_eq!(*partitions, spec.partitions, "{}: partitions", spec.name);
+        let production_factor = int(
+            &production["kafka"]["topics"][key]["replication_factor"],
+            "replication_factor",
+        );
+        assert_eq!(
+            replication,
+            &format!("{} / {production_factor}", spec.replication_factor),
+            "{}: replication factors",
+            spec.name
+        );
+        match spec.retention_ms {
+            Some(ms) => assert!(
+                retention.contains(&format!("retention.ms={ms}")),
+                "{}: {retention}",
+                spec.name
+            ),
+            None => assert!(retention.starts_with("broker default"), "{}: {retention}", spec.name),
+        }
+    }
+    // The producer's production settings give its topics the same factor.
+    let producer = service_config("producer", "production");
+    for key in ["new_user_created", "issued_token"] {
+        assert_eq!(
+            producer["kafka"]["topics"][key]["replication_factor"],
+            production["kafka"]["topics"][key]["replication_factor"]
+        );
+    }
+}
+
+/// `server.properties` as key → value.
+fn server_properties() -> BTreeMap<String, String> {
+    read("docs/config/server.properties")
+        .lines()
+        .filter(|line| !line.starts_with('#') && line.contains('='))
+        .map(|line| {
+            let (key, value) = line.split_once('=').unwrap();
+            (key.trim().to_owned(), value.trim().to_owned())
+        })
+        .collect()
+}
+
+/// `KAFKA_*` variables of the apache/kafka image as properties
+/// (`KAFKA_NUM_PARTITIONS` → `num.partitions`).
+fn as_properties(environment: &Yaml) -> BTreeMap<String, String> {
+    environment
+        .as_hash()
+        .expect("environment mapping")
+        .iter()
+        .filter_map(|(key, value)| {
+            let key = key.as_str()?.strip_prefix("KAFKA_")?;
+            let value = match value {
+                Yaml::Integer(number) => number.to_string(),
+                other => text(other, key).to_owned(),
+            };
+            Some((key.to_lowercase().replace('_', "."), value))
+        })
+        .collect()
+}
+
+#[test]
+fn server_properties_compose_and_ci_configure_the_same_broker() {
+    let properties = server_properties();
+    assert_eq!(properties["num.partitions"], DEFAULT_PARTITIONS.to_string());
+    assert_eq!(properties["auto.create.topics.enable"], "false");
+
+    let compose = yaml("compose.yaml");
+    let compose_kafka = as_properties(&compose["services"]["kafka"]["environment"]);
+    let workflow = yaml(".github/workflows/ci.yml");
+    let ci_kafka = as_properties(&workflow["jobs"]["test"]["services"]["kafka"]["env"]);
+
+    // The listeners differ by where the clients are; storage is the image's.
+    let placement = [
+        "listeners",
+        "advertised.listeners",
+        "listener.security.protocol.map",
+        "inter.broker.listener.name",
+        "controller.quorum.voters",
+        "log.dirs",
+    ];
+    for (key, value) in properties.iter().filter(|(key, _)| !placement.contains(&key.as_str())) {
+        assert_eq!(compose_kafka.get(key), Some(value), "compose.yaml: {key}");
+        assert_eq!(ci_kafka.get(key), Some(value), "ci.yml: {key}");
+    }
+    for (key, _) in compose_kafka.iter().chain(&ci_kafka) {
+        assert!(
+            properties.contains_key(key),
+            "{key} is set for a broker but not in server.properties"
+        );
+    }
+    // Same listeners in compose as in server.properties.
+    for key in placement.iter().filter(|&&key| key != "log.dirs") {
+        assert_eq!(compose_kafka.get(*key), properties.get(*key), "compose.yaml: {key}");
+    }
+    // Services in compose use the Docker listener; the CI tests use the
+    // runner's.
+    let docker_listener = properties["advertised.listeners"]
+        .split(',')
+        .find_map(|listener| listener.strip_prefix("DOCKER://"))
+        .expect("a DOCKER listener");
+    for service in SERVICES {
+        assert_eq!(
+            compose["services"][service]["environment"]["APP_KAFKA__BOOTSTRAP_SERVERS"].as_str(),
+            Some(docker_listener)
+        );
+    }
+    let ci_listener = ci_kafka["advertised.listeners"].split("://").nth(1).unwrap();
+    assert_eq!(
+        workflow["jobs"]["test"]["env"]["TEST_KAFKA_BOOTSTRAP_SERVERS"].as_str(),
+        Some(ci_listener)
+    );
+    // Host clients reach compose's broker at the services' local default.
+    let host_listener = properties["advertised.listeners"]
+        .split(',')
+        .find_map(|listener| listener.strip_prefix("HOST://"))
+        .expect("a HOST listener");
+    for service in SERVICES {
+        assert_eq!(
+            service_config(service, "local")["kafka"]["bootstrap_servers"].as_str(),
+            Some(host_listener)
+        );
+    }
+}
+
+/// Shared libraries of the runtime image, `gcr.io/distroless/cc-debian12`:
+/// glibc, libgcc and OpenSSL 3 (distroless's `base` and `cc` package lists).
+const RUNTIME_LIBRARIES: [&str; 10] = [
+    "linux-vdso.so.1",
+    "ld-linux-x86-64.so.2",
+    "libc.so.6",
+    "libm.so.6",
+    "libdl.so.2",
+    "libpthread.so.0",
+    "librt.so.1",
+    "libgcc_s.so.1",
+    "libssl.so.3",
+    "libcrypto.so.3",
+];
+
+#[test]
+fn the_binaries_link_only_what_the_runtime_image_has() {
+    for service in SERVICES {
+        let binary = e2e::process::binary(service);
+        let output = std::process::Command::new("ldd")
+            .arg(&binary)
+            .output()
+            .expect("ldd runs");
+        assert!(output.status.success(), "ldd {}: {:?}", binary.display(), output);
+        let listing = String::from_utf8(output.stdout).unwrap();
+        let linked: Vec<&str> = listing
+            .lines()
+            .filter_map(|line| line.split_whitespace().next())
+            .map(|library| library.rsplit('/').next().unwrap())
+            .collect();
+        assert!(linked.contains(&"libc.so.6"), "{service}: {listing}");
+        let foreign: Vec<&&str> = linked.iter().filter(|lib| !RUNTIME_LIBRARIES.contains(lib)).collect();
+        assert!(
+            foreign.is_empty(),
+            "{service} links {foreign:?}, which the runtime image lacks:\n{listing}"
+        );
+    }
+}
