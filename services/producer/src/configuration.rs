@@ -4,6 +4,8 @@ use kafka_service::KafkaSettings;
 use secrecy::SecretString;
 use serde::Deserialize;
 use service_common::configuration::{self, ConfigurationError, Environment, Files};
+
+pub use crate::login_limit::LoginLimitSettings;
 pub use service_common::configuration::{DatabaseSettings, HttpSettings, ShutdownSettings};
 
 /// Everything the producer is configured with.
@@ -17,6 +19,8 @@ pub struct Settings {
     pub kafka: KafkaSettings,
     /// Access tokens.
     pub auth: AuthSettings,
+    /// Throttling of `POST /auth/token`.
+    pub login_limit: LoginLimitSettings,
     /// The outbox relay.
     pub outbox: OutboxSettings,
     /// How long a graceful stop may take.

@@ -25,6 +25,10 @@ pub enum ApiError {
     /// `404 not_found`.
     #[error("no such resource")]
     NotFound,
+    /// `429 too_many_requests` with `Retry-After` (whole seconds, rounded
+    /// up): too many login attempts from this address or for this username.
+    #[error("too many login attempts; retry in {} s", retry_after_secs(.0))]
+    TooManyAttempts(std::time::Duration),
     /// `500 internal_error`: anything else; the cause is logged.
     #[error(transparent)]
     Unexpected(#[from] anyhow::Error),
@@ -38,6 +42,7 @@ impl ResponseError for ApiError {
             ApiError::InvalidCredentials => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -49,6 +54,14 @@ impl ResponseError for ApiError {
             ApiError::InvalidCredentials => "invalid_credentials",
             ApiError::Forbidden => "forbidden",
             ApiError::NotFound => "not_found",
+            ApiError::TooManyAttempts(wait) => {
+                let mut response = error_response(self.status_code(), "too_many_requests", &self.to_string());
+                response.headers_mut().insert(
+                    actix_web::http::header::RETRY_AFTER,
+                    actix_web::http::header::HeaderValue::from(retry_after_secs(wait)),
+                );
+                return response;
+            }
             ApiError::Unexpected(error) => {
                 tracing::error!(error = format!("{error:#}"), "request failed");
                 return error_response(self.status_code(), "internal_error", "internal error");
@@ -56,4 +69,10 @@ impl ResponseError for ApiError {
         };
         error_response(self.status_code(), code, &self.to_string())
     }
+}
+
+/// `Retry-After` in whole seconds, rounded up, at least 1.
+fn retry_after_secs(wait: &std::time::Duration) -> u64 {
+    let whole = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    whole.max(1)
 }

@@ -15,12 +15,14 @@
 //! - [`routes`]: one module per resource;
 //! - [`outbox`]: appending events, and the relay;
 //! - [`password`]: argon2id hashing;
+//! - [`login_limit`]: throttling of login attempts;
 //! - [`error`]: the API error type.
 #![warn(missing_docs)]
 
 pub mod configuration;
 pub mod domain;
 pub mod error;
+pub mod login_limit;
 pub mod outbox;
 pub mod password;
 pub mod routes;

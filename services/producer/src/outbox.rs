@@ -26,7 +26,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use secrecy::{ExposeSecret, SecretString};
 use service_common::metrics::{seconds_histogram, Registry, TopicLabels};
 use service_common::retry::{backoff, sleep_or_cancel};
 use sqlx::postgres::PgListener;
@@ -86,11 +85,9 @@ struct PendingRow {
 
 /// Publishes outbox rows to Kafka. See the [module docs](self).
 pub struct Relay {
-    /// Where the leadership connection goes (it holds the advisory lock and
-    /// runs every relay query, so losing it loses the lock and stops
-    /// publishing at once).
-    database_url: SecretString,
-    /// For the `LISTEN` connection.
+    /// For the `LISTEN` connection, and the options of the leadership
+    /// connection (which holds the advisory lock and runs every relay query,
+    /// so losing it loses the lock and stops publishing at once).
     pool: PgPool,
     producer: EventProducer,
     kafka: KafkaSettings,
@@ -159,7 +156,6 @@ impl RelayMetrics {
 impl Relay {
     /// A relay over the outbox of `pool`'s database.
     pub fn new(
-        database_url: SecretString,
         pool: PgPool,
         producer: EventProducer,
         kafka: KafkaSettings,
@@ -168,7 +164,6 @@ impl Relay {
         metrics: RelayMetrics,
     ) -> Self {
         Self {
-            database_url,
             pool,
             producer,
             kafka,
@@ -213,7 +208,7 @@ impl Relay {
     /// Becomes the leader, then publishes until shutdown. Returns `Ok` on
     /// shutdown, `Err` when the leadership connection or the broker fails.
     async fn lead(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
-        let mut connection = PgConnection::connect(self.database_url.expose_secret())
+        let mut connection = PgConnection::connect_with(&self.pool.connect_options())
             .await
             .context("could not open the relay's database connection")?;
         let mut waiting_logged = false;

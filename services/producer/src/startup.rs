@@ -14,6 +14,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::configuration::Settings;
+use crate::login_limit::LoginLimiter;
 use crate::outbox::{Relay, RelayMetrics};
 use crate::routes::auth::TokenTtl;
 use crate::routes::{auth, users};
@@ -51,9 +52,9 @@ impl Application {
         let mut registry = Registry::default();
         let relay_metrics = RelayMetrics::new(&mut registry);
         let metrics = Metrics::new(registry);
-        let server = run_server(listener, metrics, pool.clone(), keys, ttl, producer.clone())?;
+        let limiter = LoginLimiter::new(&settings.login_limit);
+        let server = run_server(listener, metrics, pool.clone(), keys, ttl, limiter, producer.clone())?;
         let relay = Relay::new(
-            settings.database.url.clone(),
             pool,
             producer.clone(),
             settings.kafka.clone(),
@@ -113,8 +114,10 @@ fn run_server(
     pool: PgPool,
     keys: TokenKeys,
     ttl: TokenTtl,
+    limiter: LoginLimiter,
     producer: EventProducer,
 ) -> std::io::Result<Server> {
+    let limiter = web::Data::new(limiter);
     let pool = web::Data::new(pool);
     let keys = web::Data::new(keys);
     let ttl = web::Data::new(ttl);
@@ -124,6 +127,7 @@ fn run_server(
             .app_data(pool.clone())
             .app_data(keys.clone())
             .app_data(ttl.clone())
+            .app_data(limiter.clone())
             .app_data(producer.clone())
             .route("/health/ready", web::get().to(health::ready))
             .route("/users", web::post().to(users::create_user))

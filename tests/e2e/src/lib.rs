@@ -110,6 +110,12 @@ impl TestContext {
                 jwt_secret: SecretString::from(JWT_SECRET.to_owned()),
                 token_ttl_secs: 900,
             },
+            // Far above what a test sends; producer_api tests the limits.
+            login_limit: LoginLimitSettings {
+                per_address_per_minute: std::num::NonZeroU32::new(100_000).unwrap(),
+                per_username_per_minute: std::num::NonZeroU32::new(100_000).unwrap(),
+                trust_x_forwarded_for: false,
+            },
             outbox: OutboxSettings {
                 batch_size: 100,
                 poll_interval_ms: 200,

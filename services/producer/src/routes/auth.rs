@@ -1,6 +1,6 @@
 //! `POST /auth/token`.
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use anyhow::Context;
 use events::{TokenIssued, UserEvent};
 use secrecy::{ExposeSecret, SecretString};
@@ -10,6 +10,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::error::ApiError;
+use crate::login_limit::LoginLimiter;
 use crate::{outbox, password};
 
 /// `POST /auth/token` body.
@@ -37,15 +38,24 @@ pub struct TokenTtl(pub chrono::Duration);
 /// token is returned.
 ///
 /// `200` with the token; `401` for an unknown username or a wrong password
-/// (the same answer, in the same time); `400` for a malformed body.
+/// (the same answer, in the same time); `400` for a malformed body; `429`
+/// with `Retry-After` when this address or this username has used up its
+/// attempts (see [`crate::login_limit`]).
 #[tracing::instrument(name = "issue token", skip_all, fields(user_id))]
 pub async fn issue_token(
     pool: web::Data<PgPool>,
     keys: web::Data<TokenKeys>,
     ttl: web::Data<TokenTtl>,
+    limiter: web::Data<LoginLimiter>,
+    http: HttpRequest,
     request: web::Json<TokenRequest>,
 ) -> Result<HttpResponse, ApiError> {
     let TokenRequest { username, password } = request.into_inner();
+    let address = limiter.client_address(&http);
+    if let Err(throttled) = limiter.check(address, &username) {
+        tracing::warn!(by = ?throttled.by, client = ?address, "login attempt throttled");
+        return Err(ApiError::TooManyAttempts(throttled.retry_after));
+    }
     let user: Option<(Uuid, String)> =
         sqlx::query_as("SELECT id, password_hash FROM users WHERE lower(username) = lower($1)")
             .bind(&username)

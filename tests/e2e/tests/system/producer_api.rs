@@ -230,6 +230,44 @@ async fn a_wrong_password_or_unknown_user_is_401() {
 }
 
 #[tokio::test]
+async fn login_attempts_are_limited_per_username_and_per_address_with_429_and_retry_after() {
+    let context = TestContext::new();
+    let mut settings = context.producer_settings();
+    settings.login_limit.per_address_per_minute = std::num::NonZeroU32::new(5).unwrap();
+    settings.login_limit.per_username_per_minute = std::num::NonZeroU32::new(3).unwrap();
+    let producer = context.spawn_producer_with(settings).await;
+    let client = Client::new();
+    let user = create_user(&client, &producer.url(), "target").await;
+    let attempt = |username: String| {
+        let request = client
+            .post(format!("{}/auth/token", producer.url()))
+            .json(&json!({ "username": username, "password": "a wrong guess" }));
+        async move { request.send().await.unwrap() }
+    };
+
+    // Three guesses at one account are answered; the fourth is throttled
+    // before its password is checked, even in another letter case.
+    for _ in 0..3 {
+        assert_eq!(attempt(user.username.clone()).await.status(), 401);
+    }
+    let throttled = attempt(user.username.to_uppercase()).await;
+    assert_eq!(throttled.status(), 429);
+    let retry_after: u64 = throttled.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    // Three per minute: room again within 20 s.
+    assert!((1..=20).contains(&retry_after), "Retry-After: {retry_after}");
+    assert_eq!(error_code(throttled).await, "too_many_requests");
+
+    // This address has made 4 of its 5 attempts: one more account, then none.
+    assert_eq!(attempt("someone-else".to_owned()).await.status(), 401);
+    let throttled = attempt("a-third-account".to_owned()).await;
+    assert_eq!(throttled.status(), 429);
+    assert!(throttled.headers().contains_key("retry-after"));
+
+    producer.stop().await.unwrap();
+    context.drop_databases().await;
+}
+
+#[tokio::test]
 async fn reading_a_user_needs_that_users_token_or_a_service_credential() {
     let context = TestContext::new();
     let producer = context.spawn_producer().await;
