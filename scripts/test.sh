@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test: the offline validators of the deployment files, then unit
-# tests, API tests and end-to-end tests against a real
+# Runs every test: the offline validators of the deployment files; unit
+# tests, API tests and end-to-end tests; then schemathesis against both
+# services' APIs (scripts/api-fuzz.sh). All against a real
 # broker (Tansu on 127.0.0.1:19092, started here) and the local PostgreSQL.
 #
 # Override with TEST_KAFKA_BOOTSTRAP_SERVERS (then no broker is started) and
@@ -28,3 +29,6 @@ export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2}
 # binaries must be current; `cargo test` alone does not build them.
 cargo build --workspace --bins --locked
 cargo test --workspace --locked "$@"
+
+# Hostile HTTP input against both services, from their OpenAPI documents.
+scripts/api-fuzz.sh

@@ -15,6 +15,12 @@ use crate::http::error_response;
 const DATABASE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `200` while the process serves HTTP.
+#[utoipa::path(
+    get,
+    path = "/health/live",
+    tag = "health",
+    responses((status = 200, description = "The process serves HTTP", body = crate::openapi::Status))
+)]
 pub async fn live() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
@@ -22,6 +28,15 @@ pub async fn live() -> HttpResponse {
 /// `200` when the database and a broker answer (a broker within
 /// `kafka.request_timeout_ms`); `503 not_ready` naming the ones that do not.
 /// Needs `web::Data<PgPool>` and `web::Data<EventProducer>` in the app data.
+#[utoipa::path(
+    get,
+    path = "/health/ready",
+    tag = "health",
+    responses(
+        (status = 200, description = "The database and a broker answer", body = crate::openapi::Status),
+        (status = 503, description = "`not_ready`: the message names what does not answer", body = crate::http::ErrorBody),
+    )
+)]
 pub async fn ready(pool: web::Data<PgPool>, producer: web::Data<EventProducer>) -> HttpResponse {
     readiness(unavailable(&pool, &producer).await)
 }

@@ -11,8 +11,9 @@ use actix_web::error::{InternalError, JsonPayloadError, PathError, QueryPayloadE
 use actix_web::http::StatusCode;
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tracing_actix_web::TracingLogger;
+use utoipa::ToSchema;
 
 use crate::health;
 use crate::metrics::{self, Metrics};
@@ -23,21 +24,31 @@ pub const SHUTDOWN_TIMEOUT_SECS: u64 = 10;
 /// Largest JSON request body accepted, in bytes.
 pub const MAX_JSON_BODY_BYTES: usize = 16 * 1024;
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: ErrorDetail<'a>,
+/// The body of every 4xx and 5xx answer.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"error": {"code": "not_found", "message": "no such resource"}}))]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
 }
 
-#[derive(Serialize)]
-struct ErrorDetail<'a> {
-    code: &'a str,
-    message: &'a str,
+/// What went wrong, for programs and for people.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Machine-readable, stable: `invalid_json`, `not_found`,
+    /// `unauthorized`, `validation_failed`, ...
+    pub code: String,
+    /// For people; never internal details.
+    pub message: String,
 }
 
 /// An error response with the JSON error body.
 pub fn error_response(status: StatusCode, code: &str, message: &str) -> HttpResponse {
     HttpResponse::build(status).json(ErrorBody {
-        error: ErrorDetail { code, message },
+        error: ErrorDetail {
+            code: code.to_owned(),
+            message: message.to_owned(),
+        },
     })
 }
 

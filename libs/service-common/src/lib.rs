@@ -13,6 +13,7 @@
 //! - [`shutdown`]: SIGTERM/SIGINT as a cancellation token.
 //! - [`database`]: the pool, database creation and migrations.
 //! - [`health`]: the liveness and readiness handlers.
+//! - [`openapi`]: what both services' OpenAPI documents share.
 //! - [`metrics`]: the Prometheus registry, HTTP metrics and `GET /metrics`.
 //! - [`run`]: the shape of `main`.
 //! - [`retry`]: the backoff policy, and topic provisioning under it.
@@ -24,6 +25,7 @@ pub mod database;
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod openapi;
 pub mod retry;
 pub mod run;
 pub mod shutdown;

@@ -92,6 +92,17 @@ impl Metrics {
 }
 
 /// `GET /metrics`. Needs `web::Data<Metrics>` in the app data.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((
+        status = 200,
+        description = "Prometheus text exposition format (OpenMetrics)",
+        content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        body = String
+    ))
+)]
 pub async fn endpoint(metrics: web::Data<Metrics>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")

@@ -7,6 +7,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::configuration::{ConfigurationError, Environment};
 
+/// The log filter when `RUST_LOG` is unset: `info`, except actix-http's
+/// connection dispatcher, which logs a client's malformed request (bad bytes
+/// in a header, say) at error level although it is the client's fault and
+/// already answered with `400`; left on, any client could flood the error
+/// log.
+pub const DEFAULT_LOG_FILTER: &str = "info,actix_http::h1::dispatcher=off";
+
 /// Loads the settings with `load` (a configuration error prints one line to
 /// stderr and exits with status 2), installs telemetry and the signal
 /// handlers, then runs `run` until it returns: status 0 after a clean
@@ -26,7 +33,7 @@ where
             return ExitCode::from(2);
         }
     };
-    let _telemetry = crate::telemetry::init(service, environment, "info");
+    let _telemetry = crate::telemetry::init(service, environment, DEFAULT_LOG_FILTER);
     match run(settings, crate::shutdown::on_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

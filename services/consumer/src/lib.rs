@@ -17,12 +17,14 @@
 //! - [`read_model`]: the read model's queries;
 //! - [`producer_client`]: HTTP calls to the producer service;
 //! - [`routes`]: one module per resource;
-//! - [`error`]: the API error type.
+//! - [`error`]: the API error type;
+//! - [`openapi`]: the OpenAPI document, served at `GET /openapi.json`.
 #![warn(missing_docs)]
 
 pub mod configuration;
 pub mod delivery;
 pub mod error;
+pub mod openapi;
 pub mod parking;
 pub mod processing;
 pub mod producer_client;

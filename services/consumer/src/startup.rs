@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::configuration::Settings;
 use crate::delivery::{Delivery, DeliveryMetrics};
+use crate::openapi;
 use crate::parking::Parking;
 use crate::processing::Handler;
 use crate::producer_client::ProducerClient;
@@ -218,6 +219,7 @@ fn run_server(listener: TcpListener, metrics: Metrics, data: AppData) -> std::io
             .route("/health/ready", web::get().to(health::ready))
             .route("/users/{id}", web::get().to(users::get_user))
             .route("/dead-letters", web::get().to(dead_letters::list))
-            .route("/dead-letters/redrive", web::post().to(dead_letters::redrive));
+            .route("/dead-letters/redrive", web::post().to(dead_letters::redrive))
+            .route("/openapi.json", web::get().to(openapi::document));
     })
 }

@@ -16,13 +16,15 @@
 //! - [`outbox`]: appending events, and the relay;
 //! - [`password`]: argon2id hashing;
 //! - [`login_limit`]: throttling of login attempts;
-//! - [`error`]: the API error type.
+//! - [`error`]: the API error type;
+//! - [`openapi`]: the OpenAPI document, served at `GET /openapi.json`.
 #![warn(missing_docs)]
 
 pub mod configuration;
 pub mod domain;
 pub mod error;
 pub mod login_limit;
+pub mod openapi;
 pub mod outbox;
 pub mod password;
 pub mod routes;

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::configuration::Settings;
 use crate::login_limit::LoginLimiter;
+use crate::openapi;
 use crate::outbox::{Relay, RelayMetrics};
 use crate::routes::auth::TokenTtl;
 use crate::routes::{auth, users};
@@ -132,6 +133,7 @@ fn run_server(
             .route("/health/ready", web::get().to(health::ready))
             .route("/users", web::post().to(users::create_user))
             .route("/users/{id}", web::get().to(users::get_user))
-            .route("/auth/token", web::post().to(auth::issue_token));
+            .route("/auth/token", web::post().to(auth::issue_token))
+            .route("/openapi.json", web::get().to(openapi::document));
     })
 }

@@ -12,6 +12,8 @@ use kafka_service::failure::{self, header, Origin};
 use kafka_service::{EventProducer, KafkaSettings, Record, Topic};
 use serde::{Deserialize, Serialize};
 use service_common::auth::{Authenticated, Principal};
+use service_common::http::ErrorBody;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::error::ApiError;
 
@@ -19,20 +21,31 @@ use crate::error::ApiError;
 pub const MAX_RECORDS: usize = 500;
 
 /// `GET /dead-letters` query.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Only this partition of the dead-letter topic; all when absent.
+    #[param(minimum = 0)]
     pub partition: Option<i32>,
     /// First offset to list in each partition (default 0).
     #[serde(default)]
+    #[param(minimum = 0)]
     pub from_offset: i64,
-    /// Most records to return in all (default and maximum [`MAX_RECORDS`]).
+    /// Most records to return in all (default and maximum 500).
+    #[param(minimum = 0, maximum = 500)]
     pub limit: Option<usize>,
 }
 
+/// `GET /dead-letters` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeadLetterList {
+    /// In offset order, partition by partition.
+    pub records: Vec<DeadLetter>,
+}
+
 /// One dead letter, as listed.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct DeadLetter {
     /// Partition of the dead-letter topic.
     pub partition: i32,
@@ -50,14 +63,15 @@ pub struct DeadLetter {
     pub attempts: Option<String>,
     /// When it was dead-lettered (RFC 3339).
     pub failed_at: Option<String>,
-    /// Every header, values lossily as text.
+    /// Every header as `[name, value]`, values lossily as text.
+    #[schema(value_type = Vec<Vec<Option<String>>>)]
     pub headers: Vec<(String, Option<String>)>,
     /// The value, lossily as text.
     pub value: Option<String>,
 }
 
 /// Where a record came from.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct OriginView {
     /// The origin topic.
     pub topic: String,
@@ -71,6 +85,21 @@ pub struct OriginView {
 ///
 /// `200 {"records": [...]}`; `401` without a valid token; `403` with a user
 /// token; `503` when the broker does not answer.
+#[utoipa::path(
+    get,
+    path = "/dead-letters",
+    tag = "dead letters",
+    params(ListQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Dead letters in offset order", body = DeadLetterList),
+        (status = 400, description = "`invalid_query`: a malformed or unknown parameter", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no valid token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: a user token; this needs a service credential", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: no such partition, or a negative offset", body = ErrorBody),
+        (status = 503, description = "`broker_unavailable`: the broker did not answer", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(name = "list dead letters", skip_all)]
 pub async fn list(
     caller: Authenticated,
@@ -78,11 +107,15 @@ pub async fn list(
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
     require_operator(&caller)?;
+    if query.from_offset < 0 {
+        return Err(ApiError::Validation("from_offset must not be negative".to_owned()));
+    }
     let limit = query.limit.unwrap_or(MAX_RECORDS).min(MAX_RECORDS);
     let topic = kafka.topics.name(Topic::DeadLetter);
+    let count = kafka_service::partition_count(&kafka, topic).await.map_err(broker)?;
     let partitions = match query.partition {
-        Some(partition) => vec![partition],
-        None => (0..kafka_service::partition_count(&kafka, topic).await.map_err(broker)?).collect(),
+        Some(partition) => vec![existing_partition(partition, count)?],
+        None => (0..count).collect(),
     };
     let mut records = Vec::new();
     for partition in partitions {
@@ -95,29 +128,39 @@ pub async fn list(
             .map_err(broker)?;
         records.extend(read.iter().map(view));
     }
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "records": records })))
+    Ok(HttpResponse::Ok().json(DeadLetterList { records }))
 }
 
 /// `POST /dead-letters/redrive` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedriveRequest {
-    /// The dead letters to redrive, by partition and offset.
+    /// The dead letters to redrive, by partition and offset: 1 to 500.
+    #[schema(min_items = 1, max_items = 500)]
     pub records: Vec<RecordRef>,
 }
 
 /// A record of the dead-letter topic.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecordRef {
     /// Partition of the dead-letter topic.
+    #[schema(minimum = 0)]
     pub partition: i32,
     /// Offset in that partition.
+    #[schema(minimum = 0)]
     pub offset: i64,
 }
 
+/// `POST /dead-letters/redrive` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RedriveResponse {
+    /// Each redriven record, in request order.
+    pub redriven: Vec<Redriven>,
+}
+
 /// One redriven record.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Redriven {
     /// The dead letter that was redriven.
     pub dead_letter: RecordRef,
@@ -136,6 +179,23 @@ pub struct Redriven {
 /// `200 {"redriven": [...]}`; `422` when a record does not exist or its
 /// origin is not an event topic; `401`/`403` as for listing; `503` when the
 /// broker does not answer.
+#[utoipa::path(
+    post,
+    path = "/dead-letters/redrive",
+    tag = "dead letters",
+    request_body = RedriveRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Every chosen record was produced to its origin topic", body = RedriveResponse),
+        (status = 400, description = "`invalid_json`: malformed body, a missing or unknown field", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no valid token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: a user token; this needs a service credential", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: body over 16 KiB", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: not `application/json`", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: none or too many chosen, or one that is not a dead letter of an event topic; nothing was redriven", body = ErrorBody),
+        (status = 503, description = "`broker_unavailable`: the broker did not answer", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(name = "redrive dead letters", skip_all)]
 pub async fn redrive(
     caller: Authenticated,
@@ -152,8 +212,15 @@ pub async fn redrive(
     }
     let dead_letter_topic = kafka.topics.name(Topic::DeadLetter);
     let event_topics: Vec<&str> = Topic::EVENTS.iter().map(|&topic| kafka.topics.name(topic)).collect();
+    let count = kafka_service::partition_count(&kafka, dead_letter_topic)
+        .await
+        .map_err(broker)?;
     let mut found = Vec::with_capacity(chosen.len());
     for &wanted in chosen {
+        existing_partition(wanted.partition, count)?;
+        if wanted.offset < 0 {
+            return Err(ApiError::Validation(format!("offset {} is negative", wanted.offset)));
+        }
         let read = kafka_service::reader::read_partition(&kafka, dead_letter_topic, wanted.partition, wanted.offset, 1)
             .await
             .map_err(broker)?;
@@ -198,13 +265,25 @@ pub async fn redrive(
             offset: delivery.offset,
         });
     }
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "redriven": redriven })))
+    Ok(HttpResponse::Ok().json(RedriveResponse { redriven }))
 }
 
 fn require_operator(caller: &Authenticated) -> Result<(), ApiError> {
     match &caller.0 {
         Principal::Service(_) => Ok(()),
         Principal::User(_) => Err(ApiError::Forbidden("dead letters need a service credential")),
+    }
+}
+
+/// `partition` when the dead-letter topic, of `count` partitions, has it.
+fn existing_partition(partition: i32, count: i32) -> Result<i32, ApiError> {
+    if (0..count).contains(&partition) {
+        Ok(partition)
+    } else {
+        Err(ApiError::Validation(format!(
+            "the dead-letter topic has partitions 0 to {}; there is no partition {partition}",
+            count - 1
+        )))
     }
 }
 

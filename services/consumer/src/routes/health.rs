@@ -22,6 +22,15 @@ pub struct StallCheck {
 
 /// `200` when the database and a broker answer and the member is not stuck
 /// (see [`GroupMonitor::stalled`]); `503 not_ready` naming what is wrong.
+#[utoipa::path(
+    get,
+    path = "/health/ready",
+    tag = "health",
+    responses(
+        (status = 200, description = "The database and a broker answer, and this member is not stuck", body = service_common::openapi::Status),
+        (status = 503, description = "`not_ready`: the message names what is wrong (`database`, `broker`, or how the member is stuck)", body = service_common::http::ErrorBody),
+    )
+)]
 pub async fn ready(
     pool: web::Data<PgPool>,
     producer: web::Data<EventProducer>,

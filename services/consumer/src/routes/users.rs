@@ -3,6 +3,7 @@
 use actix_web::{web, HttpResponse};
 use anyhow::Context;
 use service_common::auth::Authenticated;
+use service_common::http::ErrorBody;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -16,6 +17,19 @@ use crate::read_model::{self, UserView};
 ///
 /// `200` with the user; `404` when neither knows it; `401` without a valid
 /// token; `503` when the producer cannot be asked.
+#[utoipa::path(
+    get,
+    path = "/users/{id}",
+    tag = "users",
+    params(("id" = Uuid, Path, description = "The user id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The user, with the tokens issued to it so far", body = UserView),
+        (status = 401, description = "`unauthorized`: no valid token", body = ErrorBody),
+        (status = 404, description = "`not_found`: neither the read model nor the producer knows it", body = ErrorBody),
+        (status = 503, description = "`upstream_unavailable`: the producer could not be asked", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(name = "get user", skip_all, fields(user_id = %path))]
 pub async fn get_user(
     _caller: Authenticated,

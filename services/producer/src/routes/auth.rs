@@ -6,24 +6,34 @@ use events::{TokenIssued, UserEvent};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use service_common::auth::TokenKeys;
+use service_common::http::ErrorBody;
 use sqlx::PgPool;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::error::ApiError;
 use crate::login_limit::LoginLimiter;
 use crate::{outbox, password};
 
-/// `POST /auth/token` body.
-#[derive(Deserialize)]
+/// `POST /auth/token` body. Unknown fields are refused (`400 invalid_json`).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct TokenRequest {
+    /// The username, in any letter case.
+    #[schema(example = "ada")]
     username: String,
+    /// The password.
+    #[schema(value_type = String, format = Password)]
     password: SecretString,
 }
 
 /// `POST /auth/token` answer (OAuth 2.0 token response shape, RFC 6749 §5.1).
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct TokenResponse {
+    /// A JWT (HS256) for `Authorization: Bearer`.
     access_token: String,
+    /// Always `Bearer`.
+    #[schema(example = "Bearer")]
     token_type: &'static str,
     /// Seconds until the token expires.
     expires_in: u64,
@@ -40,7 +50,26 @@ pub struct TokenTtl(pub chrono::Duration);
 /// `200` with the token; `401` for an unknown username or a wrong password
 /// (the same answer, in the same time); `400` for a malformed body; `429`
 /// with `Retry-After` when this address or this username has used up its
-/// attempts (see [`crate::login_limit`]).
+/// attempts (per-address and per-username token buckets).
+#[utoipa::path(
+    post,
+    path = "/auth/token",
+    tag = "auth",
+    request_body = TokenRequest,
+    responses(
+        (status = 200, description = "A token; `user.token_issued.v1` is on its way to `issued-token`", body = TokenResponse),
+        (status = 400, description = "`invalid_json`: malformed body, a missing or unknown field", body = ErrorBody),
+        (status = 401, description = "`invalid_credentials`: unknown username or wrong password", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: body over 16 KiB", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: not `application/json`", body = ErrorBody),
+        (
+            status = 429,
+            description = "`too_many_requests`: this address or this username has used its attempts",
+            body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until the next attempt may succeed"))
+        ),
+    )
+)]
 #[tracing::instrument(name = "issue token", skip_all, fields(user_id))]
 pub async fn issue_token(
     pool: web::Data<PgPool>,

@@ -7,18 +7,29 @@ use events::{UserCreated, UserEvent};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use service_common::auth::{Authenticated, Principal};
+use service_common::http::ErrorBody;
 use sqlx::PgPool;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::domain::{Email, NewUser, Password, Username};
 use crate::error::ApiError;
 use crate::{outbox, password};
 
-/// `POST /users` body.
-#[derive(Deserialize)]
+/// `POST /users` body. Unknown fields are refused (`400 invalid_json`).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CreateUserRequest {
+    /// 3 to 32 characters: ASCII letters, digits, `_`, `-`, `.`; unique
+    /// regardless of case.
+    #[schema(min_length = 3, max_length = 32, pattern = "^[A-Za-z0-9_.-]{3,32}$", example = "ada")]
     username: String,
+    /// An RFC 5322 address of at most 254 characters; unique regardless of
+    /// case.
+    #[schema(format = Email, max_length = 254, example = "ada@example.com")]
     email: String,
+    /// 8 to 128 characters.
+    #[schema(value_type = String, format = Password, min_length = 8, max_length = 128)]
     password: SecretString,
 }
 
@@ -35,7 +46,7 @@ impl TryFrom<CreateUserRequest> for NewUser {
 }
 
 /// A user as the API shows it: never the password hash.
-#[derive(Debug, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, Deserialize, sqlx::FromRow, ToSchema)]
 pub struct UserResponse {
     /// The user id (a UUID).
     pub id: Uuid,
@@ -51,6 +62,20 @@ pub struct UserResponse {
 ///
 /// `201` with the user; `409` when the username or email is taken; `422`
 /// when a field breaks a rule; `400` for a malformed body.
+#[utoipa::path(
+    post,
+    path = "/users",
+    tag = "users",
+    request_body = CreateUserRequest,
+    responses(
+        (status = 201, description = "Created; `user.created.v1` is on its way to `new-user-created`", body = UserResponse),
+        (status = 400, description = "`invalid_json`: malformed body, a missing or unknown field", body = ErrorBody),
+        (status = 409, description = "`conflict`: the username or email is taken", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: body over 16 KiB", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: not `application/json`", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: a field breaks its rule; the message names it", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(name = "create user", skip_all, fields(user_id))]
 pub async fn create_user(
     pool: web::Data<PgPool>,
@@ -95,6 +120,19 @@ pub async fn create_user(
 ///
 /// `200` with the user; `404` when unknown; `403` for another user's token;
 /// `401` without a valid token.
+#[utoipa::path(
+    get,
+    path = "/users/{id}",
+    tag = "users",
+    params(("id" = Uuid, Path, description = "The user id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The user", body = UserResponse),
+        (status = 401, description = "`unauthorized`: no valid token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: another user's token", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such user (or the id is not a UUID)", body = ErrorBody),
+    )
+)]
 #[tracing::instrument(name = "get user", skip_all, fields(user_id = %path))]
 pub async fn get_user(
     Authenticated(principal): Authenticated,

@@ -1,0 +1,53 @@
+//! The consumer's OpenAPI 3.1 document, generated from its handlers and
+//! types, served at `GET /openapi.json` and checked in as
+//! `docs/openapi/consumer.json`.
+
+use actix_web::HttpResponse;
+use service_common::openapi::BearerAuth;
+use utoipa::OpenApi;
+
+use crate::routes::{dead_letters, health, users};
+
+/// The document.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "consumer",
+        description = "The read model that the consumer group builds from `new-user-created` and \
+                       `issued-token`, and the operator endpoints of the dead-letter topic. \
+                       Every 4xx and 5xx answer carries the JSON error body.",
+        license(name = "MIT")
+    ),
+    paths(
+        users::get_user,
+        dead_letters::list,
+        dead_letters::redrive,
+        service_common::health::live,
+        health::ready,
+        service_common::metrics::endpoint,
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "users", description = "The read model"),
+        (name = "dead letters", description = "Operating the dead-letter topic (service credential)"),
+        (name = "health", description = "Liveness and readiness"),
+        (name = "operations", description = "Metrics"),
+    )
+)]
+pub struct ApiDoc;
+
+/// `GET /openapi.json`.
+pub async fn document() -> HttpResponse {
+    HttpResponse::Ok().json(ApiDoc::openapi())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openapi_document_is_checked_in() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/openapi/consumer.json");
+        service_common::openapi::assert_checked_in(&ApiDoc::openapi(), &path);
+    }
+}
