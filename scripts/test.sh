@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: the offline validators of the deployment files; unit
 # tests, API tests and end-to-end tests; then schemathesis against both
-# services' APIs (scripts/api-fuzz.sh). All against a real
+# services' APIs (scripts/api-fuzz.sh) and libFuzzer against the record
+# decoder (scripts/fuzz.sh). All against a real
 # broker (Tansu on 127.0.0.1:19092, started here) and the local PostgreSQL.
 #
 # Override with TEST_KAFKA_BOOTSTRAP_SERVERS (then no broker is started) and
@@ -32,3 +33,6 @@ cargo test --workspace --locked "$@"
 
 # Hostile HTTP input against both services, from their OpenAPI documents.
 scripts/api-fuzz.sh
+
+# Arbitrary records against the consumer's record decoder, for a minute.
+scripts/fuzz.sh

@@ -34,6 +34,9 @@ pub mod headers {
     pub const SUBJECT: &str = "ce_subject";
     /// `datacontenttype`.
     pub const CONTENT_TYPE: &str = "content-type";
+
+    /// Every header the envelope reads.
+    pub const ALL: [&str; 7] = [SPEC_VERSION, ID, TYPE, SOURCE, TIME, SUBJECT, CONTENT_TYPE];
 }
 
 /// One event: its CloudEvents context attributes and its JSON data.
@@ -101,10 +104,17 @@ impl Envelope {
     ///
     /// [`EnvelopeError`] when a required header is missing or invalid
     /// (wrong spec version, an id that is not a UUID, a time that is not
-    /// RFC 3339, a content type other than JSON), when the value is absent,
+    /// RFC 3339, a content type other than JSON) or repeated (readers that
+    /// take the first and readers that take the last would see different
+    /// events), when the value is absent,
     /// or when the key differs from `ce_subject`. The data itself is not
     /// parsed here: its schema belongs to the event type.
     pub fn decode(record: &Record) -> Result<Self, EnvelopeError> {
+        for name in headers::ALL {
+            if record.headers.iter().filter(|(key, _)| key == name).count() > 1 {
+                return Err(invalid(name, "repeated".to_owned()));
+            }
+        }
         let spec_version = required(record, headers::SPEC_VERSION)?;
         if spec_version != SPEC_VERSION {
             return Err(invalid(
@@ -233,6 +243,27 @@ mod tests {
         assert_eq!(headers[0].1, "1.0");
         assert_eq!(headers[4].1, "2026-11-22T10:00:00.123456Z");
         assert_eq!(original.key(), original.subject.as_bytes());
+    }
+
+    #[test]
+    fn a_repeated_envelope_header_is_rejected_whichever_copy_is_valid() {
+        for name in headers::ALL {
+            let mut record = record_of(&envelope());
+            let copy = record.headers.iter().find(|(key, _)| key == name).unwrap().clone();
+            record.headers.insert(0, copy);
+            assert_eq!(
+                Envelope::decode(&record),
+                Err(EnvelopeError::InvalidHeader {
+                    header: name,
+                    reason: "repeated".to_owned()
+                }),
+                "{name} twice"
+            );
+        }
+        let mut record = record_of(&envelope());
+        record.headers.push(("traceparent".to_owned(), None));
+        record.headers.push(("traceparent".to_owned(), None));
+        assert!(Envelope::decode(&record).is_ok(), "other headers may repeat");
     }
 
     #[test]

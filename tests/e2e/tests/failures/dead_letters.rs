@@ -36,12 +36,15 @@ fn header_text<'r>(record: &'r Record, name: &str) -> &'r str {
     std::str::from_utf8(record.header(name).unwrap_or_default()).unwrap()
 }
 
-/// Produced straight to `issued-token`, keyed by user A, in this order: a
-/// good token, a record with a value that is not JSON, one with an unknown
-/// `ce_type`, one with no headers at all, another good token. User B gets
-/// one good token. The three poison records land in the dead-letter topic
-/// with their failure headers and original key and value; the good records
-/// behind them are applied.
+/// Produced straight to `issued-token`: a good token for user A, then 15
+/// hostile records (a value that is not JSON, of the wrong shape, 256 KiB
+/// of garbage or absent; an unknown, repeated or missing `ce_type`; no
+/// headers at all; header bytes that are not UTF-8; an id, time, spec
+/// version or content type that is invalid; a null `ce_subject`; a key or
+/// subject that is not the data's user), then another good token for A and
+/// one for user B. Each hostile record lands in the dead-letter topic with
+/// its original key, value and headers and an `error-message` that names
+/// what is wrong; the good records behind them are applied.
 #[tokio::test]
 async fn poison_records_are_dead_lettered_and_the_records_behind_them_processed() {
     let _serial = crate::one_at_a_time().await;
@@ -57,21 +60,65 @@ async fn poison_records_are_dead_lettered_and_the_records_behind_them_processed(
     let topic = kafka.topics.name(Topic::IssuedToken).to_owned();
     let producer = EventProducer::new(&kafka, "poison").unwrap();
     let good = outgoing(&envelope_of(&token_issued(a)));
+    let with_header = |name: &str, value: Option<&[u8]>| {
+        let mut record = outgoing(&envelope_of(&token_issued(a)));
+        for (header, old) in &mut record.headers {
+            if header == name {
+                *old = value.map(<[u8]>::to_vec);
+            }
+        }
+        record
+    };
     let mut not_json = outgoing(&envelope_of(&token_issued(a)));
     not_json.value = Some(b"{not json".to_vec());
-    let mut unknown_type = outgoing(&envelope_of(&token_issued(a)));
-    for (name, value) in &mut unknown_type.headers {
-        if name == "ce_type" {
-            *value = Some(b"user.deleted.v9".to_vec());
-        }
-    }
     let mut no_headers = outgoing(&envelope_of(&token_issued(a)));
     no_headers.headers.clear();
-    let poison = [not_json, unknown_type, no_headers];
+    let mut no_value = outgoing(&envelope_of(&token_issued(a)));
+    no_value.value = None;
+    let mut wrong_types = outgoing(&envelope_of(&token_issued(a)));
+    wrong_types.value = Some(br#"{"user_id": 42, "token_id": [], "issued_at": null}"#.to_vec());
+    let mut huge = outgoing(&envelope_of(&token_issued(a)));
+    huge.value = Some(vec![b'A'; 256 * 1024]);
+    let mut other_key = outgoing(&envelope_of(&token_issued(a)));
+    other_key.key = Some(b.to_string().into_bytes());
+    // Key and ce_subject agree with each other but not with the data.
+    let mut other_subject = with_header("ce_subject", Some(b.to_string().as_bytes()));
+    other_subject.key = Some(b.to_string().into_bytes());
+    let mut repeated_type = outgoing(&envelope_of(&token_issued(a)));
+    repeated_type
+        .headers
+        .insert(0, ("ce_type".to_owned(), Some(b"user.deleted.v9".to_vec())));
+    // Each hostile record, and what its dead letter's error-message names.
+    let poison = [
+        (not_json, "invalid data"),
+        (with_header("ce_type", Some(b"user.deleted.v9")), "unknown event type"),
+        (no_headers, "missing header `ce_specversion`"),
+        (
+            with_header("ce_id", Some(b"\xff\xfe not utf-8")),
+            "invalid header `ce_id`: not UTF-8",
+        ),
+        (with_header("ce_id", Some(b"not-a-uuid")), "invalid header `ce_id`"),
+        (with_header("ce_time", Some(b"yesterday")), "invalid header `ce_time`"),
+        (
+            with_header("ce_specversion", Some(b"2.0")),
+            "invalid header `ce_specversion`",
+        ),
+        (
+            with_header("content-type", Some(b"application/x-java-serialized-object")),
+            "invalid header `content-type`",
+        ),
+        (with_header("ce_subject", None), "missing header `ce_subject`"),
+        (no_value, "record has no value"),
+        (wrong_types, "invalid data"),
+        (huge, "invalid data"),
+        (other_key, "record key does not match"),
+        (other_subject, "is not the event's user id"),
+        (repeated_type, "invalid header `ce_type`: repeated"),
+    ];
     let mut poison_offsets = Vec::new();
     producer.send_record(&topic, &good).await.unwrap();
-    for record in &poison {
-        poison_offsets.push(producer.send_record(&topic, record).await.unwrap().offset);
+    for (record, _) in &poison {
+        poison_offsets.push(producer.send_record(&topic, record).await.unwrap());
     }
     producer
         .send_record(&topic, &outgoing(&envelope_of(&token_issued(a))))
@@ -83,20 +130,34 @@ async fn poison_records_are_dead_lettered_and_the_records_behind_them_processed(
         .unwrap();
 
     wait_for_processed(&pool, 5, Duration::from_secs(30)).await;
-    let dead = eventually(Duration::from_secs(30), "three dead letters", || async {
+    let dead = eventually(Duration::from_secs(30), "a dead letter per hostile record", || async {
         let dead = dead_letters(&context).await;
-        (dead.len() >= 3).then_some(dead)
+        (dead.len() >= poison.len()).then_some(dead)
     })
     .await;
-    assert_eq!(dead.len(), 3);
-    for (record, (original, offset)) in dead.iter().zip(poison.iter().zip(&poison_offsets)) {
+    assert_eq!(dead.len(), poison.len());
+    for ((original, reason), origin) in poison.iter().zip(&poison_offsets) {
+        // Dead letters keep their key, so they spread over partitions:
+        // find each by where it came from.
+        let offset = origin.offset;
+        let record = dead
+            .iter()
+            .find(|record| {
+                header_text(record, header::ORIGIN_PARTITION) == origin.partition.to_string()
+                    && header_text(record, header::ORIGIN_OFFSET) == offset.to_string()
+            })
+            .unwrap_or_else(|| panic!("no dead letter for {origin:?} ({reason})"));
         assert_eq!(record.key, original.key, "key kept");
         assert_eq!(record.value, original.value, "value kept");
         assert_eq!(header_text(record, header::ERROR_CLASS), "permanent");
         assert_eq!(header_text(record, header::ORIGIN_TOPIC), topic);
         assert_eq!(header_text(record, header::ORIGIN_OFFSET), offset.to_string());
         assert_eq!(header_text(record, header::ATTEMPTS), "1");
-        assert!(!header_text(record, header::ERROR_MESSAGE).is_empty());
+        let message = header_text(record, header::ERROR_MESSAGE);
+        assert!(
+            message.contains(reason),
+            "offset {offset}: `{message}` should say `{reason}`"
+        );
         assert!(record.header(header::FAILED_AT).is_some());
         for (name, value) in &original.headers {
             assert!(
