@@ -4,6 +4,11 @@
 //! t = 2, p = 1, the first configuration OWASP's Password Storage Cheat
 //! Sheet recommends. Hashing takes tens of milliseconds of CPU, so it runs
 //! on the blocking thread pool, never on an async worker.
+//!
+//! At most one hash per CPU core runs at a time; further requests wait
+//! their turn. Hashing is CPU-bound, so more at once would not finish
+//! sooner, and each one holds 19 MiB, so this also bounds the memory that
+//! a burst of logins takes to cores × 19 MiB.
 
 use std::sync::OnceLock;
 
@@ -19,6 +24,7 @@ use secrecy::{ExposeSecret, SecretString};
 ///
 /// Only if the blocking pool is gone or argon2 rejects its own parameters.
 pub async fn hash(password: SecretString) -> anyhow::Result<String> {
+    let _turn = turn().await;
     tokio::task::spawn_blocking(move || {
         let salt = SaltString::generate(&mut OsRng);
         Argon2::default()
@@ -38,6 +44,7 @@ pub async fn hash(password: SecretString) -> anyhow::Result<String> {
 ///
 /// When a stored hash is not a valid PHC string.
 pub async fn verify(password: SecretString, stored_hash: Option<String>) -> anyhow::Result<bool> {
+    let _turn = turn().await;
     tokio::task::spawn_blocking(move || {
         let known = stored_hash.is_some();
         let stored = stored_hash.as_deref().unwrap_or_else(|| dummy_hash());
@@ -49,6 +56,15 @@ pub async fn verify(password: SecretString, stored_hash: Option<String>) -> anyh
     })
     .await
     .context("password verification task failed")?
+}
+
+/// Waits until fewer hashes than CPU cores are running.
+async fn turn() -> tokio::sync::SemaphorePermit<'static> {
+    static CORES: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
+    let cores = CORES.get_or_init(|| {
+        tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get))
+    });
+    cores.acquire().await.expect("the semaphore is never closed")
 }
 
 fn dummy_hash() -> &'static str {
