@@ -11,8 +11,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The deployment and CI files, offline (installs pinned validators once).
+# The deployment and CI files, offline (installs pinned validators once),
+# and the dependency policy.
 scripts/validate.sh
+scripts/deny.sh
 
 scripts/postgres.sh
 if [[ -z ${TEST_KAFKA_BOOTSTRAP_SERVERS:-} ]]; then

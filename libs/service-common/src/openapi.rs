@@ -30,7 +30,7 @@ impl Modify for BearerAuth {
                     .scheme(HttpAuthScheme::Bearer)
                     .bearer_format("JWT")
                     .description(Some(
-                        "An access token from the producer's POST /auth/token, or a service credential (HS256, \\
+                        "An access token from the producer's POST /auth/token, or a service credential (HS256, \
                          issuer kafka-example)",
                     ))
                     .build(),
@@ -62,7 +62,7 @@ pub fn assert_checked_in(spec: &OpenApi, path: &Path) {
     let checked_in = std::fs::read_to_string(path).unwrap_or_default();
     assert!(
         checked_in == generated,
-        "{} is not the document the code generates; run `UPDATE_OPENAPI=1 cargo test --workspace openapi` \\
+        "{} is not the document the code generates; run `UPDATE_OPENAPI=1 cargo test --workspace openapi` \
          and commit the result",
         path.display()
     );

@@ -2,7 +2,7 @@
 
 use actix_web::{web, HttpResponse};
 use anyhow::Context;
-use service_common::auth::Authenticated;
+use service_common::auth::{Authenticated, Principal};
 use service_common::http::ErrorBody;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -12,11 +12,13 @@ use crate::producer_client::ProducerClient;
 use crate::read_model::{self, UserView};
 
 /// Returns a user from the read model; a user it does not know yet is
-/// asked of the producer (with no tokens counted yet). Requires a token the
-/// producer issued.
+/// asked of the producer (with no tokens counted yet). Requires the user's
+/// own token or a service credential, as the producer's `GET /users/{id}`
+/// does.
 ///
 /// `200` with the user; `404` when neither knows it; `401` without a valid
-/// token; `503` when the producer cannot be asked.
+/// token; `403` for another user's token; `503` when the producer cannot be
+/// asked.
 #[utoipa::path(
     get,
     path = "/users/{id}",
@@ -26,18 +28,24 @@ use crate::read_model::{self, UserView};
     responses(
         (status = 200, description = "The user, with the tokens issued to it so far", body = UserView),
         (status = 401, description = "`unauthorized`: no valid token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: another user's token", body = ErrorBody),
         (status = 404, description = "`not_found`: neither the read model nor the producer knows it", body = ErrorBody),
         (status = 503, description = "`upstream_unavailable`: the producer could not be asked", body = ErrorBody),
     )
 )]
 #[tracing::instrument(name = "get user", skip_all, fields(user_id = %path))]
 pub async fn get_user(
-    _caller: Authenticated,
+    Authenticated(caller): Authenticated,
     pool: web::Data<PgPool>,
     producer: web::Data<ProducerClient>,
     path: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path.into_inner();
+    match caller {
+        Principal::Service(_) => {}
+        Principal::User(user_id) if user_id == id => {}
+        Principal::User(_) => return Err(ApiError::Forbidden("a user token reads only its own user")),
+    }
     if let Some(user) = read_model::find_user(&pool, id)
         .await
         .context("could not read the user")?

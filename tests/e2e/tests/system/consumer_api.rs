@@ -216,9 +216,18 @@ async fn the_consumer_answers_from_the_producer_for_users_it_has_not_seen() {
     assert_eq!(body["tokens_issued"], 0);
     assert!(body["last_token_issued_at"].is_null());
 
-    let unknown = client
+    let someone_else = client
         .get(format!("{}/users/{}", consumer.url(), Uuid::new_v4()))
         .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(someone_else.status(), 403, "a user token reads only its own user");
+
+    let service = keys().service_token("test");
+    let unknown = client
+        .get(format!("{}/users/{}", consumer.url(), Uuid::new_v4()))
+        .bearer_auth(secrecy::ExposeSecret::expose_secret(&service))
         .send()
         .await
         .unwrap();
@@ -233,11 +242,12 @@ async fn the_consumer_answers_from_the_producer_for_users_it_has_not_seen() {
 #[tokio::test]
 async fn the_consumer_answers_503_when_the_producer_is_unreachable() {
     let (context, consumer, _, _) = isolated_consumer("http://127.0.0.1:9").await;
-    let token = keys().issue_user_token(Uuid::new_v4(), chrono::Duration::minutes(5));
+    let user = Uuid::new_v4();
+    let token = keys().issue_user_token(user, chrono::Duration::minutes(5));
     let client = Client::new();
 
     let response = client
-        .get(format!("{}/users/{}", consumer.url(), Uuid::new_v4()))
+        .get(format!("{}/users/{user}", consumer.url()))
         .bearer_auth(secrecy::ExposeSecret::expose_secret(&token.token))
         .send()
         .await
