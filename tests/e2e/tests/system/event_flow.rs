@@ -20,10 +20,11 @@ async fn every_event_is_applied_exactly_once_across_a_consumer_restart() {
 
     // First half of the users, with their tokens, while the consumer runs.
     let mut users = Vec::new();
+    let mut tokens = Vec::new();
     for _ in 0..USERS / 2 {
         let user = create_user(&client, &producer.url(), "flow").await;
         for _ in 0..TOKENS_PER_USER {
-            issue_token(&client, &producer.url(), &user.username).await;
+            tokens.push(issue_token(&client, &producer.url(), &user.username).await);
         }
         users.push(user);
     }
@@ -41,7 +42,7 @@ async fn every_event_is_applied_exactly_once_across_a_consumer_restart() {
     for _ in USERS / 2..USERS {
         let user = create_user(&client, &producer.url(), "flow").await;
         for _ in 0..TOKENS_PER_USER {
-            issue_token(&client, &producer.url(), &user.username).await;
+            tokens.push(issue_token(&client, &producer.url(), &user.username).await);
         }
         users.push(user);
     }
@@ -93,14 +94,25 @@ async fn every_event_is_applied_exactly_once_across_a_consumer_restart() {
 
     consumer.stop().await.unwrap();
     producer.stop().await.unwrap();
-    assert_records_keyed_by_user(&context, &names, &users).await;
+    assert_records_keyed_by_user(&context, &names, &users, &tokens).await;
     context.drop_databases().await;
 }
 
 /// Reads both topics from the start with a fresh group and checks every
 /// record: key = `ce_subject` = the user id, one `user.created.v1` per user,
 /// all event ids distinct, and each key in a single partition.
-async fn assert_records_keyed_by_user(context: &TestContext, names: &[&str], users: &[e2e::CreatedUser]) {
+async fn assert_records_keyed_by_user(
+    context: &TestContext,
+    names: &[&str],
+    users: &[e2e::CreatedUser],
+    tokens: &[String],
+) {
+    // No event carries a password, a hash or an access token, in its value
+    // or its headers.
+    let secrets: Vec<&str> = [e2e::PASSWORD, "$argon2"]
+        .into_iter()
+        .chain(tokens.iter().map(String::as_str))
+        .collect();
     let mut records = Vec::new();
     for name in names {
         records.extend(kafka_service::reader::read_topic(&context.kafka(), name).await.unwrap());
@@ -127,6 +139,18 @@ async fn assert_records_keyed_by_user(context: &TestContext, names: &[&str], use
         let data: serde_json::Value = serde_json::from_slice(&envelope.data).unwrap();
         assert_eq!(data["user_id"], envelope.subject.as_str());
         assert!(data.get("password").is_none() && data.get("password_hash").is_none());
+        let value = String::from_utf8_lossy(record.value.as_deref().unwrap_or_default());
+        let headers: Vec<_> = record
+            .headers
+            .iter()
+            .filter_map(|(_, value)| value.as_deref().map(String::from_utf8_lossy))
+            .collect();
+        for secret in &secrets {
+            assert!(
+                !value.contains(secret) && !headers.iter().any(|header| header.contains(secret)),
+                "an event carries a secret"
+            );
+        }
     }
     assert_eq!(created, users.len());
     assert!(
