@@ -4,19 +4,28 @@
 //! the record value (JSON), and a logical topic. The record key and
 //! `ce_subject` are always the user id. No event carries a password, a
 //! password hash or a token: only identifiers and times.
+//!
+//! Readers are tolerant: a field they do not know is ignored, so a new
+//! optional field is a compatible change; removing or retyping a field, or
+//! adding a required one, is not, and needs a new version (`...v2`), which
+//! consumers then handle beside the old one. [`contract`] turns the types
+//! into the JSON Schemas checked in under `docs/events/` and refuses
+//! incompatible changes to them.
 #![warn(missing_docs)]
 
 use chrono::{DateTime, Utc};
 use kafka_service::{Envelope, Topic};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// `ce_source` of every event the producer service emits.
 pub const PRODUCER_SOURCE: &str = "/producer";
 
+pub mod contract;
+
 /// Data of `user.created.v1`, on topic `new-user-created`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct UserCreated {
     /// The new user's id.
     pub user_id: Uuid,
@@ -29,8 +38,7 @@ pub struct UserCreated {
 }
 
 /// Data of `user.token_issued.v1`, on topic `issued-token`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct TokenIssued {
     /// Whose token it is.
     pub user_id: Uuid,
@@ -55,7 +63,7 @@ pub enum UserEvent {
 #[derive(Debug, thiserror::Error)]
 pub enum EventError {
     /// `ce_type` names no event type this version knows.
-    #[error("unknown event type `{0}`")]
+    #[error("unknown event type `{0}`; this consumer handles {accepted}", accepted = UserEvent::ACCEPTED_TYPES.join(", "))]
     UnknownType(String),
     /// The data does not match the event type's schema.
     #[error("invalid data for event type `{event_type}`")]
@@ -77,6 +85,10 @@ pub enum EventError {
 impl UserEvent {
     /// `ce_type` of [`UserEvent::Created`].
     pub const CREATED_V1: &'static str = "user.created.v1";
+    /// Every `ce_type` a consumer of this version applies: each version
+    /// ever published, since records of an old version may still sit on the
+    /// topics (a test checks this list against `docs/events/`).
+    pub const ACCEPTED_TYPES: [&'static str; 2] = [Self::CREATED_V1, Self::TOKEN_ISSUED_V1];
     /// `ce_type` of [`UserEvent::TokenIssued`].
     pub const TOKEN_ISSUED_V1: &'static str = "user.token_issued.v1";
 
@@ -191,7 +203,7 @@ mod tests {
     }
 
     #[test]
-    fn an_unknown_type_extra_field_or_foreign_subject_is_rejected() {
+    fn an_unknown_type_missing_field_or_foreign_subject_is_rejected() {
         let mut envelope = envelope_of(&token_issued());
         envelope.event_type = "user.deleted.v1".to_owned();
         assert!(matches!(
@@ -199,9 +211,12 @@ mod tests {
             Err(EventError::UnknownType(_))
         ));
 
+        let error = UserEvent::from_envelope(&envelope).unwrap_err().to_string();
+        assert!(error.contains("handles user.created.v1, user.token_issued.v1"), "{error}");
+
         let mut envelope = envelope_of(&token_issued());
         let mut data: serde_json::Value = serde_json::from_slice(&envelope.data).unwrap();
-        data["password_hash"] = "x".into();
+        data.as_object_mut().unwrap().remove("token_id");
         envelope.data = serde_json::to_vec(&data).unwrap();
         assert!(matches!(
             UserEvent::from_envelope(&envelope),
@@ -214,6 +229,16 @@ mod tests {
             UserEvent::from_envelope(&envelope),
             Err(EventError::SubjectMismatch { .. })
         ));
+    }
+
+    #[test]
+    fn a_field_the_reader_does_not_know_is_ignored() {
+        let event = token_issued();
+        let mut envelope = envelope_of(&event);
+        let mut data: serde_json::Value = serde_json::from_slice(&envelope.data).unwrap();
+        data["added_in_a_later_release"] = "x".into();
+        envelope.data = serde_json::to_vec(&data).unwrap();
+        assert_eq!(UserEvent::from_envelope(&envelope).unwrap(), event);
     }
 
     #[test]

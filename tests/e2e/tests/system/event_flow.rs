@@ -107,6 +107,21 @@ async fn assert_records_keyed_by_user(
     users: &[e2e::CreatedUser],
     tokens: &[String],
 ) {
+    // Every record matches the contract in docs/events/: its headers, and
+    // its value against its type's schema.
+    let contract = |file: &str| {
+        let path = format!("{}/../../docs/events/{file}", env!("CARGO_MANIFEST_DIR"));
+        let schema: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        jsonschema::options()
+            .should_validate_formats(true)
+            .build(&schema)
+            .unwrap_or_else(|error| panic!("{path}: {error}"))
+    };
+    let headers_schema = contract("headers.json");
+    let data_schemas: HashMap<&str, _> = events::UserEvent::ACCEPTED_TYPES
+        .iter()
+        .map(|event_type| (*event_type, contract(&format!("{event_type}.json"))))
+        .collect();
     // No event carries a password, a hash or an access token, in its value
     // or its headers.
     let secrets: Vec<&str> = [e2e::PASSWORD, "$argon2"]
@@ -138,6 +153,20 @@ async fn assert_records_keyed_by_user(
         }
         let data: serde_json::Value = serde_json::from_slice(&envelope.data).unwrap();
         assert_eq!(data["user_id"], envelope.subject.as_str());
+        let header_object: serde_json::Map<String, serde_json::Value> = record
+            .headers
+            .iter()
+            .map(|(name, value)| {
+                let text = String::from_utf8(value.clone().unwrap_or_default()).expect("UTF-8 headers");
+                (name.clone(), serde_json::Value::String(text))
+            })
+            .collect();
+        let header_object = serde_json::Value::Object(header_object);
+        let problems: Vec<String> = headers_schema.iter_errors(&header_object).map(|e| e.to_string()).collect();
+        assert!(problems.is_empty(), "headers break docs/events/headers.json: {problems:?}");
+        let schema = &data_schemas[envelope.event_type.as_str()];
+        let problems: Vec<String> = schema.iter_errors(&data).map(|e| e.to_string()).collect();
+        assert!(problems.is_empty(), "{} data breaks its schema: {problems:?}", envelope.event_type);
         assert!(data.get("password").is_none() && data.get("password_hash").is_none());
         let value = String::from_utf8_lossy(record.value.as_deref().unwrap_or_default());
         let headers: Vec<_> = record
