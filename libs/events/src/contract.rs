@@ -58,7 +58,10 @@ pub fn schemas() -> Vec<(String, Value)> {
     let value = |schema: schemars::Schema| serde_json::to_value(schema).expect("a schema serializes");
     vec![
         ("headers.json".to_owned(), value(schemars::schema_for!(EventHeaders))),
-        (format!("{}.json", UserEvent::CREATED_V1), value(schemars::schema_for!(UserCreated))),
+        (
+            format!("{}.json", UserEvent::CREATED_V1),
+            value(schemars::schema_for!(UserCreated)),
+        ),
         (
             format!("{}.json", UserEvent::TOKEN_ISSUED_V1),
             value(schemars::schema_for!(TokenIssued)),
@@ -71,7 +74,12 @@ pub fn schemas() -> Vec<(String, Value)> {
 /// property that became required. Empty when the change is compatible.
 pub fn breaking_changes(old: &Value, new: &Value) -> Vec<String> {
     let empty = serde_json::Map::new();
-    let properties = |schema: &Value| schema["properties"].as_object().cloned().unwrap_or_else(|| empty.clone());
+    let properties = |schema: &Value| {
+        schema["properties"]
+            .as_object()
+            .cloned()
+            .unwrap_or_else(|| empty.clone())
+    };
     let required = |schema: &Value| -> BTreeSet<String> {
         schema["required"]
             .as_array()
@@ -192,7 +200,10 @@ mod tests {
     #[test]
     fn a_new_optional_field_is_compatible() {
         let old = schema(json!({ "a": { "type": "string" } }), &["a"]);
-        let new = schema(json!({ "a": { "type": "string" }, "c": { "type": ["string", "null"] } }), &["a"]);
+        let new = schema(
+            json!({ "a": { "type": "string" }, "c": { "type": ["string", "null"] } }),
+            &["a"],
+        );
         assert!(breaking_changes(&old, &new).is_empty());
         // And the real types compared with themselves.
         for (_, generated) in schemas() {

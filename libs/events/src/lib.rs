@@ -212,7 +212,10 @@ mod tests {
         ));
 
         let error = UserEvent::from_envelope(&envelope).unwrap_err().to_string();
-        assert!(error.contains("handles user.created.v1, user.token_issued.v1"), "{error}");
+        assert!(
+            error.contains("handles user.created.v1, user.token_issued.v1"),
+            "{error}"
+        );
 
         let mut envelope = envelope_of(&token_issued());
         let mut data: serde_json::Value = serde_json::from_slice(&envelope.data).unwrap();

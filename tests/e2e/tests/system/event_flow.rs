@@ -162,11 +162,21 @@ async fn assert_records_keyed_by_user(
             })
             .collect();
         let header_object = serde_json::Value::Object(header_object);
-        let problems: Vec<String> = headers_schema.iter_errors(&header_object).map(|e| e.to_string()).collect();
-        assert!(problems.is_empty(), "headers break docs/events/headers.json: {problems:?}");
+        let problems: Vec<String> = headers_schema
+            .iter_errors(&header_object)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(
+            problems.is_empty(),
+            "headers break docs/events/headers.json: {problems:?}"
+        );
         let schema = &data_schemas[envelope.event_type.as_str()];
         let problems: Vec<String> = schema.iter_errors(&data).map(|e| e.to_string()).collect();
-        assert!(problems.is_empty(), "{} data breaks its schema: {problems:?}", envelope.event_type);
+        assert!(
+            problems.is_empty(),
+            "{} data breaks its schema: {problems:?}",
+            envelope.event_type
+        );
         assert!(data.get("password").is_none() && data.get("password_hash").is_none());
         let value = String::from_utf8_lossy(record.value.as_deref().unwrap_or_default());
         let headers: Vec<_> = record
