@@ -14,6 +14,9 @@ pub enum ApiError {
     /// `404 not_found`.
     #[error("no such resource")]
     NotFound,
+    /// `400 invalid_header`: a request header has a value that cannot be.
+    #[error("{0}")]
+    InvalidHeader(&'static str),
     /// `422 validation_failed`: the request is well-formed but cannot be
     /// carried out; the message says why.
     #[error("{0}")]
@@ -34,6 +37,7 @@ impl ResponseError for ApiError {
         match self {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::InvalidHeader(_) => StatusCode::BAD_REQUEST,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::UpstreamUnavailable(_) | ApiError::BrokerUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -44,6 +48,7 @@ impl ResponseError for ApiError {
         let code = match self {
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound => "not_found",
+            ApiError::InvalidHeader(_) => "invalid_header",
             ApiError::Validation(_) => "validation_failed",
             ApiError::BrokerUnavailable(error) => {
                 tracing::warn!(error = format!("{error:#}"), "broker unavailable");

@@ -15,6 +15,7 @@
 //! - [`parking`]: which records are parked, per key, in order;
 //! - [`processing`]: the event handlers (one attempt at applying a record);
 //! - [`read_model`]: the read model's queries;
+//! - [`feed`]: the live feed of applied events (Server-Sent Events);
 //! - [`producer_client`]: HTTP calls to the producer service;
 //! - [`routes`]: one module per resource;
 //! - [`error`]: the API error type;
@@ -24,6 +25,7 @@
 pub mod configuration;
 pub mod delivery;
 pub mod error;
+pub mod feed;
 pub mod openapi;
 pub mod parking;
 pub mod processing;

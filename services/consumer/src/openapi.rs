@@ -6,7 +6,7 @@ use actix_web::HttpResponse;
 use service_common::openapi::BearerAuth;
 use utoipa::OpenApi;
 
-use crate::routes::{dead_letters, health, users};
+use crate::routes::{dead_letters, events, health, users};
 
 /// The document.
 #[derive(OpenApi)]
@@ -18,10 +18,12 @@ use crate::routes::{dead_letters, health, users};
                        Every 4xx and 5xx answer carries the JSON error body.",
         license(name = "MIT")
     ),
+    components(schemas(crate::feed::FeedEvent)),
     paths(
         users::get_user,
         dead_letters::list,
         dead_letters::redrive,
+        events::stream,
         service_common::health::live,
         health::ready,
         service_common::metrics::endpoint,
@@ -30,6 +32,7 @@ use crate::routes::{dead_letters, health, users};
     tags(
         (name = "users", description = "The read model"),
         (name = "dead letters", description = "Operating the dead-letter topic (service credential)"),
+        (name = "events", description = "The live feed of applied events"),
         (name = "health", description = "Liveness and readiness"),
         (name = "operations", description = "Metrics"),
     )

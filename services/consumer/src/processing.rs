@@ -6,12 +6,14 @@
 //! changes nothing. What happens when an attempt fails (retries, the retry
 //! topic, the dead-letter topic) is [`crate::delivery`]'s business.
 
+use chrono::{DateTime, Utc};
 use events::{TokenIssued, UserCreated, UserEvent};
 use kafka_service::failure::Origin;
 use kafka_service::{Envelope, Record};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::feed::{Feed, FeedEvent};
 use crate::producer_client::ProducerClient;
 use crate::read_model;
 
@@ -40,12 +42,14 @@ pub enum ProcessError {
 pub struct Handler {
     pool: PgPool,
     producer: ProducerClient,
+    /// Where applied events are announced (the live feed).
+    feed: Feed,
 }
 
 impl Handler {
     /// A handler writing to `pool`, asking `producer` about unknown users.
-    pub fn new(pool: PgPool, producer: ProducerClient) -> Self {
-        Self { pool, producer }
+    pub fn new(pool: PgPool, producer: ProducerClient, feed: Feed) -> Self {
+        Self { pool, producer, feed }
     }
 
     /// Applies one record, exactly once in effect. `origin` is where the
@@ -66,6 +70,9 @@ impl Handler {
         let applied = Applied {
             origin,
             event_id: envelope.id,
+            event_type: event.event_type(),
+            time: envelope.time,
+            user_id: event.user_id(),
             subject: &envelope.subject,
         };
         match event {
@@ -76,13 +83,14 @@ impl Handler {
 
     async fn user_created(&self, event: &Applied<'_>, data: &UserCreated) -> Result<Outcome, ProcessError> {
         let mut tx = self.pool.begin().await.map_err(transient)?;
-        if !claim(&mut tx, event, UserEvent::CREATED_V1).await? {
+        let Some(sequence) = claim(&mut tx, event).await? else {
             return Ok(Outcome::Duplicate);
-        }
+        };
         read_model::insert_user(&mut tx, data.user_id, &data.username, &data.email, data.created_at)
             .await
             .map_err(transient)?;
         tx.commit().await.map_err(transient)?;
+        self.feed.publish(event.feed_event(sequence));
         Ok(Outcome::Applied)
     }
 
@@ -108,9 +116,9 @@ impl Handler {
         drop(connection);
 
         let mut tx = self.pool.begin().await.map_err(transient)?;
-        if !claim(&mut tx, event, UserEvent::TOKEN_ISSUED_V1).await? {
+        let Some(sequence) = claim(&mut tx, event).await? else {
             return Ok(Outcome::Duplicate);
-        }
+        };
         if !read_model::count_token(&mut tx, data.user_id, data.issued_at)
             .await
             .map_err(transient)?
@@ -121,6 +129,7 @@ impl Handler {
             )));
         }
         tx.commit().await.map_err(transient)?;
+        self.feed.publish(event.feed_event(sequence));
         Ok(Outcome::Applied)
     }
 }
@@ -129,26 +138,44 @@ impl Handler {
 struct Applied<'a> {
     origin: &'a Origin,
     event_id: Uuid,
+    event_type: &'static str,
+    time: DateTime<Utc>,
+    user_id: Uuid,
     subject: &'a str,
 }
 
-/// Records the event as processed; `false` when it already was (the
-/// caller's transaction then changes nothing).
-async fn claim(tx: &mut sqlx::PgConnection, event: &Applied<'_>, event_type: &str) -> Result<bool, ProcessError> {
-    let inserted = sqlx::query(
-        "INSERT INTO processed_events (event_id, event_type, topic, \"partition\", \"offset\", subject) \
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING",
+impl Applied<'_> {
+    fn feed_event(&self, sequence: i64) -> FeedEvent {
+        FeedEvent {
+            sequence,
+            event_type: self.event_type.to_owned(),
+            user_id: self.user_id,
+            event_id: self.event_id,
+            time: self.time,
+            topic: self.origin.topic.clone(),
+            partition: self.origin.partition,
+            offset: self.origin.offset,
+        }
+    }
+}
+
+/// Records the event as processed and returns its `sequence`; `None` when
+/// it already was (the caller's transaction then changes nothing).
+async fn claim(tx: &mut sqlx::PgConnection, event: &Applied<'_>) -> Result<Option<i64>, ProcessError> {
+    sqlx::query_scalar(
+        "INSERT INTO processed_events (event_id, event_type, topic, \"partition\", \"offset\", subject, event_time) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (event_id) DO NOTHING RETURNING sequence",
     )
     .bind(event.event_id)
-    .bind(event_type)
+    .bind(event.event_type)
     .bind(&event.origin.topic)
     .bind(event.origin.partition)
     .bind(event.origin.offset)
     .bind(event.subject)
-    .execute(&mut *tx)
+    .bind(event.time)
+    .fetch_optional(&mut *tx)
     .await
-    .map_err(transient)?;
-    Ok(inserted.rows_affected() == 1)
+    .map_err(transient)
 }
 
 fn transient(error: sqlx::Error) -> ProcessError {

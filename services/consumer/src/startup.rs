@@ -15,10 +15,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::configuration::Settings;
 use crate::delivery::{Delivery, DeliveryMetrics};
+use crate::feed::Feed;
 use crate::openapi;
 use crate::parking::Parking;
 use crate::processing::Handler;
 use crate::producer_client::ProducerClient;
+use crate::routes::events::{self, StreamsClosed};
 use crate::routes::health::{self, StallCheck};
 use crate::routes::{dead_letters, users};
 
@@ -26,6 +28,8 @@ use crate::routes::{dead_letters, users};
 pub struct Application {
     port: u16,
     server: Server,
+    /// Ends the live feed's streams when shutdown begins.
+    streams_closed: CancellationToken,
     settings: Settings,
     delivery: Delivery,
     producer: EventProducer,
@@ -64,6 +68,8 @@ impl Application {
             event_topics: Topic::EVENTS.iter().map(|&t| topics.name(t).to_owned()).collect(),
             stall_after: Duration::from_millis(settings.readiness.stall_after_ms),
         };
+        let feed = Feed::default();
+        let streams_closed = CancellationToken::new();
         let address = format!("{}:{}", settings.http.host, settings.http.port);
         let listener = TcpListener::bind(&address).with_context(|| format!("could not bind {address}"))?;
         let port = listener.local_addr()?.port();
@@ -77,11 +83,13 @@ impl Application {
                 producer: producer.clone(),
                 kafka: settings.kafka.clone(),
                 stall,
+                feed: feed.clone(),
+                streams_closed: StreamsClosed(streams_closed.clone()),
             },
         )?;
         tracing::info!(%address, port, producer = settings.producer.base_url, "consumer listening");
         let delivery = Delivery::new(
-            Handler::new(pool.clone(), producer_client),
+            Handler::new(pool.clone(), producer_client, feed),
             Parking::new(pool),
             producer.clone(),
             topics.name(Topic::Retry).to_owned(),
@@ -92,6 +100,7 @@ impl Application {
         Ok(Self {
             port,
             server,
+            streams_closed,
             settings,
             delivery,
             producer,
@@ -126,11 +135,15 @@ impl Application {
             result = &mut consumer => {
                 // The loop only returns early on a fatal error.
                 shutdown.cancel();
+                self.streams_closed.cancel();
                 server_handle.stop(true).await;
                 return result.context("consumer loop panicked")?;
             }
         };
         shutdown.cancel();
+        // Live feed streams never end by themselves: end them so the
+        // server can drain.
+        self.streams_closed.cancel();
         // The HTTP server drains while the partition workers finish.
         let (_, consumed) = tokio::join!(server_handle.stop(true), consumer);
         consumed.context("consumer loop panicked")??;
@@ -193,6 +206,8 @@ async fn consume(
 
 /// What the HTTP handlers need.
 struct AppData {
+    feed: Feed,
+    streams_closed: StreamsClosed,
     pool: PgPool,
     keys: TokenKeys,
     producer_client: ProducerClient,
@@ -208,6 +223,8 @@ fn run_server(listener: TcpListener, metrics: Metrics, data: AppData) -> std::io
     let producer = web::Data::new(data.producer);
     let kafka = web::Data::new(data.kafka);
     let stall = web::Data::new(data.stall);
+    let feed = web::Data::new(data.feed);
+    let streams_closed = web::Data::new(data.streams_closed);
     service_common::http::serve(listener, metrics, move |config| {
         config
             .app_data(pool.clone())
@@ -216,10 +233,16 @@ fn run_server(listener: TcpListener, metrics: Metrics, data: AppData) -> std::io
             .app_data(producer.clone())
             .app_data(kafka.clone())
             .app_data(stall.clone())
+            .app_data(feed.clone())
+            .app_data(streams_closed.clone())
             .route("/health/ready", web::get().to(health::ready))
             .route("/users/{id}", web::get().to(users::get_user))
             .route("/dead-letters", web::get().to(dead_letters::list))
             .route("/dead-letters/redrive", web::post().to(dead_letters::redrive))
+            .route("/events/stream", web::get().to(events::stream))
+            .route("/feed", web::get().to(events::page))
+            .route("/feed.js", web::get().to(events::script))
+            .route("/feed.css", web::get().to(events::stylesheet))
             .route("/openapi.json", web::get().to(openapi::document));
     })
 }

@@ -56,7 +56,8 @@ async fn isolated_consumer(producer_url: &str) -> (TestContext, e2e::Service, Ha
     let service = context.spawn_consumer(producer_url).await;
     let pool = context.consumer_pool().await;
     let client = ProducerClient::new(producer_url, Duration::from_secs(2), keys()).unwrap();
-    (context.clone(), service, Handler::new(pool.clone(), client), pool)
+    let handler = Handler::new(pool.clone(), client, consumer::feed::Feed::default());
+    (context.clone(), service, handler, pool)
 }
 
 #[tokio::test]

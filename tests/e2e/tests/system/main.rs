@@ -5,5 +5,6 @@ mod broker_outage;
 mod consumer_api;
 mod database;
 mod event_flow;
+mod feed;
 mod producer_api;
 mod topics;
