@@ -1,7 +1,8 @@
 //! The one crate in the workspace that speaks Kafka.
 //!
 //! Everything the services need from Kafka goes through the small surface
-//! below; no other crate imports `rdkafka`.
+//! below; no other crate imports `rdkafka` (but the benchmark, `bench/`,
+//! which measures rdkafka itself as the ceiling).
 //!
 //! # Layout
 //!

@@ -103,18 +103,21 @@ fn signal(pid: u32, name: &str) {
     assert!(status.success(), "kill -{name} {pid}");
 }
 
-/// The path of a workspace binary, next to the test executable's directory
-/// (`target/<profile>/deps/..`).
+/// The path of a workspace binary of the same profile as the running
+/// executable: `target/<profile>/`, whether this is a test
+/// (`target/<profile>/deps/`) or a binary such as the benchmark.
 ///
 /// # Panics
 ///
 /// When it has not been built.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test executable in target/<profile>/deps");
+    let dir = exe.parent().expect("the executable is in a directory");
+    let profile_dir = if dir.ends_with("deps") {
+        dir.parent().expect("deps is in target/<profile>")
+    } else {
+        dir
+    };
     let path = profile_dir.join(name);
     assert!(
         path.exists(),

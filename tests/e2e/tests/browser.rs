@@ -36,7 +36,12 @@ async fn a_created_user_appears_live_on_the_feed_page() {
 
     let run = tokio::process::Command::new("node")
         .arg(root.join("scripts/lib/feed-browser-test.cjs"))
-        .args([consumer.url(), producer.url(), token.expose_secret().to_owned(), chromium])
+        .args([
+            consumer.url(),
+            producer.url(),
+            token.expose_secret().to_owned(),
+            chromium,
+        ])
         .env("NODE_PATH", root.join(".run/browser/node_modules"))
         .output()
         .await

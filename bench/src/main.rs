@@ -1,0 +1,147 @@
+//! The benchmark: the real system measured beside the raw Kafka client
+//! limit on the same broker, in one run, because absolute figures on a
+//! shared machine drift from run to run and ratios do not.
+//!
+//! `scripts/bench.sh` builds in release mode, starts the broker and
+//! PostgreSQL, and runs this; `docs/benchmarks.md` explains the results.
+//!
+//! 1. Raw client limit: rdkafka alone, producing `--events` records the
+//!    size of a `user.created.v1` event to a fresh 8-partition topic
+//!    (idempotent, `acks=all`), then a consumer group reading them back
+//!    with manual commits.
+//! 2. Pipeline throughput: the same number of events appended to the
+//!    producer's outbox in one burst (the producer's own `outbox::append`,
+//!    no HTTP, no password hashing), relayed, consumed and applied by the
+//!    release-built services; from the first append to the last applied.
+//! 3. End-to-end latency: events appended at a steady rate, each timed from
+//!    its commit to its arrival on the consumer's live feed (which publishes
+//!    right after the read model's commit); and users created and tokens
+//!    issued over HTTP, timed from the 2xx.
+//! 4. HTTP API: `POST /users` and `POST /auth/token` at several
+//!    concurrencies, beside the argon2 hashes per second this machine does
+//!    with the same parameters on all its cores.
+//! 5. Peak resident memory of each service over the whole run.
+
+mod measure;
+mod plot;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use measure::{Figures, Samples};
+
+/// Command line: `--events N` (default 5000), `--rate R` events/s for the
+/// outbox latency run (default 40, below what Tansu lets the pipeline carry
+/// on two cores), `--seconds S` per latency run (default 15),
+/// `--http-seconds S` per HTTP run (default 5), `--out DIR` (default
+/// docs/benchmarks), `--raw-only true` to stop after the raw client limit,
+/// `--queue-capacity N` for the consumer's partition queues.
+struct Options {
+    events: usize,
+    rate: u32,
+    latency_seconds: u64,
+    http_seconds: u64,
+    out: PathBuf,
+    /// Stop after the raw client limit (`--raw-only true`).
+    raw_only: bool,
+    /// The consumer's `kafka.partition_queue_capacity` (its default: 256).
+    queue_capacity: Option<usize>,
+}
+
+fn options() -> Options {
+    let mut options = Options {
+        events: 5_000,
+        rate: 40,
+        latency_seconds: 15,
+        http_seconds: 5,
+        out: PathBuf::from("docs/benchmarks"),
+        raw_only: false,
+        queue_capacity: None,
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    for pair in args.chunks(2) {
+        let value = pair.get(1).map(String::as_str).unwrap_or_default();
+        match pair[0].as_str() {
+            "--events" => options.events = value.parse().expect("--events N"),
+            "--rate" => options.rate = value.parse().expect("--rate R"),
+            "--seconds" => options.latency_seconds = value.parse().expect("--seconds S"),
+            "--http-seconds" => options.http_seconds = value.parse().expect("--http-seconds S"),
+            "--out" => options.out = PathBuf::from(value),
+            "--raw-only" => options.raw_only = value == "true",
+            "--queue-capacity" => options.queue_capacity = Some(value.parse().expect("--queue-capacity N")),
+            other => panic!("unknown option {other}; see bench/src/main.rs"),
+        }
+    }
+    options
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let options = options();
+    std::fs::create_dir_all(&options.out)?;
+    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let mut figures = Figures::new(&command);
+
+    eprintln!("bench: 1/5 raw client limit, {} records", options.events);
+    let raw = measure::raw_client(options.events).await?;
+    figures.raw = Some(raw.clone());
+    if options.raw_only {
+        println!("{}", figures.markdown());
+        return Ok(());
+    }
+
+    eprintln!("bench: starting the release-built services");
+    let system = measure::System::start(options.queue_capacity).await?;
+    let memory = system.watch_memory();
+
+    eprintln!("bench: 2/5 pipeline throughput, {} events", options.events);
+    let (mut pipeline, progress) = measure::pipeline(&system, options.events).await?;
+    pipeline.ratio_to_raw = pipeline.per_s / raw.produce_per_s.min(raw.consume_per_s);
+    figures.pipeline = Some(pipeline);
+
+    eprintln!(
+        "bench: 3/5 end-to-end latency, {} events/s for {} s",
+        options.rate, options.latency_seconds
+    );
+    let outbox_latency: Samples =
+        measure::outbox_latency(&system, options.rate, Duration::from_secs(options.latency_seconds)).await?;
+    let http_latency: Samples = measure::http_latency(&system, Duration::from_secs(options.latency_seconds)).await?;
+    figures.latency_outbox = Some(outbox_latency.summary(options.rate as f64));
+    figures.latency_http = Some(http_latency.summary(http_latency.rate()));
+
+    eprintln!("bench: 4/5 HTTP API and the argon2 floor");
+    let floor = measure::argon2_floor(Duration::from_secs(options.http_seconds));
+    figures.argon2_per_second = Some(floor);
+    let (cpu_before, started) = (system.cpu_seconds(), std::time::Instant::now());
+    figures.http = measure::http_api(&system, Duration::from_secs(options.http_seconds), floor).await?;
+    let mut by_process: Vec<(String, f64)> = system
+        .cpu_seconds()
+        .into_iter()
+        .zip(cpu_before)
+        .map(|((name, after), (_, before))| (name, after - before))
+        .collect();
+    by_process.sort_by(|a, b| b.1.total_cmp(&a.1));
+    figures.http_cpu = Some(measure::CpuProfile {
+        wall_seconds: started.elapsed().as_secs_f64(),
+        by_process,
+    });
+
+    eprintln!("bench: 5/5 peak resident memory");
+    figures.peak_rss_kib = Some(memory.stop().await);
+    system.stop().await;
+
+    plot::latency(&options.out.join("latency.png"), &outbox_latency, &http_latency)?;
+    plot::throughput(&options.out.join("throughput.png"), &progress)?;
+    let markdown = figures.markdown();
+    println!("{markdown}");
+    std::fs::write(options.out.join("results.md"), &markdown)?;
+    std::fs::write(
+        options.out.join("results.json"),
+        serde_json::to_string_pretty(&figures)? + "\n",
+    )?;
+    eprintln!(
+        "bench: wrote {}/results.{{md,json}}, latency.png, throughput.png",
+        options.out.display()
+    );
+    Ok(())
+}
