@@ -74,6 +74,17 @@ pub enum Principal {
     Service(String),
 }
 
+impl Principal {
+    /// Whether this principal may read user `id`'s data: a service may
+    /// read anyone's, a user only its own.
+    pub fn may_read_user(&self, id: Uuid) -> bool {
+        match self {
+            Principal::Service(_) => true,
+            Principal::User(user) => *user == id,
+        }
+    }
+}
+
 /// The claims of both token kinds.
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {

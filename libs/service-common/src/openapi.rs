@@ -46,6 +46,11 @@ pub struct Status {
     pub status: String,
 }
 
+/// `GET /openapi.json`: the document `D` derives.
+pub async fn document<D: utoipa::OpenApi>() -> actix_web::HttpResponse {
+    actix_web::HttpResponse::Ok().json(D::openapi())
+}
+
 /// Compares `spec` with the checked-in copy at `path`, or, when the
 /// environment variable `UPDATE_OPENAPI` is set, writes it there.
 ///

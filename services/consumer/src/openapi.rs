@@ -2,7 +2,6 @@
 //! types, served at `GET /openapi.json` and checked in as
 //! `docs/openapi/consumer.json`.
 
-use actix_web::HttpResponse;
 use service_common::openapi::BearerAuth;
 use utoipa::OpenApi;
 
@@ -38,11 +37,6 @@ use crate::routes::{dead_letters, events, health, users};
     )
 )]
 pub struct ApiDoc;
-
-/// `GET /openapi.json`.
-pub async fn document() -> HttpResponse {
-    HttpResponse::Ok().json(ApiDoc::openapi())
-}
 
 #[cfg(test)]
 mod tests {

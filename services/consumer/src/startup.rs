@@ -243,6 +243,9 @@ fn run_server(listener: TcpListener, metrics: Metrics, data: AppData) -> std::io
             .route("/feed", web::get().to(events::page))
             .route("/feed.js", web::get().to(events::script))
             .route("/feed.css", web::get().to(events::stylesheet))
-            .route("/openapi.json", web::get().to(openapi::document));
+            .route(
+                "/openapi.json",
+                web::get().to(service_common::openapi::document::<openapi::ApiDoc>),
+            );
     })
 }

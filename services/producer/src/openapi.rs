@@ -2,7 +2,6 @@
 //! types, served at `GET /openapi.json` and checked in as
 //! `docs/openapi/producer.json`.
 
-use actix_web::HttpResponse;
 use service_common::openapi::BearerAuth;
 use utoipa::OpenApi;
 
@@ -35,11 +34,6 @@ use crate::routes::{auth, users};
     )
 )]
 pub struct ApiDoc;
-
-/// `GET /openapi.json`.
-pub async fn document() -> HttpResponse {
-    HttpResponse::Ok().json(ApiDoc::openapi())
-}
 
 #[cfg(test)]
 mod tests {

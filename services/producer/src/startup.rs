@@ -134,6 +134,9 @@ fn run_server(
             .route("/users", web::post().to(users::create_user))
             .route("/users/{id}", web::get().to(users::get_user))
             .route("/auth/token", web::post().to(auth::issue_token))
-            .route("/openapi.json", web::get().to(openapi::document));
+            .route(
+                "/openapi.json",
+                web::get().to(service_common::openapi::document::<openapi::ApiDoc>),
+            );
     })
 }

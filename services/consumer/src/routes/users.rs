@@ -2,7 +2,7 @@
 
 use actix_web::{web, HttpResponse};
 use anyhow::Context;
-use service_common::auth::{Authenticated, Principal};
+use service_common::auth::Authenticated;
 use service_common::http::ErrorBody;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -41,10 +41,8 @@ pub async fn get_user(
     path: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path.into_inner();
-    match caller {
-        Principal::Service(_) => {}
-        Principal::User(user_id) if user_id == id => {}
-        Principal::User(_) => return Err(ApiError::Forbidden("a user token reads only its own user")),
+    if !caller.may_read_user(id) {
+        return Err(ApiError::Forbidden("a user token reads only its own user"));
     }
     if let Some(user) = read_model::find_user(&pool, id)
         .await

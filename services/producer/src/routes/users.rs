@@ -6,7 +6,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use events::{UserCreated, UserEvent};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
-use service_common::auth::{Authenticated, Principal};
+use service_common::auth::Authenticated;
 use service_common::http::ErrorBody;
 use sqlx::PgPool;
 use utoipa::ToSchema;
@@ -140,10 +140,8 @@ pub async fn get_user(
     path: web::Path<Uuid>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path.into_inner();
-    match principal {
-        Principal::Service(_) => {}
-        Principal::User(user_id) if user_id == id => {}
-        Principal::User(_) => return Err(ApiError::Forbidden),
+    if !principal.may_read_user(id) {
+        return Err(ApiError::Forbidden);
     }
     let user: Option<UserResponse> = sqlx::query_as("SELECT id, username, email, created_at FROM users WHERE id = $1")
         .bind(id)
