@@ -546,6 +546,14 @@ impl System {
         e2e::load::processed_count(&self.consumer_pool).await
     }
 
+    /// Outbox rows the relay has published (delivery report received).
+    async fn published(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NOT NULL")
+            .fetch_one(&self.producer_pool)
+            .await
+            .unwrap_or(0)
+    }
+
     /// The consumer's live feed: arrival time of each applied event, by
     /// (user id, event type).
     async fn feed(&self) -> anyhow::Result<Arrivals> {
@@ -624,13 +632,15 @@ async fn append(pool: &PgPool, event: &UserEvent) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Seconds since the start and events applied so far, every 250 ms.
-pub type Progress = Vec<(f64, i64)>;
+/// Every 250 ms: seconds since the start, outbox rows published to Kafka
+/// so far, and events applied so far.
+pub type Progress = Vec<(f64, i64, i64)>;
 
 /// Step 2: `events` appended at once (8 connections, one transaction each, as
 /// concurrent requests would), then waited for until all are applied.
 pub async fn pipeline(system: &System, events: usize) -> anyhow::Result<(PipelineFigures, Progress)> {
     let before = system.applied().await;
+    let published_before = system.published().await;
     let batch: Vec<UserEvent> = (0..events).map(|_| user_created()).collect();
     let started = Instant::now();
     let mut progress = Vec::new();
@@ -640,7 +650,8 @@ pub async fn pipeline(system: &System, events: usize) -> anyhow::Result<(Pipelin
     let watching = async {
         loop {
             let applied = system.applied().await - before;
-            progress.push((started.elapsed().as_secs_f64(), applied));
+            let published = system.published().await - published_before;
+            progress.push((started.elapsed().as_secs_f64(), published, applied));
             if applied >= events as i64 || started.elapsed() > Duration::from_secs(600) {
                 return applied;
             }
@@ -655,7 +666,7 @@ pub async fn pipeline(system: &System, events: usize) -> anyhow::Result<(Pipelin
         applied >= events as i64,
         "only {applied} of {events} applied in 10 minutes"
     );
-    let seconds = progress.last().map_or(0.0, |(t, _)| *t);
+    let seconds = progress.last().map_or(0.0, |(t, _, _)| *t);
     Ok((
         PipelineFigures {
             events,

@@ -78,22 +78,27 @@ pub fn latency(path: &Path, outbox: &Samples, http: &Samples) -> anyhow::Result<
     Ok(())
 }
 
-/// Events applied per second over the pipeline run.
+/// Events published by the relay and applied by the consumer, per second,
+/// over the pipeline run.
 pub fn throughput(path: &Path, progress: &Progress) -> anyhow::Result<()> {
     register_font()?;
-    let rates: Vec<(f64, f64)> = progress
-        .windows(2)
-        .map(|pair| {
-            let ((t0, n0), (t1, n1)) = (pair[0], pair[1]);
-            (t1, (n1 - n0) as f64 / (t1 - t0).max(f64::EPSILON))
-        })
-        .collect();
+    let rate = |pick: fn(&(f64, i64, i64)) -> i64| -> Vec<(f64, f64)> {
+        progress
+            .windows(2)
+            .map(|pair| {
+                let (t0, t1) = (pair[0].0, pair[1].0);
+                (t1, (pick(&pair[1]) - pick(&pair[0])) as f64 / (t1 - t0).max(f64::EPSILON))
+            })
+            .collect()
+    };
+    let published = rate(|p| p.1);
+    let rates = rate(|p| p.2);
     let max_t = rates.last().map_or(1.0, |(t, _)| *t);
-    let max_rate = rates.iter().map(|(_, r)| *r).fold(1.0, f64::max);
+    let max_rate = rates.iter().chain(&published).map(|(_, r)| *r).fold(1.0, f64::max);
     let root = BitMapBackend::new(path, (900, 400)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption("Pipeline throughput: events applied per second", ("sans-serif", 22))
+        .caption("Pipeline throughput: events per second", ("sans-serif", 22))
         .margin(15)
         .x_label_area_size(40)
         .y_label_area_size(60)
@@ -104,7 +109,21 @@ pub fn throughput(path: &Path, progress: &Progress) -> anyhow::Result<()> {
         .y_desc("events/s")
         .label_style(("sans-serif", 14))
         .draw()?;
-    chart.draw_series(LineSeries::new(rates, BLUE.stroke_width(2)))?;
+    chart
+        .draw_series(LineSeries::new(published, RED.stroke_width(2)))?
+        .label("published by the relay")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED.stroke_width(2)));
+    chart
+        .draw_series(LineSeries::new(rates, BLUE.stroke_width(2)))?
+        .label("applied by the consumer")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(2)));
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .label_font(("sans-serif", 14))
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
     root.present()?;
     Ok(())
 }
