@@ -87,7 +87,10 @@ pub fn throughput(path: &Path, progress: &Progress) -> anyhow::Result<()> {
             .windows(2)
             .map(|pair| {
                 let (t0, t1) = (pair[0].0, pair[1].0);
-                (t1, (pick(&pair[1]) - pick(&pair[0])) as f64 / (t1 - t0).max(f64::EPSILON))
+                (
+                    t1,
+                    (pick(&pair[1]) - pick(&pair[0])) as f64 / (t1 - t0).max(f64::EPSILON),
+                )
             })
             .collect()
     };
