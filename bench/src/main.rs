@@ -35,7 +35,8 @@ use measure::{Figures, Samples};
 /// on two cores), `--seconds S` per latency run (default 15),
 /// `--http-seconds S` per HTTP run (default 5), `--out DIR` (default
 /// docs/benchmarks), `--raw-only true` to stop after the raw client limit,
-/// `--queue-capacity N` for the consumer's partition queues.
+/// `--queue-capacity N` for the consumer's partition queues, `--outbox-batch
+/// N` for the relay's batches.
 struct Options {
     events: usize,
     rate: u32,
@@ -46,6 +47,8 @@ struct Options {
     raw_only: bool,
     /// The consumer's `kafka.partition_queue_capacity` (its default: 256).
     queue_capacity: Option<usize>,
+    /// The producer's `outbox.batch_size` (its default: 500).
+    outbox_batch: Option<usize>,
 }
 
 fn options() -> Options {
@@ -57,6 +60,7 @@ fn options() -> Options {
         out: PathBuf::from("docs/benchmarks"),
         raw_only: false,
         queue_capacity: None,
+        outbox_batch: None,
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     for pair in args.chunks(2) {
@@ -69,6 +73,7 @@ fn options() -> Options {
             "--out" => options.out = PathBuf::from(value),
             "--raw-only" => options.raw_only = value == "true",
             "--queue-capacity" => options.queue_capacity = Some(value.parse().expect("--queue-capacity N")),
+            "--outbox-batch" => options.outbox_batch = Some(value.parse().expect("--outbox-batch N")),
             other => panic!("unknown option {other}; see bench/src/main.rs"),
         }
     }
@@ -91,7 +96,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     eprintln!("bench: starting the release-built services");
-    let system = measure::System::start(options.queue_capacity).await?;
+    let system = measure::System::start(options.queue_capacity, options.outbox_batch).await?;
     let memory = system.watch_memory();
 
     eprintln!("bench: 2/5 pipeline throughput, {} events", options.events);

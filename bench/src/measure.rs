@@ -530,10 +530,12 @@ impl System {
 
     /// Starts both services (release binaries next to this one) with warn
     /// logging and login limits out of the way, and the consumer's
-    /// `kafka.partition_queue_capacity` when given.
-    pub async fn start(queue_capacity: Option<usize>) -> anyhow::Result<Self> {
+    /// `kafka.partition_queue_capacity` and the producer's
+    /// `outbox.batch_size` when given.
+    pub async fn start(queue_capacity: Option<usize>, outbox_batch: Option<usize>) -> anyhow::Result<Self> {
         let context = TestContext::new();
         let capacity = queue_capacity.map(|n| n.to_string());
+        let batch = outbox_batch.map(|n| n.to_string());
         let mut quiet = vec![
             ("RUST_LOG", "warn"),
             ("APP_LOGIN_LIMIT__PER_ADDRESS_PER_MINUTE", "10000000"),
@@ -541,6 +543,9 @@ impl System {
         ];
         if let Some(capacity) = &capacity {
             quiet.push(("APP_KAFKA__PARTITION_QUEUE_CAPACITY", capacity));
+        }
+        if let Some(batch) = &batch {
+            quiet.push(("APP_OUTBOX__BATCH_SIZE", batch));
         }
         let producer = context.start_producer_process_with(&quiet).await;
         let consumer = context.start_consumer_process(&producer.url(), &quiet).await;
@@ -589,12 +594,12 @@ impl System {
         e2e::load::processed_count(&self.consumer_pool).await
     }
 
-    /// Outbox rows the relay has published (delivery report received).
-    async fn published(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NOT NULL")
+    /// Outbox rows so far: (appended, published by the relay).
+    async fn outbox(&self) -> (i64, i64) {
+        sqlx::query_as("SELECT count(*), count(published_at) FROM outbox")
             .fetch_one(&self.producer_pool)
             .await
-            .unwrap_or(0)
+            .unwrap_or((0, 0))
     }
 
     /// The consumer's live feed: arrival time of each applied event, by
@@ -675,15 +680,15 @@ async fn append(pool: &PgPool, event: &UserEvent) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every 250 ms: seconds since the start, outbox rows published to Kafka
-/// so far, and events applied so far.
-pub type Progress = Vec<(f64, i64, i64)>;
+/// Every 250 ms: seconds since the start, and so far: events appended to
+/// the outbox, outbox rows published to Kafka, events applied.
+pub type Progress = Vec<(f64, i64, i64, i64)>;
 
 /// Step 2: `events` appended at once (8 connections, one transaction each, as
 /// concurrent requests would), then waited for until all are applied.
 pub async fn pipeline(system: &System, events: usize) -> anyhow::Result<(PipelineFigures, Progress)> {
     let before = system.applied().await;
-    let published_before = system.published().await;
+    let (appended_before, published_before) = system.outbox().await;
     let batch: Vec<UserEvent> = (0..events).map(|_| user_created()).collect();
     let started = Instant::now();
     let mut progress = Vec::new();
@@ -693,8 +698,13 @@ pub async fn pipeline(system: &System, events: usize) -> anyhow::Result<(Pipelin
     let watching = async {
         loop {
             let applied = system.applied().await - before;
-            let published = system.published().await - published_before;
-            progress.push((started.elapsed().as_secs_f64(), published, applied));
+            let (appended, published) = system.outbox().await;
+            progress.push((
+                started.elapsed().as_secs_f64(),
+                appended - appended_before,
+                published - published_before,
+                applied,
+            ));
             if applied >= events as i64 || started.elapsed() > Duration::from_secs(600) {
                 return applied;
             }
@@ -709,7 +719,7 @@ pub async fn pipeline(system: &System, events: usize) -> anyhow::Result<(Pipelin
         applied >= events as i64,
         "only {applied} of {events} applied in 10 minutes"
     );
-    let seconds = progress.last().map_or(0.0, |(t, _, _)| *t);
+    let seconds = progress.last().map_or(0.0, |(t, _, _, _)| *t);
     Ok((
         PipelineFigures {
             events,

@@ -78,11 +78,11 @@ pub fn latency(path: &Path, outbox: &Samples, http: &Samples) -> anyhow::Result<
     Ok(())
 }
 
-/// Events published by the relay and applied by the consumer, per second,
-/// over the pipeline run.
+/// Events appended to the outbox, published by the relay and applied by
+/// the consumer, per second, over the pipeline run.
 pub fn throughput(path: &Path, progress: &Progress) -> anyhow::Result<()> {
     register_font()?;
-    let rate = |pick: fn(&(f64, i64, i64)) -> i64| -> Vec<(f64, f64)> {
+    let rate = |pick: fn(&(f64, i64, i64, i64)) -> i64| -> Vec<(f64, f64)> {
         progress
             .windows(2)
             .map(|pair| {
@@ -94,10 +94,16 @@ pub fn throughput(path: &Path, progress: &Progress) -> anyhow::Result<()> {
             })
             .collect()
     };
-    let published = rate(|p| p.1);
-    let rates = rate(|p| p.2);
+    let appended = rate(|p| p.1);
+    let published = rate(|p| p.2);
+    let rates = rate(|p| p.3);
     let max_t = rates.last().map_or(1.0, |(t, _)| *t);
-    let max_rate = rates.iter().chain(&published).map(|(_, r)| *r).fold(1.0, f64::max);
+    let max_rate = rates
+        .iter()
+        .chain(&published)
+        .chain(&appended)
+        .map(|(_, r)| *r)
+        .fold(1.0, f64::max);
     let root = BitMapBackend::new(path, (900, 400)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
@@ -112,6 +118,10 @@ pub fn throughput(path: &Path, progress: &Progress) -> anyhow::Result<()> {
         .y_desc("events/s")
         .label_style(("sans-serif", 14))
         .draw()?;
+    chart
+        .draw_series(LineSeries::new(appended, GREEN.stroke_width(2)))?
+        .label("appended to the outbox")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], GREEN.stroke_width(2)));
     chart
         .draw_series(LineSeries::new(published, RED.stroke_width(2)))?
         .label("published by the relay")
