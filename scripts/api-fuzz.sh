@@ -88,7 +88,7 @@ fuzz() {
     --header "Authorization: Bearer $token" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance \
     --phases examples,coverage,fuzzing \
-    --max-examples "$examples" --seed "$seed" --generation-deterministic --generation-database none \
+    --max-examples "$examples" --seed "$seed" --generation-deterministic \
     --workers 2 --request-timeout 10 --no-color \
     --exclude-path /events/stream \
     --report junit --report-dir "$logs/$name"
