@@ -616,22 +616,13 @@ impl System {
         let arrivals: Arrivals = Arc::default();
         let seen = Arc::clone(&arrivals);
         tokio::spawn(async move {
-            let mut body = response.bytes_stream();
-            let mut buffer = String::new();
-            while let Some(Ok(chunk)) = body.next().await {
-                let now = Instant::now();
-                buffer.push_str(&String::from_utf8_lossy(&chunk));
-                while let Some(end) = buffer.find("\n\n") {
-                    let frame: String = buffer.drain(..end + 2).collect();
-                    if let Some(data) = frame.lines().find_map(|line| line.strip_prefix("data: ")) {
-                        let event: serde_json::Value = serde_json::from_str(data).unwrap_or_default();
-                        let key = (
-                            event["user_id"].as_str().unwrap_or_default().to_owned(),
-                            event["event_type"].as_str().unwrap_or_default().to_owned(),
-                        );
-                        seen.lock().unwrap().insert(key, now);
-                    }
-                }
+            let mut events = e2e::sse::EventStream::new(response);
+            while let Some((_, event)) = events.next_event().await {
+                let key = (
+                    event["user_id"].as_str().unwrap_or_default().to_owned(),
+                    event["event_type"].as_str().unwrap_or_default().to_owned(),
+                );
+                seen.lock().unwrap().insert(key, Instant::now());
             }
         });
         Ok(arrivals)

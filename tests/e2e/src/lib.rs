@@ -6,7 +6,8 @@
 //!   in-process on port 0 ([`TestContext::spawn_producer`]);
 //! - `tests/failures`: failure tests, with the services as processes
 //!   ([`process`]) that can be killed, a fault-injecting proxy ([`proxy`]),
-//!   and load and exact-state assertions ([`load`]).
+//!   and load and exact-state assertions ([`load`]);
+//! - the live feed's tests read it with [`sse::EventStream`].
 //!
 //! Environment: `TEST_KAFKA_BOOTSTRAP_SERVERS` (default `127.0.0.1:19092`)
 //! and `TEST_DATABASE_URL` (a server URL, default
@@ -17,6 +18,7 @@
 pub mod load;
 pub mod process;
 pub mod proxy;
+pub mod sse;
 
 use std::future::Future;
 use std::time::Duration;

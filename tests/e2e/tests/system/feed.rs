@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
+use e2e::sse::EventStream;
 use e2e::{create_user, issue_token, TestContext};
-use futures::StreamExt;
 use reqwest::{Client, Response};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
@@ -16,10 +16,7 @@ fn service_token() -> String {
 }
 
 /// An open feed: frames as they arrive.
-struct Feed {
-    body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
-    buffer: String,
-}
+struct Feed(EventStream);
 
 impl Feed {
     async fn open(client: &Client, consumer: &str, token: &str, last_event_id: Option<&str>) -> Response {
@@ -33,39 +30,16 @@ impl Feed {
     fn of(response: Response) -> Self {
         assert_eq!(response.status(), 200);
         assert_eq!(response.headers()["content-type"], "text/event-stream");
-        Self {
-            body: response.bytes_stream().boxed(),
-            buffer: String::new(),
-        }
+        Self(EventStream::new(response))
     }
 
     /// The next event frame's id and data, skipping comments; panics after
     /// 30 s.
     async fn next_event(&mut self) -> (String, Value) {
-        tokio::time::timeout(Duration::from_secs(30), async {
-            loop {
-                if let Some(end) = self.buffer.find("\n\n") {
-                    let frame: String = self.buffer.drain(..end + 2).collect();
-                    let mut id = None;
-                    let mut data = None;
-                    for line in frame.lines() {
-                        if let Some(value) = line.strip_prefix("id: ") {
-                            id = Some(value.to_owned());
-                        } else if let Some(value) = line.strip_prefix("data: ") {
-                            data = Some(serde_json::from_str(value).unwrap());
-                        }
-                    }
-                    if let (Some(id), Some(data)) = (id, data) {
-                        return (id, data);
-                    }
-                    continue;
-                }
-                let chunk = self.body.next().await.expect("the stream stays open").unwrap();
-                self.buffer.push_str(std::str::from_utf8(&chunk).unwrap());
-            }
-        })
-        .await
-        .expect("an event within 30 s")
+        tokio::time::timeout(Duration::from_secs(30), self.0.next_event())
+            .await
+            .expect("an event within 30 s")
+            .expect("the stream stays open")
     }
 
     /// The next event about `user`, skipping others.
