@@ -36,7 +36,8 @@ use measure::{Figures, Samples};
 /// `--http-seconds S` per HTTP run (default 5), `--out DIR` (default
 /// docs/benchmarks), `--raw-only true` to stop after the raw client limit,
 /// `--queue-capacity N` for the consumer's partition queues, `--outbox-batch
-/// N` for the relay's batches.
+/// N` for the relay's batches, `--fetch-wait-ms N` for every consumer's
+/// `fetch.wait.max.ms` (default 10, as the consumer's local configuration).
 struct Options {
     events: usize,
     rate: u32,
@@ -45,10 +46,8 @@ struct Options {
     out: PathBuf,
     /// Stop after the raw client limit (`--raw-only true`).
     raw_only: bool,
-    /// The consumer's `kafka.partition_queue_capacity` (its default: 256).
-    queue_capacity: Option<usize>,
-    /// The producer's `outbox.batch_size` (its default: 500).
-    outbox_batch: Option<usize>,
+    /// How the services and the raw client are configured.
+    tuning: measure::Tuning,
 }
 
 fn options() -> Options {
@@ -59,8 +58,11 @@ fn options() -> Options {
         http_seconds: 5,
         out: PathBuf::from("docs/benchmarks"),
         raw_only: false,
-        queue_capacity: None,
-        outbox_batch: None,
+        tuning: measure::Tuning {
+            queue_capacity: None,
+            outbox_batch: None,
+            fetch_wait_ms: 10,
+        },
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
     for pair in args.chunks(2) {
@@ -72,8 +74,9 @@ fn options() -> Options {
             "--http-seconds" => options.http_seconds = value.parse().expect("--http-seconds S"),
             "--out" => options.out = PathBuf::from(value),
             "--raw-only" => options.raw_only = value == "true",
-            "--queue-capacity" => options.queue_capacity = Some(value.parse().expect("--queue-capacity N")),
-            "--outbox-batch" => options.outbox_batch = Some(value.parse().expect("--outbox-batch N")),
+            "--queue-capacity" => options.tuning.queue_capacity = Some(value.parse().expect("--queue-capacity N")),
+            "--outbox-batch" => options.tuning.outbox_batch = Some(value.parse().expect("--outbox-batch N")),
+            "--fetch-wait-ms" => options.tuning.fetch_wait_ms = value.parse().expect("--fetch-wait-ms N"),
             other => panic!("unknown option {other}; see bench/src/main.rs"),
         }
     }
@@ -88,19 +91,25 @@ async fn main() -> anyhow::Result<()> {
     let mut figures = Figures::new(&command);
 
     eprintln!("bench: 1/5 raw client limit, {} records", options.events);
-    let raw = measure::raw_client(options.events).await?;
+    let raw = measure::raw_client(options.events, &options.tuning).await?;
     figures.raw = Some(raw.clone());
     if options.raw_only {
         println!("{}", figures.markdown());
         return Ok(());
     }
 
+    // Before the services start, so that nothing else runs meanwhile.
+    eprintln!("bench: the argon2 floor");
+    let floor = measure::argon2_floor(Duration::from_secs(options.http_seconds));
+    figures.argon2_per_second = Some(floor);
+
     eprintln!("bench: starting the release-built services");
-    let system = measure::System::start(options.queue_capacity, options.outbox_batch).await?;
+    let system = measure::System::start(&options.tuning).await?;
     let memory = system.watch_memory();
 
     eprintln!("bench: 2/5 pipeline throughput, {} events", options.events);
-    let (mut pipeline, progress) = measure::pipeline(&system, options.events).await?;
+    let ((mut pipeline, progress), cpu) = system.profile(measure::pipeline(&system, options.events)).await?;
+    figures.pipeline_cpu = Some(cpu);
     pipeline.ratio_to_raw = pipeline.per_s / raw.produce_per_s.min(raw.consume_per_s);
     figures.pipeline = Some(pipeline);
 
@@ -114,22 +123,16 @@ async fn main() -> anyhow::Result<()> {
     figures.latency_outbox = Some(outbox_latency.summary(options.rate as f64));
     figures.latency_http = Some(http_latency.summary(http_latency.rate()));
 
-    eprintln!("bench: 4/5 HTTP API and the argon2 floor");
-    let floor = measure::argon2_floor(Duration::from_secs(options.http_seconds));
-    figures.argon2_per_second = Some(floor);
-    let (cpu_before, started) = (system.cpu_seconds(), std::time::Instant::now());
-    figures.http = measure::http_api(&system, Duration::from_secs(options.http_seconds), floor).await?;
-    let mut by_process: Vec<(String, f64)> = system
-        .cpu_seconds()
-        .into_iter()
-        .zip(cpu_before)
-        .map(|((name, after), (_, before))| (name, after - before))
-        .collect();
-    by_process.sort_by(|a, b| b.1.total_cmp(&a.1));
-    figures.http_cpu = Some(measure::CpuProfile {
-        wall_seconds: started.elapsed().as_secs_f64(),
-        by_process,
-    });
+    eprintln!("bench: 4/5 HTTP API");
+    let (http, cpu) = system
+        .profile(measure::http_api(
+            &system,
+            Duration::from_secs(options.http_seconds),
+            floor,
+        ))
+        .await?;
+    figures.http = http;
+    figures.http_cpu = Some(cpu);
 
     eprintln!("bench: 5/5 peak resident memory");
     figures.peak_rss_kib = Some(memory.stop().await);

@@ -1,6 +1,7 @@
 //! The measurements, and the figures they produce.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -49,8 +50,10 @@ pub struct Figures {
     pub http: Vec<HttpFigures>,
     /// Step 5: Peak resident memory, KiB: (producer, consumer).
     pub peak_rss_kib: Option<(u64, u64)>,
-    /// Where the CPU went during the HTTP runs: CPU seconds by process,
-    /// and the wall-clock seconds they took.
+    /// Where the CPU went during the pipeline run: CPU seconds by process,
+    /// and the wall-clock seconds it took.
+    pub pipeline_cpu: Option<CpuProfile>,
+    /// The same during the HTTP runs.
     pub http_cpu: Option<CpuProfile>,
 }
 
@@ -66,38 +69,43 @@ pub struct CpuProfile {
 /// CPU seconds (user + system) each process group has used so far: the
 /// services by pid, the broker and PostgreSQL by name, this program.
 pub fn cpu_seconds(producer: u32, consumer: u32) -> Vec<(String, f64)> {
-    // /proc/<pid>/stat fields 14 and 15, in clock ticks of 1/100 s (Linux's
-    // USER_HZ).
-    let of = |pid: &str| -> f64 {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|stat| {
-                let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-                let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-                Some(ticks / 100.0)
-            })
-            .unwrap_or(0.0)
-    };
-    let by_name = |name: &str| -> f64 {
-        std::fs::read_dir("/proc")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|entry| entry.file_name().into_string().ok())
-            .filter(|pid| pid.chars().all(|c| c.is_ascii_digit()))
-            .filter(|pid| {
-                std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.trim().starts_with(name))
-            })
-            .map(|pid| of(&pid))
-            .sum()
-    };
+    let of = cpu_seconds_of;
     vec![
         ("producer".to_owned(), of(&producer.to_string())),
         ("consumer".to_owned(), of(&consumer.to_string())),
-        ("tansu (broker)".to_owned(), by_name("tansu")),
-        ("postgres".to_owned(), by_name("postgres")),
-        ("bench (HTTP clients)".to_owned(), of("self")),
+        ("tansu (broker)".to_owned(), cpu_seconds_by_name("tansu")),
+        ("postgres".to_owned(), cpu_seconds_by_name("postgres")),
+        ("bench".to_owned(), of("self")),
     ]
+}
+
+/// CPU seconds (user + system) process `pid` has used so far: fields 14
+/// and 15 of `/proc/<pid>/stat`, in clock ticks of 1/100 s (Linux's
+/// USER_HZ). 0 when it is gone.
+fn cpu_seconds_of(pid: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+            Some(ticks / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
+/// CPU seconds used so far by every process whose name starts with `name`.
+fn cpu_seconds_by_name(name: &str) -> f64 {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .filter(|pid| pid.chars().all(|c| c.is_ascii_digit()))
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.trim().starts_with(name))
+        })
+        .map(|pid| cpu_seconds_of(&pid))
+        .sum()
 }
 
 /// The raw client limit.
@@ -117,6 +125,9 @@ pub struct RawFigures {
     pub concurrent_per_s: f64,
     /// Seconds from subscribing to the first record (the group join).
     pub join_seconds: f64,
+    /// The broker's CPU milliseconds per record: (produce, consume, both
+    /// at once).
+    pub broker_cpu_ms_per_record: (f64, f64, f64),
     /// Produce-to-consume latency of single records sent at 20 per second
     /// to the joined consumer: the broker's own floor for end-to-end
     /// latency.
@@ -190,6 +201,7 @@ impl Figures {
             argon2_per_second: None,
             http: Vec::new(),
             peak_rss_kib: None,
+            pipeline_cpu: None,
             http_cpu: None,
         }
     }
@@ -201,16 +213,17 @@ impl Figures {
             self.command, self.cores, self.started_at
         );
         if let Some(raw) = &self.raw {
+            let (produce_cpu, consume_cpu, concurrent_cpu) = raw.broker_cpu_ms_per_record;
             out += &format!(
-                "| raw rdkafka produce ({} records, {} B values, idempotent, acks=all) | {:.0} records/s |\n",
+                "| raw rdkafka produce ({} records, {} B values, 7 headers, idempotent, acks=all) | {:.0} records/s (broker CPU {produce_cpu:.2} ms/record) |\n",
                 raw.records, raw.value_bytes, raw.produce_per_s
             );
             out += &format!(
-                "| raw rdkafka consume (group, manual commits; join took {:.1} s) | {:.0} records/s |\n",
+                "| raw rdkafka consume (group, manual commits; join took {:.1} s) | {:.0} records/s (broker CPU {consume_cpu:.2} ms/record) |\n",
                 raw.join_seconds, raw.consume_per_s
             );
             out += &format!(
-                "| raw rdkafka produce and consume at once, send of the first → receipt of the last | {:.0} records/s |\n",
+                "| raw rdkafka produce and consume at once, send of the first → receipt of the last | {:.0} records/s (broker CPU {concurrent_cpu:.2} ms/record) |\n",
                 raw.concurrent_per_s
             );
             let l = &raw.latency;
@@ -266,18 +279,20 @@ impl Figures {
                 }
             );
         }
-        if let Some(cpu) = &self.http_cpu {
-            let parts: Vec<String> = cpu
-                .by_process
-                .iter()
-                .map(|(name, seconds)| format!("{name} {seconds:.1} s"))
-                .collect();
-            out += &format!(
-                "| CPU during the HTTP runs ({:.0} s × {} cores) | {} |\n",
-                cpu.wall_seconds,
-                self.cores,
-                parts.join(", ")
-            );
+        for (name, cpu) in [("pipeline run", &self.pipeline_cpu), ("HTTP runs", &self.http_cpu)] {
+            if let Some(cpu) = cpu {
+                let parts: Vec<String> = cpu
+                    .by_process
+                    .iter()
+                    .map(|(name, seconds)| format!("{name} {seconds:.1} s"))
+                    .collect();
+                out += &format!(
+                    "| CPU during the {name} ({:.0} s × {} cores) | {} |\n",
+                    cpu.wall_seconds,
+                    self.cores,
+                    parts.join(", ")
+                );
+            }
         }
         if let Some((producer, consumer)) = self.peak_rss_kib {
             out += &format!(
@@ -344,9 +359,20 @@ fn user_created() -> UserEvent {
     })
 }
 
+/// How the services and the raw client are configured for a run.
+pub struct Tuning {
+    /// The consumer's `kafka.partition_queue_capacity` (its default: 256).
+    pub queue_capacity: Option<usize>,
+    /// The producer's `outbox.batch_size` (its default: 500).
+    pub outbox_batch: Option<usize>,
+    /// `fetch.wait.max.ms` of the consumer service and of the raw consumer,
+    /// in milliseconds.
+    pub fetch_wait_ms: u64,
+}
+
 /// Step 1: rdkafka alone on the test broker: `records` records the size of a
 /// `user.created.v1` event, with its headers, to a fresh 8-partition topic.
-pub async fn raw_client(records: usize) -> anyhow::Result<RawFigures> {
+pub async fn raw_client(records: usize, tuning: &Tuning) -> anyhow::Result<RawFigures> {
     let context = TestContext::new();
     let kafka = context.kafka();
     let topic = format!("bench-raw-{}", &Uuid::new_v4().simple().to_string()[..12]);
@@ -369,25 +395,11 @@ pub async fn raw_client(records: usize) -> anyhow::Result<RawFigures> {
         .set("acks", "all")
         .set("linger.ms", "5")
         .create()?;
+    let broker_cpu = cpu_seconds_by_name("tansu");
     let started = Instant::now();
     let deliveries: Vec<_> = events
         .iter()
-        .map(|envelope| {
-            let headers = envelope
-                .headers()
-                .iter()
-                .fold(OwnedHeaders::new(), |acc, (key, value)| {
-                    acc.insert(Header {
-                        key,
-                        value: Some(value.as_bytes()),
-                    })
-                });
-            let record = FutureRecord::to(&topic)
-                .key(envelope.key())
-                .payload(&envelope.data)
-                .headers(headers);
-            producer.send(record, Timeout::Never)
-        })
+        .map(|envelope| producer.send(record_of(&topic, envelope), Timeout::Never))
         .collect();
     for delivery in futures::future::join_all(deliveries).await {
         delivery
@@ -395,6 +407,7 @@ pub async fn raw_client(records: usize) -> anyhow::Result<RawFigures> {
             .context("a raw record was not delivered")?;
     }
     let produce_seconds = started.elapsed().as_secs_f64();
+    let broker_cpu_produce = cpu_seconds_by_name("tansu") - broker_cpu;
 
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &kafka.bootstrap_servers)
@@ -404,8 +417,10 @@ pub async fn raw_client(records: usize) -> anyhow::Result<RawFigures> {
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "15000")
         .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("fetch.wait.max.ms", tuning.fetch_wait_ms.to_string())
         .create()?;
     consumer.subscribe(&[&topic])?;
+    let broker_cpu = cpu_seconds_by_name("tansu");
     let subscribed = Instant::now();
     let mut first = None;
     let mut received = 0;
@@ -424,6 +439,7 @@ pub async fn raw_client(records: usize) -> anyhow::Result<RawFigures> {
     consumer.commit_consumer_state(CommitMode::Sync)?;
     let first = first.expect("records arrived");
     let consume_per_s = records as f64 / first.elapsed().as_secs_f64();
+    let broker_cpu_consume = cpu_seconds_by_name("tansu") - broker_cpu;
 
     // Latency floor: one record every 50 ms for 10 s, each timed from its
     // send to its arrival at the joined consumer.
@@ -431,7 +447,6 @@ pub async fn raw_client(records: usize) -> anyhow::Result<RawFigures> {
     let mut sent = Vec::with_capacity(probes);
     let mut arrived = Vec::with_capacity(probes);
     let mut ticks = tokio::time::interval(Duration::from_millis(50));
-    let value = events[0].data.clone();
     let receiving = async {
         while arrived.len() < probes {
             match tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await {
@@ -443,10 +458,9 @@ pub async fn raw_client(records: usize) -> anyhow::Result<RawFigures> {
     let sending = async {
         for i in 0..probes {
             ticks.tick().await;
-            let key = i.to_string();
             sent.push(Instant::now());
             let _ = producer
-                .send(FutureRecord::to(&topic).key(&key).payload(&value), Timeout::Never)
+                .send(record_of(&topic, &events[i % events.len()]), Timeout::Never)
                 .await;
         }
     };
@@ -468,16 +482,12 @@ pub async fn raw_client(records: usize) -> anyhow::Result<RawFigures> {
 
     // Both at once: the records produced again while the joined consumer
     // reads them, as in the pipeline.
+    let broker_cpu = cpu_seconds_by_name("tansu");
     let started = Instant::now();
     let producing = async {
         let deliveries: Vec<_> = events
             .iter()
-            .map(|envelope| {
-                producer.send(
-                    FutureRecord::to(&topic).key(envelope.key()).payload(&envelope.data),
-                    Timeout::Never,
-                )
-            })
+            .map(|envelope| producer.send(record_of(&topic, envelope), Timeout::Never))
             .collect();
         futures::future::join_all(deliveries).await
     };
@@ -500,6 +510,8 @@ pub async fn raw_client(records: usize) -> anyhow::Result<RawFigures> {
     let (_, consumed) = tokio::join!(producing, consuming);
     consumed?;
     let concurrent_per_s = records as f64 / started.elapsed().as_secs_f64();
+    let broker_cpu_concurrent = cpu_seconds_by_name("tansu") - broker_cpu;
+    let per_record = |seconds: f64| seconds * 1000.0 / records as f64;
     Ok(RawFigures {
         records,
         value_bytes,
@@ -507,8 +519,31 @@ pub async fn raw_client(records: usize) -> anyhow::Result<RawFigures> {
         consume_per_s,
         concurrent_per_s,
         join_seconds: (first - subscribed).as_secs_f64(),
+        broker_cpu_ms_per_record: (
+            per_record(broker_cpu_produce),
+            per_record(broker_cpu_consume),
+            per_record(broker_cpu_concurrent),
+        ),
         latency,
     })
+}
+
+/// `envelope` as the relay publishes it: keyed by its subject, with its
+/// CloudEvents headers.
+fn record_of<'a>(topic: &'a str, envelope: &'a Envelope) -> FutureRecord<'a, [u8], [u8]> {
+    let headers = envelope
+        .headers()
+        .iter()
+        .fold(OwnedHeaders::new(), |acc, (key, value)| {
+            acc.insert(Header {
+                key,
+                value: Some(value.as_bytes()),
+            })
+        });
+    FutureRecord::to(topic)
+        .key(envelope.key())
+        .payload(envelope.data.as_slice())
+        .headers(headers)
 }
 
 /// The release-built services, their databases and a service credential.
@@ -523,23 +558,38 @@ pub struct System {
 }
 
 impl System {
-    /// CPU seconds used so far (see [`cpu_seconds`]).
-    pub fn cpu_seconds(&self) -> Vec<(String, f64)> {
-        cpu_seconds(self.producer.pid(), self.consumer.pid())
+    /// Runs `work`, and returns its output with the CPU seconds each
+    /// process used meanwhile (see [`cpu_seconds`]), most first.
+    pub async fn profile<T>(&self, work: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<(T, CpuProfile)> {
+        let before = cpu_seconds(self.producer.pid(), self.consumer.pid());
+        let started = Instant::now();
+        let output = work.await?;
+        let mut by_process: Vec<(String, f64)> = cpu_seconds(self.producer.pid(), self.consumer.pid())
+            .into_iter()
+            .zip(before)
+            .map(|((name, after), (_, before))| (name, after - before))
+            .collect();
+        by_process.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let profile = CpuProfile {
+            wall_seconds: started.elapsed().as_secs_f64(),
+            by_process,
+        };
+        Ok((output, profile))
     }
 
     /// Starts both services (release binaries next to this one) with warn
-    /// logging and login limits out of the way, and the consumer's
-    /// `kafka.partition_queue_capacity` and the producer's
-    /// `outbox.batch_size` when given.
-    pub async fn start(queue_capacity: Option<usize>, outbox_batch: Option<usize>) -> anyhow::Result<Self> {
+    /// logging, login limits out of the way and `tuning`.
+    pub async fn start(tuning: &Tuning) -> anyhow::Result<Self> {
         let context = TestContext::new();
-        let capacity = queue_capacity.map(|n| n.to_string());
-        let batch = outbox_batch.map(|n| n.to_string());
+        let capacity = tuning.queue_capacity.map(|n| n.to_string());
+        let batch = tuning.outbox_batch.map(|n| n.to_string());
+        let fetch_wait = tuning.fetch_wait_ms.to_string();
+        let log_filter = std::env::var("BENCH_SERVICE_LOG").unwrap_or_else(|_| "warn".to_owned());
         let mut quiet = vec![
-            ("RUST_LOG", "warn"),
+            ("RUST_LOG", log_filter.as_str()),
             ("APP_LOGIN_LIMIT__PER_ADDRESS_PER_MINUTE", "10000000"),
             ("APP_LOGIN_LIMIT__PER_USERNAME_PER_MINUTE", "10000000"),
+            ("APP_KAFKA__FETCH_WAIT_MAX_MS", &fetch_wait),
         ];
         if let Some(capacity) = &capacity {
             quiet.push(("APP_KAFKA__PARTITION_QUEUE_CAPACITY", capacity));

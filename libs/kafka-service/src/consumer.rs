@@ -183,6 +183,7 @@ impl EventConsumer {
                     ("enable.auto.offset.store", "false".to_owned()),
                     ("auto.offset.reset", consumer.auto_offset_reset.clone()),
                     ("session.timeout.ms", consumer.session_timeout_ms.to_string()),
+                    ("fetch.wait.max.ms", consumer.fetch_wait_max_ms.to_string()),
                     ("partition.assignment.strategy", "cooperative-sticky".to_owned()),
                     ("statistics.interval.ms", STATISTICS_INTERVAL_MS.to_string()),
                 ],

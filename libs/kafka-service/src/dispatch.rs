@@ -1,11 +1,16 @@
 //! Runs an [`EventConsumer`] with one worker task per assigned partition.
 //!
-//! A partition's records are handled one at a time, in offset order, by its
-//! worker; partitions do not wait for each other. When a worker falls behind
+//! A partition's records are handled in offset order by its worker;
+//! partitions do not wait for each other. A worker hands the records queued
+//! for it (up to [`BATCH_LIMIT`]) to [`RecordHandler::handle_batch`], which
+//! may apply a leading run of them at once (one database transaction, say);
+//! the first record it leaves goes through [`RecordHandler::handle`] alone,
+//! and the rest are offered as the next batch. When a worker falls behind
 //! (it is retrying a record, or waiting for a retry's due time), its queue
 //! fills up to `queue_capacity` records and the partition is paused at the
 //! broker until the worker catches up, so one slow partition costs memory
-//! for at most that many records and holds up no other partition.
+//! for at most that many records (plus the batch in hand, at most
+//! [`BATCH_LIMIT`]) and holds up no other partition.
 //!
 //! A worker stores a record's offset once its handler returns
 //! [`Disposition::Done`]; the consumer commits stored offsets in batches.
@@ -36,13 +41,25 @@ pub enum Disposition {
     Abandoned,
 }
 
-/// Handles the records of one partition, one at a time.
+/// Most records a worker offers [`RecordHandler::handle_batch`] at once.
+pub const BATCH_LIMIT: usize = 256;
+
+/// Handles the records of one partition, in offset order.
 pub trait RecordHandler: Clone + Send + Sync + 'static {
     /// Handles `record`. Must return [`Disposition::Done`] only once the
     /// record's effect is durable, and should return
     /// [`Disposition::Abandoned`] promptly after `lease.revoked()` is
     /// cancelled if it is still waiting (retrying, sleeping).
     fn handle(&self, record: &Record, lease: &PartitionLease) -> impl Future<Output = Disposition> + Send;
+
+    /// Deals with as many of `records` as it can at once, from the first, in
+    /// offset order, and returns how many: those are done (their effects
+    /// durable), and the worker hands the next one to [`handle`](Self::handle).
+    /// Returning 0 (the default) handles every record alone.
+    fn handle_batch(&self, records: &[Record], lease: &PartitionLease) -> impl Future<Output = usize> + Send {
+        let _ = (records, lease);
+        std::future::ready(0)
+    }
 }
 
 /// Dispatching settings.
@@ -213,22 +230,42 @@ async fn work<H: RecordHandler>(
     progress: mpsc::UnboundedSender<Progress>,
 ) {
     let key = (lease.topic().to_owned(), lease.partition());
+    // Taken off the queue, not yet done, in offset order.
+    let mut taken: VecDeque<Record> = VecDeque::new();
     loop {
-        let record = tokio::select! {
-            biased;
-            () = lease.revoked().cancelled() => break,
-            record = queue.recv() => match record {
-                Some(record) => record,
-                None => break,
-            },
-        };
-        // Ignoring send errors: the dispatcher only stops listening when it
-        // is shutting down.
-        let _ = progress.send(Progress::Took(key.clone()));
+        if taken.is_empty() {
+            let record = tokio::select! {
+                biased;
+                () = lease.revoked().cancelled() => break,
+                record = queue.recv() => match record {
+                    Some(record) => record,
+                    None => break,
+                },
+            };
+            taken.push_back(record);
+            // Ignoring send errors: the dispatcher only stops listening
+            // when it is shutting down.
+            let _ = progress.send(Progress::Took(key.clone()));
+        }
+        while taken.len() < BATCH_LIMIT {
+            let Ok(record) = queue.try_recv() else { break };
+            taken.push_back(record);
+            let _ = progress.send(Progress::Took(key.clone()));
+        }
+
+        let batch = taken.make_contiguous();
+        let done = handler.handle_batch(batch, &lease).await.min(batch.len());
+        if done > 0 {
+            if !store(&lease, &batch[..done]) {
+                break;
+            }
+            taken.drain(..done);
+            continue;
+        }
+        let record = taken.pop_front().expect("a record was taken");
         match handler.handle(&record, &lease).await {
             Disposition::Done => {
-                if let Err(error) = lease.store(&record) {
-                    tracing::info!(topic = key.0, partition = key.1, offset = record.offset, %error, "offset not stored; the record will be redelivered");
+                if !store(&lease, std::slice::from_ref(&record)) {
                     break;
                 }
             }
@@ -236,4 +273,17 @@ async fn work<H: RecordHandler>(
         }
     }
     let _ = progress.send(Progress::Stopped(key, lease.generation()));
+}
+
+/// Stores the offsets of `records`, which are done. `false` when the lease
+/// no longer allows it (the records will be redelivered to the partition's
+/// next owner).
+fn store(lease: &PartitionLease, records: &[Record]) -> bool {
+    for record in records {
+        if let Err(error) = lease.store(record) {
+            tracing::info!(topic = record.topic, partition = record.partition, offset = record.offset, %error, "offset not stored; the record will be redelivered");
+            return false;
+        }
+    }
+    true
 }

@@ -1,7 +1,9 @@
 //! An idempotent producer whose `send` resolves on the delivery report.
 
+use std::future::Future;
 use std::time::Duration;
 
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
@@ -96,25 +98,50 @@ impl EventProducer {
         envelope: &Envelope,
         extra: &[(&str, String)],
     ) -> Result<Delivery, ProduceError> {
-        let headers = envelope.headers();
-        let headers = headers
-            .iter()
-            .map(|(key, value)| (*key, value.as_str()))
-            .chain(extra.iter().map(|(key, value)| (*key, value.as_str())))
-            .fold(
-                OwnedHeaders::new_with_capacity(headers.len() + extra.len()),
-                |acc, (key, value)| {
-                    acc.insert(Header {
-                        key,
-                        value: Some(value.as_bytes()),
-                    })
-                },
-            );
-        let record = FutureRecord::to(topic)
-            .key(envelope.key())
-            .payload(&envelope.data)
-            .headers(headers);
-        self.deliver(topic, record).await
+        self.deliver(topic, envelope_record(topic, envelope, extra)).await
+    }
+
+    /// Hands `envelope` (with `extra` headers, as in
+    /// [`send_with_headers`](Self::send_with_headers)) to the client's queue
+    /// before it returns, and returns a future of its delivery report that
+    /// need not be polled for the record to go out. Records enqueued one
+    /// after another keep that order within their partition, so a caller can
+    /// keep many records in flight without giving up per-key order.
+    ///
+    /// # Errors
+    ///
+    /// The future resolves to [`ProduceError::Delivery`] as `send`'s does,
+    /// and at once when the client's queue is full
+    /// (`queue.buffering.max.messages`, 100 000 records by default).
+    pub fn enqueue_with_headers(
+        &self,
+        topic: &str,
+        envelope: &Envelope,
+        extra: &[(&str, String)],
+    ) -> impl Future<Output = Result<Delivery, ProduceError>> + Send + 'static {
+        let enqueued = self
+            .producer
+            .send_result(envelope_record(topic, envelope, extra))
+            .map_err(|(source, _)| source);
+        let topic = topic.to_owned();
+        async move {
+            let report = match enqueued {
+                Ok(delivery) => delivery.await,
+                Err(source) => return Err(ProduceError::Delivery { topic, source }),
+            };
+            match report {
+                Ok(Ok(delivery)) => Ok(Delivery {
+                    partition: delivery.partition,
+                    offset: delivery.offset,
+                }),
+                Ok(Err((source, _))) => Err(ProduceError::Delivery { topic, source }),
+                // The client was destroyed before it reported.
+                Err(_canceled) => Err(ProduceError::Delivery {
+                    topic,
+                    source: KafkaError::Canceled,
+                }),
+            }
+        }
     }
 
     /// Publishes `record` to `topic` as it is (the key picks the partition)
@@ -185,6 +212,33 @@ impl EventProducer {
             tracing::warn!(%error, "producer flush did not complete");
         }
     }
+}
+
+/// `envelope` as a record for `topic`: keyed by its subject, its headers
+/// followed by `extra`.
+fn envelope_record<'a>(
+    topic: &'a str,
+    envelope: &'a Envelope,
+    extra: &[(&str, String)],
+) -> FutureRecord<'a, [u8], [u8]> {
+    let headers = envelope.headers();
+    let headers = headers
+        .iter()
+        .map(|(key, value)| (*key, value.as_str()))
+        .chain(extra.iter().map(|(key, value)| (*key, value.as_str())))
+        .fold(
+            OwnedHeaders::new_with_capacity(headers.len() + extra.len()),
+            |acc, (key, value)| {
+                acc.insert(Header {
+                    key,
+                    value: Some(value.as_bytes()),
+                })
+            },
+        );
+    FutureRecord::to(topic)
+        .key(envelope.key())
+        .payload(envelope.data.as_slice())
+        .headers(headers)
 }
 
 /// How long `send` waits for room in librdkafka's local queue when it is

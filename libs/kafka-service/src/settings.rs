@@ -119,6 +119,18 @@ pub struct ConsumerSettings {
     /// paused (see [`crate::dispatch`]).
     #[serde(default = "default_partition_queue_capacity")]
     pub partition_queue_capacity: usize,
+    /// The longest a fetch request waits at the broker for records to
+    /// arrive, in milliseconds (`fetch.wait.max.ms`; librdkafka's default,
+    /// 500, when absent).
+    ///
+    /// Apache Kafka answers a waiting fetch as soon as a record arrives, so
+    /// there this only paces idle polling. Tansu 0.6 sleeps before it
+    /// answers, even when records are waiting (half of the wait when it is
+    /// 250 ms or more, all of it below that: `tansu-storage`
+    /// `service/fetch.rs`), so against Tansu every record arrives up to this
+    /// late, and every resumed partition waits this long.
+    #[serde(default = "default_fetch_wait_max_ms")]
+    pub fetch_wait_max_ms: u64,
 }
 
 impl KafkaSettings {
@@ -167,6 +179,7 @@ impl ConsumerSettings {
             commit_batch_size: default_commit_batch_size(),
             commit_interval_ms: default_commit_interval_ms(),
             partition_queue_capacity: default_partition_queue_capacity(),
+            fetch_wait_max_ms: default_fetch_wait_max_ms(),
         }
     }
 }
@@ -198,6 +211,10 @@ fn default_commit_interval_ms() -> u64 {
 
 fn default_partition_queue_capacity() -> usize {
     256
+}
+
+fn default_fetch_wait_max_ms() -> u64 {
+    500
 }
 
 #[cfg(test)]

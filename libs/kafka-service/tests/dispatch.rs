@@ -1,6 +1,7 @@
 //! The dispatcher against librdkafka's in-process mock cluster: records
-//! are handled once each, in offset order per partition, partitions do not
-//! wait for each other, and back-pressure (pausing a partition whose worker
+//! are handled once each, in offset order per partition, in batches where
+//! the handler takes them, partitions do not wait for each other, and
+//! back-pressure (pausing a partition whose worker
 //! is behind) loses and repeats nothing.
 
 use std::collections::HashMap;
@@ -19,10 +20,24 @@ use tokio_util::sync::CancellationToken;
 const PARTITIONS: i32 = 4;
 const RECORDS: usize = 200;
 
-/// Remembers the offsets it handled per partition; partition 0 is slow.
+/// Remembers the offsets it handled per partition, and which of them it
+/// handled alone; partition 0 is slow. Batches take a leading run up to the
+/// first offset that is 3 modulo 7, which is left to `handle`.
 #[derive(Clone, Default)]
 struct Recorder {
     handled: Arc<Mutex<HashMap<i32, Vec<i64>>>>,
+    alone: Arc<Mutex<Vec<(i32, i64)>>>,
+}
+
+impl Recorder {
+    fn record(&self, record: &Record) {
+        self.handled
+            .lock()
+            .unwrap()
+            .entry(record.partition)
+            .or_default()
+            .push(record.offset);
+    }
 }
 
 impl RecordHandler for Recorder {
@@ -30,13 +45,17 @@ impl RecordHandler for Recorder {
         if record.partition == 0 {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        self.handled
-            .lock()
-            .unwrap()
-            .entry(record.partition)
-            .or_default()
-            .push(record.offset);
+        self.alone.lock().unwrap().push((record.partition, record.offset));
+        self.record(record);
         Disposition::Done
+    }
+
+    async fn handle_batch(&self, records: &[Record], _lease: &PartitionLease) -> usize {
+        let run = records.iter().take_while(|record| record.offset % 7 != 3).count();
+        for record in &records[..run] {
+            self.record(record);
+        }
+        run
     }
 }
 
@@ -104,5 +123,19 @@ async fn every_record_is_handled_once_in_partition_order_under_back_pressure() {
         let expected: Vec<i64> = (0..offsets.len() as i64).collect();
         assert_eq!(offsets, &expected, "partition {partition}: every offset, in order");
     }
+    let alone = recorder.alone.lock().unwrap();
+    for (partition, offsets) in handled.iter() {
+        for offset in offsets.iter().filter(|offset| *offset % 7 == 3) {
+            assert!(
+                alone.contains(&(*partition, *offset)),
+                "partition {partition} offset {offset}: a record the batch left is handled alone"
+            );
+        }
+    }
+    assert!(
+        alone.len() < RECORDS / 2,
+        "most records go in batches ({} of {RECORDS} alone)",
+        alone.len()
+    );
     assert!(monitor.since_progress() < Duration::from_secs(5));
 }

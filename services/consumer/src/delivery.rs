@@ -189,6 +189,60 @@ impl RecordHandler for Delivery {
             .observe(started.elapsed().as_secs_f64());
         disposition
     }
+
+    /// Applies the leading run of event-topic `records` that can go in one
+    /// transaction (see [`Handler::handle_batch`]), up to the first record
+    /// whose key is parked. Retry-topic records, a lone record, and any
+    /// failure leave the records to [`handle`](Self::handle), one at a
+    /// time, with its retries.
+    async fn handle_batch(&self, records: &[Record], lease: &PartitionLease) -> usize {
+        let Some(first) = records.first() else { return 0 };
+        if records.len() < 2 || first.topic == self.retry_topic || lease.revoked().is_cancelled() {
+            return 0;
+        }
+        let span = tracing::info_span!(
+            "batch",
+            topic = first.topic,
+            partition = first.partition,
+            first_offset = first.offset,
+            records = records.len(),
+        );
+        let started = std::time::Instant::now();
+        let applied = async {
+            let keys: Vec<&[u8]> = records.iter().filter_map(|record| record.key.as_deref()).collect();
+            let parked = self.parking.parked_keys(&keys).await?;
+            let run = records
+                .iter()
+                .take_while(|record| record.key.as_ref().is_none_or(|key| !parked.contains(key)))
+                .count();
+            let outcomes = self.handler.handle_batch(&records[..run]).await?;
+            for (record, outcome) in records.iter().zip(&outcomes) {
+                self.log_outcome(record, *outcome);
+            }
+            anyhow::Ok(outcomes.len())
+        }
+        .instrument(span.clone())
+        .await;
+        let done = applied.unwrap_or_else(|error| {
+            span.in_scope(|| {
+                tracing::info!(
+                    error = format!("{error:#}"),
+                    "batch not applied; handling its records one at a time"
+                )
+            });
+            0
+        });
+        if done > 0 {
+            let per_record = started.elapsed().as_secs_f64();
+            let histogram = self.metrics.duration.get_or_create(&TopicLabels {
+                topic: first.topic.clone(),
+            });
+            for _ in 0..done {
+                histogram.observe(per_record);
+            }
+        }
+        done
+    }
 }
 
 impl Delivery {

@@ -3,6 +3,8 @@
 //! while a key has a parked record, its later records are parked behind it,
 //! and a parked record is applied only when it is the oldest of its key.
 
+use std::collections::HashSet;
+
 use kafka_service::failure::Origin;
 use sqlx::PgPool;
 
@@ -44,6 +46,23 @@ impl Parking {
             .bind(key)
             .fetch_one(&self.pool)
             .await
+    }
+
+    /// Which of `keys` have a parked record: one query for a batch.
+    ///
+    /// # Errors
+    ///
+    /// The database error.
+    pub async fn parked_keys(&self, keys: &[&[u8]]) -> sqlx::Result<HashSet<Vec<u8>>> {
+        if keys.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let parked: Vec<Vec<u8>> =
+            sqlx::query_scalar("SELECT DISTINCT record_key FROM parked_records WHERE record_key = ANY($1)")
+                .bind(keys)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(parked.into_iter().collect())
     }
 
     /// Parks the record from `origin`, behind every record of `key` parked

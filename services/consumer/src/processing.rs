@@ -3,8 +3,11 @@
 //!
 //! Each event's effect and its id (in `processed_events`) are written in one
 //! database transaction, so a record delivered again finds its id there and
-//! changes nothing. What happens when an attempt fails (retries, the retry
+//! changes nothing. [`Handler::handle_batch`] writes a run of a partition's
+//! events in one transaction, on the same terms. What happens when an attempt fails (retries, the retry
 //! topic, the dead-letter topic) is [`crate::delivery`]'s business.
+
+use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
 use events::{TokenIssued, UserCreated, UserEvent};
@@ -83,7 +86,7 @@ impl Handler {
 
     async fn user_created(&self, event: &Applied<'_>, data: &UserCreated) -> Result<Outcome, ProcessError> {
         let mut tx = self.pool.begin().await.map_err(transient)?;
-        let Some(sequence) = claim(&mut tx, event).await? else {
+        let Some(sequence) = claim(&mut tx, event).await.map_err(transient)? else {
             return Ok(Outcome::Duplicate);
         };
         read_model::insert_user(&mut tx, data.user_id, &data.username, &data.email, data.created_at)
@@ -116,7 +119,7 @@ impl Handler {
         drop(connection);
 
         let mut tx = self.pool.begin().await.map_err(transient)?;
-        let Some(sequence) = claim(&mut tx, event).await? else {
+        let Some(sequence) = claim(&mut tx, event).await.map_err(transient)? else {
             return Ok(Outcome::Duplicate);
         };
         if !read_model::count_token(&mut tx, data.user_id, data.issued_at)
@@ -131,6 +134,94 @@ impl Handler {
         tx.commit().await.map_err(transient)?;
         self.feed.publish(event.feed_event(sequence));
         Ok(Outcome::Applied)
+    }
+}
+
+impl Handler {
+    /// Applies, in one transaction, the longest leading run of `records`
+    /// (consumed from their own topic, in offset order) that needs nothing
+    /// but the read model: events that decode, and tokens of users the read
+    /// model has or that an earlier event of the run creates. Exactly once
+    /// in effect, as [`handle`](Self::handle). Returns the run's outcomes;
+    /// empty when the first record needs `handle` (to be rejected, or to
+    /// fetch its user from the producer).
+    ///
+    /// # Errors
+    ///
+    /// The database error; nothing of the run is applied then.
+    pub async fn handle_batch(&self, records: &[Record]) -> anyhow::Result<Vec<Outcome>> {
+        let mut run = Vec::with_capacity(records.len());
+        for record in records {
+            let Ok(envelope) = Envelope::decode(record) else { break };
+            let Ok(event) = UserEvent::from_envelope(&envelope) else {
+                break;
+            };
+            run.push((Origin::consumed_at(record), envelope, event));
+        }
+        let token_users: Vec<Uuid> = run
+            .iter()
+            .filter_map(|(_, _, event)| match event {
+                UserEvent::TokenIssued(data) => Some(data.user_id),
+                UserEvent::Created(_) => None,
+            })
+            .collect();
+        let mut known: HashSet<Uuid> = if token_users.is_empty() {
+            HashSet::new()
+        } else {
+            read_model::known_users(&self.pool, &token_users).await?
+        };
+        let usable = run
+            .iter()
+            .position(|(_, _, event)| match event {
+                UserEvent::Created(data) => {
+                    known.insert(data.user_id);
+                    false
+                }
+                UserEvent::TokenIssued(data) => !known.contains(&data.user_id),
+            })
+            .unwrap_or(run.len());
+        run.truncate(usable);
+        if run.is_empty() {
+            return Ok(Vec::new());
+        }
+
+        let mut tx = self.pool.begin().await?;
+        let mut outcomes = Vec::with_capacity(run.len());
+        let mut announced = Vec::new();
+        for (origin, envelope, event) in &run {
+            let applied = Applied {
+                origin,
+                event_id: envelope.id,
+                event_type: event.event_type(),
+                time: envelope.time,
+                user_id: event.user_id(),
+                subject: &envelope.subject,
+            };
+            let Some(sequence) = claim(&mut tx, &applied).await? else {
+                outcomes.push(Outcome::Duplicate);
+                continue;
+            };
+            match event {
+                UserEvent::Created(data) => {
+                    read_model::insert_user(&mut tx, data.user_id, &data.username, &data.email, data.created_at)
+                        .await?;
+                }
+                UserEvent::TokenIssued(data) => {
+                    anyhow::ensure!(
+                        read_model::count_token(&mut tx, data.user_id, data.issued_at).await?,
+                        "user {} vanished from the read model",
+                        data.user_id
+                    );
+                }
+            }
+            outcomes.push(Outcome::Applied);
+            announced.push(applied.feed_event(sequence));
+        }
+        tx.commit().await?;
+        for event in announced {
+            self.feed.publish(event);
+        }
+        Ok(outcomes)
     }
 }
 
@@ -161,7 +252,7 @@ impl Applied<'_> {
 
 /// Records the event as processed and returns its `sequence`; `None` when
 /// it already was (the caller's transaction then changes nothing).
-async fn claim(tx: &mut sqlx::PgConnection, event: &Applied<'_>) -> Result<Option<i64>, ProcessError> {
+async fn claim(tx: &mut sqlx::PgConnection, event: &Applied<'_>) -> Result<Option<i64>, sqlx::Error> {
     sqlx::query_scalar(
         "INSERT INTO processed_events (event_id, event_type, topic, \"partition\", \"offset\", subject, event_time) \
          VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (event_id) DO NOTHING RETURNING sequence",
@@ -175,7 +266,6 @@ async fn claim(tx: &mut sqlx::PgConnection, event: &Applied<'_>) -> Result<Optio
     .bind(event.time)
     .fetch_optional(&mut *tx)
     .await
-    .map_err(transient)
 }
 
 fn transient(error: sqlx::Error) -> ProcessError {

@@ -48,6 +48,19 @@ pub async fn has_user(connection: &mut PgConnection, id: Uuid) -> Result<bool, s
         .await
 }
 
+/// Which of `ids` the read model knows.
+///
+/// # Errors
+///
+/// The database error.
+pub async fn known_users(pool: &PgPool, ids: &[Uuid]) -> Result<std::collections::HashSet<Uuid>, sqlx::Error> {
+    let known: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM users WHERE id = ANY($1)")
+        .bind(ids)
+        .fetch_all(pool)
+        .await?;
+    Ok(known.into_iter().collect())
+}
+
 /// Inserts a user unless it is already there (from an earlier event or a
 /// fetch from the producer): user data never changes, so either copy is
 /// right.

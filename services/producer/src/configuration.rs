@@ -40,8 +40,11 @@ pub struct AuthSettings {
 /// `outbox.*`
 #[derive(Debug, Clone, Deserialize)]
 pub struct OutboxSettings {
-    /// Rows published per round trip.
+    /// Rows the relay reads and hands to the producer at a time.
     pub batch_size: u32,
+    /// Batches awaiting their delivery reports at once: the relay reads and
+    /// sends the next batch while earlier ones are in flight, up to this many.
+    pub batches_in_flight: usize,
     /// Fallback poll period when no notification arrives, in milliseconds.
     pub poll_interval_ms: u64,
 }

@@ -2,24 +2,31 @@
 //!
 //! [`append`] inserts an event in the caller's transaction and notifies the
 //! `outbox` channel, which PostgreSQL delivers on commit. The [`Relay`]
-//! publishes pending rows in `id` order and marks them published after their
-//! delivery reports.
+//! hands pending rows to the producer in `id` order, a batch at a time, and
+//! marks them published after their delivery reports. It does not wait for
+//! one batch's reports before it sends the next: up to
+//! `outbox.batches_in_flight` batches are in flight at once, so the broker's
+//! acknowledgement time is paid once per window, not once per batch.
 //!
-//! Per-key order: rows are published in `id` order by one relay at a time
-//! (a PostgreSQL advisory lock elects it among all producer instances), the
-//! idempotent producer keeps a partition's records in send order, and it
-//! retries a record until delivered (`message_timeout_ms = 0`), so a record
-//! never overtakes an earlier one of the same key.
+//! Per-key order: rows are handed to the producer in `id` order by one relay
+//! at a time (a PostgreSQL advisory lock elects it among all producer
+//! instances), the idempotent producer keeps a partition's records in the
+//! order they were enqueued, and it retries a record until delivered
+//! (`message_timeout_ms = 0`), so a record never overtakes an earlier one of
+//! the same key.
 //!
 //! At-least-once: a crash after delivery but before the row is marked
 //! republishes the row with the same `ce_id`; consumers deduplicate on it.
 
+use std::collections::HashSet;
+use std::future::Future;
 use std::time::Duration;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use events::UserEvent;
-use futures::future::join_all;
+use futures::future::{join_all, BoxFuture};
+use futures::stream::{FuturesOrdered, StreamExt};
 use kafka_service::{Envelope, EventProducer, KafkaSettings, Topic};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -28,11 +35,13 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use service_common::metrics::{seconds_histogram, Registry, TopicLabels};
 use service_common::retry::{backoff, sleep_or_cancel};
-use sqlx::postgres::PgListener;
+use sqlx::postgres::{PgListener, PgNotification};
 use sqlx::{Connection, PgConnection, PgPool};
 use std::sync::atomic::AtomicU64;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+use crate::configuration::OutboxSettings;
 
 /// The PostgreSQL notification channel [`append`] notifies.
 pub const CHANNEL: &str = "outbox";
@@ -41,8 +50,8 @@ pub const CHANNEL: &str = "outbox";
 /// (`pg_try_advisory_lock`). Any constant unique within the database.
 const RELAY_LOCK_KEY: i64 = 0x6f75_7462_6f78; // "outbox"
 
-/// How long a relay told to stop waits for the batch in flight before it
-/// abandons it (its rows stay pending and are published again later).
+/// How long a relay told to stop waits for the batches in flight before it
+/// abandons them (their rows stay pending and are published again later).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Appends `event` to the outbox inside the caller's transaction and
@@ -92,8 +101,20 @@ pub struct Relay {
     producer: EventProducer,
     kafka: KafkaSettings,
     batch_size: u32,
+    batches_in_flight: usize,
     poll_interval: Duration,
     metrics: RelayMetrics,
+}
+
+/// An outbox row's id and what its delivery report said.
+type DeliveryResult = (i64, anyhow::Result<()>);
+
+/// Outbox rows handed to the producer whose delivery reports are awaited,
+/// as batches that complete in the order they were sent.
+struct InFlight<'a> {
+    batches: FuturesOrdered<BoxFuture<'a, Vec<DeliveryResult>>>,
+    /// The ids of every row in `batches`, which the next read skips.
+    ids: HashSet<i64>,
 }
 
 /// The relay's metrics:
@@ -159,16 +180,16 @@ impl Relay {
         pool: PgPool,
         producer: EventProducer,
         kafka: KafkaSettings,
-        batch_size: u32,
-        poll_interval: Duration,
+        settings: &OutboxSettings,
         metrics: RelayMetrics,
     ) -> Self {
         Self {
             pool,
             producer,
             kafka,
-            batch_size: batch_size.max(1),
-            poll_interval,
+            batch_size: settings.batch_size.max(1),
+            batches_in_flight: settings.batches_in_flight.max(1),
+            poll_interval: Duration::from_millis(settings.poll_interval_ms),
             metrics,
         }
     }
@@ -234,111 +255,177 @@ impl Relay {
 
         let mut listener = PgListener::connect_with(&self.pool).await.context("could not LISTEN")?;
         listener.listen(CHANNEL).await.context("could not LISTEN")?;
+        let mut in_flight = InFlight {
+            batches: FuturesOrdered::new(),
+            ids: HashSet::new(),
+        };
         let mut delays = backoff();
-        while !shutdown.is_cancelled() {
-            let published = match self.publish_batch(&mut connection, shutdown).await {
-                Ok(published) => {
-                    delays = backoff();
-                    published
+        // Whether the last read found fewer rows than a batch: then nothing
+        // is read again until a NOTIFY, the poll interval or a failed row.
+        let mut caught_up = false;
+        loop {
+            while !caught_up && in_flight.batches.len() < self.batches_in_flight && !shutdown.is_cancelled() {
+                let rows = self.pending_rows(&mut connection, &in_flight.ids).await?;
+                caught_up = rows.len() < self.batch_size as usize;
+                if rows.is_empty() {
+                    break;
                 }
-                Err(error @ RelayError::Database(_)) => return Err(error.into()),
-                Err(error @ RelayError::Delivery(_)) => {
-                    tracing::warn!(
-                        error = format!("{:#}", anyhow::Error::from(error)),
-                        "outbox batch not fully delivered; retrying"
-                    );
-                    sleep_or_cancel(&mut delays, shutdown).await;
-                    continue;
+                in_flight.ids.extend(rows.iter().map(|row| row.id));
+                in_flight.batches.push_back(Box::pin(self.send_batch(rows)));
+            }
+            if in_flight.batches.is_empty() {
+                if shutdown.is_cancelled() {
+                    return Ok(());
                 }
-            };
-            if published < self.batch_size as usize {
                 // Caught up: wait for a commit's NOTIFY or the poll interval.
                 tokio::select! {
                     () = shutdown.cancelled() => {}
-                    notification = listener.recv() => {
-                        if let Err(error) = notification {
-                            tracing::warn!(%error, "outbox LISTEN connection lost; reconnecting");
+                    notification = listener.recv() => self.notified(&mut listener, notification),
+                    () = tokio::time::sleep(self.poll_interval) => {}
+                }
+                caught_up = false;
+                continue;
+            }
+            tokio::select! {
+                Some(results) = in_flight.batches.next() => {
+                    match self.settle(&mut connection, &mut in_flight.ids, results).await? {
+                        None => delays = backoff(),
+                        Some(error) => {
+                            tracing::warn!(
+                                error = format!("{:#}", anyhow::Error::from(error)),
+                                "outbox batch not fully delivered; retrying"
+                            );
+                            sleep_or_cancel(&mut delays, shutdown).await;
+                            caught_up = false;
                         }
                     }
-                    () = tokio::time::sleep(self.poll_interval) => {}
+                }
+                notification = listener.recv(), if caught_up => {
+                    self.notified(&mut listener, notification);
+                    caught_up = false;
+                }
+                () = shutdown.cancelled() => {
+                    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+                        while let Some(results) = in_flight.batches.next().await {
+                            self.settle(&mut connection, &mut in_flight.ids, results).await?;
+                        }
+                        Ok::<(), RelayError>(())
+                    })
+                    .await;
+                    match drained {
+                        Ok(settled) => settled?,
+                        Err(_) => tracing::warn!(
+                            rows = in_flight.ids.len(),
+                            "shutdown: abandoning undelivered outbox rows; they stay pending"
+                        ),
+                    }
+                    return Ok(());
                 }
             }
         }
-        Ok(())
     }
 
-    /// Publishes up to `batch_size` pending rows, in `id` order, and marks
-    /// the delivered ones. Returns how many rows it published.
-    async fn publish_batch(
+    /// Logs a lost LISTEN connection (`PgListener` reconnects on the next
+    /// `recv`), and drops the notifications already buffered: one read
+    /// answers them all.
+    fn notified(&self, listener: &mut PgListener, notification: Result<PgNotification, sqlx::Error>) {
+        if let Err(error) = notification {
+            tracing::warn!(%error, "outbox LISTEN connection lost; reconnecting");
+        }
+        while listener.next_buffered().is_some() {}
+    }
+
+    /// Up to `batch_size` pending rows in `id` order, leaving out those in
+    /// flight; updates the pending-rows metrics.
+    async fn pending_rows(
         &self,
         connection: &mut PgConnection,
-        shutdown: &CancellationToken,
-    ) -> Result<usize, RelayError> {
-        let rows: Vec<PendingRow> = sqlx::query_as(
+        in_flight: &HashSet<i64>,
+    ) -> Result<Vec<PendingRow>, RelayError> {
+        let in_flight: Vec<i64> = in_flight.iter().copied().collect();
+        let rows = sqlx::query_as(
             "SELECT id, event_id, event_type, subject, occurred_at, data, traceparent \
-             FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1",
+             FROM outbox WHERE published_at IS NULL AND id <> ALL($2) ORDER BY id LIMIT $1",
         )
         .bind(i64::from(self.batch_size))
+        .bind(&in_flight)
         .fetch_all(&mut *connection)
         .await
         .map_err(RelayError::Database)?;
         self.measure_pending(connection).await?;
-        if rows.is_empty() {
-            return Ok(0);
-        }
+        Ok(rows)
+    }
 
+    /// Hands `rows` to the producer in `id` order before it returns, and
+    /// returns a future of each row's delivery result, in the same order.
+    fn send_batch(&self, rows: Vec<PendingRow>) -> impl Future<Output = Vec<DeliveryResult>> + Send + '_ {
         let topics = &self.kafka.topics;
-        // Sends are queued in row order when `join_all` first polls them.
-        let sends = join_all(rows.iter().map(|row| async move {
-            let topic = events::topic_of(&row.event_type)
-                .map(|topic| topics.name(topic))
-                .ok_or_else(|| anyhow::anyhow!("outbox row {} has unknown event type `{}`", row.id, row.event_type))?;
-            let envelope = Envelope {
-                id: row.event_id,
-                event_type: row.event_type.clone(),
-                source: events::PRODUCER_SOURCE.to_owned(),
-                time: row.occurred_at,
-                subject: row.subject.clone(),
-                data: serde_json::to_vec(&row.data).expect("JSON value serializes"),
-            };
-            let started = std::time::Instant::now();
-            let trace: Vec<(&str, String)> = row
-                .traceparent
-                .iter()
-                .map(|value| (service_common::telemetry::TRACEPARENT, value.clone()))
-                .collect();
-            let sent = self.producer.send_with_headers(topic, &envelope, &trace).await;
-            let result = if sent.is_ok() { "delivered" } else { "failed" };
-            let metrics = &self.metrics;
-            metrics
-                .published
-                .get_or_create(&PublishLabels { topic: topic.to_owned(), result })
-                .inc();
-            metrics
-                .delivery
-                .get_or_create(&TopicLabels { topic: topic.to_owned() })
-                .observe(started.elapsed().as_secs_f64());
-            let delivery = sent?;
-            tracing::debug!(topic, partition = delivery.partition, offset = delivery.offset, key = row.subject, event_id = %row.event_id, "event published");
-            anyhow::Ok(())
-        }));
-        tokio::pin!(sends);
-        let results = tokio::select! {
-            results = &mut sends => results,
-            () = shutdown.cancelled() => match tokio::time::timeout(SHUTDOWN_GRACE, &mut sends).await {
-                Ok(results) => results,
-                Err(_) => {
-                    tracing::warn!(rows = rows.len(), "shutdown: abandoning an undelivered outbox batch; it stays pending");
-                    return Ok(0);
+        let deliveries: Vec<_> = rows
+            .into_iter()
+            .map(|row| {
+                let topic = events::topic_of(&row.event_type).map(|topic| topics.name(topic).to_owned());
+                let enqueued = topic.map(|topic| {
+                    let envelope = Envelope {
+                        id: row.event_id,
+                        event_type: row.event_type.clone(),
+                        source: events::PRODUCER_SOURCE.to_owned(),
+                        time: row.occurred_at,
+                        subject: row.subject.clone(),
+                        data: serde_json::to_vec(&row.data).expect("JSON value serializes"),
+                    };
+                    let trace: Vec<(&str, String)> = row
+                        .traceparent
+                        .iter()
+                        .map(|value| (service_common::telemetry::TRACEPARENT, value.clone()))
+                        .collect();
+                    (self.producer.enqueue_with_headers(&topic, &envelope, &trace), topic)
+                });
+                let started = std::time::Instant::now();
+                async move {
+                    let Some((delivery, topic)) = enqueued else {
+                        let error = anyhow::anyhow!("outbox row {} has unknown event type `{}`", row.id, row.event_type);
+                        return (row.id, Err(error));
+                    };
+                    let sent = delivery.await;
+                    let result = if sent.is_ok() { "delivered" } else { "failed" };
+                    let metrics = &self.metrics;
+                    metrics
+                        .published
+                        .get_or_create(&PublishLabels { topic: topic.clone(), result })
+                        .inc();
+                    metrics
+                        .delivery
+                        .get_or_create(&TopicLabels { topic: topic.clone() })
+                        .observe(started.elapsed().as_secs_f64());
+                    match sent {
+                        Ok(delivery) => {
+                            tracing::debug!(topic, partition = delivery.partition, offset = delivery.offset, key = row.subject, event_id = %row.event_id, "event published");
+                            (row.id, Ok(()))
+                        }
+                        Err(error) => (row.id, Err(error.into())),
+                    }
                 }
-            },
-        };
+            })
+            .collect();
+        join_all(deliveries)
+    }
 
-        let delivered: Vec<i64> = rows
+    /// Marks a completed batch's delivered rows published and forgets the
+    /// whole batch as in flight (its failed rows are read again). Returns
+    /// the first delivery error, if any.
+    async fn settle(
+        &self,
+        connection: &mut PgConnection,
+        in_flight: &mut HashSet<i64>,
+        results: Vec<DeliveryResult>,
+    ) -> Result<Option<RelayError>, RelayError> {
+        for (id, _) in &results {
+            in_flight.remove(id);
+        }
+        let delivered: Vec<i64> = results
             .iter()
-            .zip(&results)
             .filter(|(_, result)| result.is_ok())
-            .map(|(row, _)| row.id)
+            .map(|(id, _)| *id)
             .collect();
         if !delivered.is_empty() {
             sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")
@@ -347,10 +434,10 @@ impl Relay {
                 .await
                 .map_err(RelayError::Database)?;
         }
-        match results.into_iter().find_map(Result::err) {
-            Some(error) => Err(RelayError::Delivery(error)),
-            None => Ok(delivered.len()),
-        }
+        Ok(results
+            .into_iter()
+            .find_map(|(_, result)| result.err())
+            .map(RelayError::Delivery))
     }
 }
 

@@ -59,8 +59,7 @@ impl Application {
             pool,
             producer.clone(),
             settings.kafka.clone(),
-            settings.outbox.batch_size,
-            Duration::from_millis(settings.outbox.poll_interval_ms),
+            &settings.outbox,
             relay_metrics,
         );
         tracing::info!(%address, port, "producer listening");

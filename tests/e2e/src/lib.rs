@@ -120,6 +120,7 @@ impl TestContext {
             },
             outbox: OutboxSettings {
                 batch_size: 100,
+                batches_in_flight: 4,
                 poll_interval_ms: 200,
             },
             shutdown: ShutdownSettings { timeout_ms: 10_000 },
@@ -133,6 +134,9 @@ impl TestContext {
         let mut group = ConsumerSettings::new(&self.group_id);
         group.commit_interval_ms = 200;
         group.session_timeout_ms = 10_000;
+        // As the consumer's local.yaml (Tansu answers a fetch only after
+        // its wait; see `ConsumerSettings::fetch_wait_max_ms`).
+        group.fetch_wait_max_ms = 10;
         Settings {
             http: HttpSettings {
                 host: "127.0.0.1".to_owned(),

@@ -110,6 +110,81 @@ async fn a_redelivered_event_is_applied_once() {
 }
 
 #[tokio::test]
+async fn a_batch_applies_its_leading_run_once_and_stops_where_a_record_needs_more() {
+    let (context, service, handler, pool) = isolated_consumer("http://127.0.0.1:9").await;
+    let created = |offset| {
+        let user_id = Uuid::new_v4();
+        let event = UserEvent::Created(UserCreated {
+            user_id,
+            username: format!("user-{offset}"),
+            email: format!("user-{offset}@example.com"),
+            created_at: chrono::Utc::now(),
+        });
+        (user_id, record_of(&event, offset))
+    };
+    let token = |user_id, offset| {
+        let event = UserEvent::TokenIssued(TokenIssued {
+            user_id,
+            token_id: Uuid::new_v4(),
+            issued_at: chrono::Utc::now(),
+            expires_at: chrono::Utc::now(),
+        });
+        record_of(&event, offset)
+    };
+    let (ada, ada_created) = created(0);
+    let (bob, bob_created) = created(2);
+    let mut ada_again = ada_created.clone();
+    ada_again.offset = 3;
+    let (dan, dan_created) = created(5);
+    let mut garbage = dan_created.clone();
+    garbage.offset = 6;
+    garbage.value = Some(b"{not json".to_vec());
+    let records = vec![
+        ada_created,
+        // Ada is created earlier in the same run.
+        token(ada, 1),
+        bob_created,
+        // The same event again: a duplicate within the run.
+        ada_again,
+        // Nobody knows this user: the producer must be asked, one at a time.
+        token(Uuid::new_v4(), 4),
+        dan_created,
+        garbage,
+    ];
+
+    let outcomes = handler.handle_batch(&records).await.unwrap();
+    assert_eq!(
+        outcomes,
+        [Outcome::Applied, Outcome::Applied, Outcome::Applied, Outcome::Duplicate],
+        "the run ends before the token of an unknown user"
+    );
+    assert!(handler.handle_batch(&records[4..]).await.unwrap().is_empty());
+    assert_eq!(handler.handle_batch(&records[5..]).await.unwrap(), [Outcome::Applied]);
+    assert!(
+        handler.handle_batch(&records[6..]).await.unwrap().is_empty(),
+        "an undecodable record is left alone"
+    );
+    // Redelivered after a crash: nothing applies twice.
+    assert_eq!(
+        handler.handle_batch(&records[..2]).await.unwrap(),
+        [Outcome::Duplicate; 2]
+    );
+
+    let counts = e2e::read_model_token_counts(&pool).await;
+    assert_eq!(counts.get(&ada), Some(&1));
+    assert_eq!(counts.get(&bob), Some(&0));
+    assert_eq!(counts.get(&dan), Some(&0));
+    let processed: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(processed, 4);
+
+    service.stop().await.unwrap();
+    context.drop_databases().await;
+}
+
+#[tokio::test]
 async fn a_token_for_an_unknown_user_fetches_the_user_from_the_producer() {
     let producer_context = TestContext::new();
     let producer = producer_context.spawn_producer().await;
