@@ -31,13 +31,13 @@ use std::time::Duration;
 use measure::{Figures, Samples};
 
 /// Command line: `--events N` (default 5000), `--rate R` events/s for the
-/// outbox latency run (default 40, below what Tansu lets the pipeline carry
-/// on two cores), `--seconds S` per latency run (default 15),
-/// `--http-seconds S` per HTTP run (default 5), `--out DIR` (default
-/// docs/benchmarks), `--raw-only true` to stop after the raw client limit,
-/// `--queue-capacity N` for the consumer's partition queues, `--outbox-batch
-/// N` for the relay's batches, `--fetch-wait-ms N` for every consumer's
-/// `fetch.wait.max.ms` (default 10, as the consumer's local configuration).
+/// outbox latency run (default 200, the rate the latency target names),
+/// `--seconds S` per latency run (default 15), `--http-seconds S` per HTTP
+/// run (default 5), `--out DIR` (default docs/benchmarks), `--raw-only
+/// true` to stop after the raw client limit, `--queue-capacity N` for the
+/// consumer's partition queues, `--outbox-batch N` for the relay's batches,
+/// `--fetch-wait-ms N` for every consumer's `fetch.wait.max.ms` (default
+/// 10, as the consumer's local configuration).
 struct Options {
     events: usize,
     rate: u32,
@@ -53,7 +53,7 @@ struct Options {
 fn options() -> Options {
     let mut options = Options {
         events: 5_000,
-        rate: 40,
+        rate: 200,
         latency_seconds: 15,
         http_seconds: 5,
         out: PathBuf::from("docs/benchmarks"),

@@ -79,17 +79,18 @@ pub fn latency(path: &Path, outbox: &Samples, http: &Samples) -> anyhow::Result<
 }
 
 /// Events appended to the outbox, published by the relay and applied by
-/// the consumer, per second, over the pipeline run.
+/// the consumer, per second, over the pipeline run: each point is the rate
+/// over the last five samples (half a second).
 pub fn throughput(path: &Path, progress: &Progress) -> anyhow::Result<()> {
     register_font()?;
     let rate = |pick: fn(&(f64, i64, i64, i64)) -> i64| -> Vec<(f64, f64)> {
         progress
-            .windows(2)
-            .map(|pair| {
-                let (t0, t1) = (pair[0].0, pair[1].0);
+            .windows(6)
+            .map(|window| {
+                let (first, last) = (&window[0], &window[window.len() - 1]);
                 (
-                    t1,
-                    (pick(&pair[1]) - pick(&pair[0])) as f64 / (t1 - t0).max(f64::EPSILON),
+                    last.0,
+                    (pick(last) - pick(first)) as f64 / (last.0 - first.0).max(f64::EPSILON),
                 )
             })
             .collect()
