@@ -70,14 +70,7 @@ impl Handler {
         let envelope = Envelope::decode(record).map_err(|e| ProcessError::Permanent(error_chain(&e)))?;
         tracing::Span::current().record("event_id", tracing::field::display(envelope.id));
         let event = UserEvent::from_envelope(&envelope).map_err(|e| ProcessError::Permanent(error_chain(&e)))?;
-        let applied = Applied {
-            origin,
-            event_id: envelope.id,
-            event_type: event.event_type(),
-            time: envelope.time,
-            user_id: event.user_id(),
-            subject: &envelope.subject,
-        };
+        let applied = Applied::of(origin, &envelope, &event);
         match event {
             UserEvent::Created(data) => self.user_created(&applied, &data).await,
             UserEvent::TokenIssued(data) => self.token_issued(&applied, &data).await,
@@ -189,14 +182,7 @@ impl Handler {
         let mut outcomes = Vec::with_capacity(run.len());
         let mut announced = Vec::new();
         for (origin, envelope, event) in &run {
-            let applied = Applied {
-                origin,
-                event_id: envelope.id,
-                event_type: event.event_type(),
-                time: envelope.time,
-                user_id: event.user_id(),
-                subject: &envelope.subject,
-            };
+            let applied = Applied::of(origin, envelope, event);
             let Some(sequence) = claim(&mut tx, &applied).await? else {
                 outcomes.push(Outcome::Duplicate);
                 continue;
@@ -235,7 +221,18 @@ struct Applied<'a> {
     subject: &'a str,
 }
 
-impl Applied<'_> {
+impl<'a> Applied<'a> {
+    fn of(origin: &'a Origin, envelope: &'a Envelope, event: &UserEvent) -> Self {
+        Self {
+            origin,
+            event_id: envelope.id,
+            event_type: event.event_type(),
+            time: envelope.time,
+            user_id: event.user_id(),
+            subject: &envelope.subject,
+        }
+    }
+
     fn feed_event(&self, sequence: i64) -> FeedEvent {
         FeedEvent {
             sequence,
