@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
@@ -61,19 +62,7 @@ pub fn latency(path: &Path, outbox: &Samples, http: &Samples) -> anyhow::Result<
         (outbox_cdf, format!("outbox, {:.0} events/s", outbox.rate()), BLUE),
         (http_cdf, format!("HTTP, {:.0} events/s", http.rate()), RED),
     ];
-    for (points, label, color) in series {
-        chart
-            .draw_series(LineSeries::new(points, color.stroke_width(2)))?
-            .label(label)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .label_font(("sans-serif", 14))
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
+    draw_lines(&mut chart, series, SeriesLabelPosition::LowerRight)?;
     root.present()?;
     Ok(())
 }
@@ -119,25 +108,37 @@ pub fn throughput(path: &Path, progress: &Progress) -> anyhow::Result<()> {
         .y_desc("events/s")
         .label_style(("sans-serif", 14))
         .draw()?;
-    chart
-        .draw_series(LineSeries::new(appended, GREEN.stroke_width(2)))?
-        .label("appended to the outbox")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], GREEN.stroke_width(2)));
-    chart
-        .draw_series(LineSeries::new(published, RED.stroke_width(2)))?
-        .label("published by the relay")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED.stroke_width(2)));
-    chart
-        .draw_series(LineSeries::new(rates, BLUE.stroke_width(2)))?
-        .label("applied by the consumer")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE.stroke_width(2)));
+    let series = [
+        (appended, "appended to the outbox".to_owned(), GREEN),
+        (published, "published by the relay".to_owned(), RED),
+        (rates, "applied by the consumer".to_owned(), BLUE),
+    ];
+    draw_lines(&mut chart, series, SeriesLabelPosition::UpperRight)?;
+    root.present()?;
+    Ok(())
+}
+
+/// One line of a plot: its points, its legend label and its color.
+type Line = (Vec<(f64, f64)>, String, RGBColor);
+
+/// Draws each line, with a legend at `position`.
+fn draw_lines<'a, const N: usize>(
+    chart: &mut ChartContext<'a, BitMapBackend<'a>, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    series: [Line; N],
+    position: SeriesLabelPosition,
+) -> anyhow::Result<()> {
+    for (points, label, color) in series {
+        chart
+            .draw_series(LineSeries::new(points, color.stroke_width(2)))?
+            .label(label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+    }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
+        .position(position)
         .label_font(("sans-serif", 14))
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()?;
-    root.present()?;
     Ok(())
 }

@@ -109,27 +109,19 @@ async fn client_loop(
             }
         }
 
-        let read = client
-            .get(format!("{producer}/users/{id}"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
-        tally
-            .lock()
-            .unwrap()
-            .record("read own user (producer)", read.status(), &[200]);
         // The consumer answers from its read model, or asks the producer.
-        let read = client
-            .get(format!("{consumer}/users/{id}"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
-        tally
-            .lock()
-            .unwrap()
-            .record("read user (consumer)", read.status(), &[200]);
+        for (service, kind) in [
+            (&producer, "read own user (producer)"),
+            (&consumer, "read user (consumer)"),
+        ] {
+            let read = client
+                .get(format!("{service}/users/{id}"))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap();
+            tally.lock().unwrap().record(kind, read.status(), &[200]);
+        }
 
         // Hostile requests, one kind per round.
         let (kind, request, allowed): (&'static str, _, &[u16]) = match round % 5 {
