@@ -2,7 +2,7 @@
 //!
 //! A partition's records are handled in offset order by its worker;
 //! partitions do not wait for each other. A worker hands the records queued
-//! for it (up to [`BATCH_LIMIT`]) to [`RecordHandler::handle_batch`], which
+//! for it (up to `max_batch_records`) to [`RecordHandler::handle_batch`], which
 //! may apply a leading run of them at once (one database transaction, say);
 //! the first record it leaves goes through [`RecordHandler::handle`] alone,
 //! and the rest are offered as the next batch. When a worker falls behind
@@ -10,7 +10,7 @@
 //! fills up to `queue_capacity` records and the partition is paused at the
 //! broker until the worker catches up, so one slow partition costs memory
 //! for at most that many records (plus the batch in hand, at most
-//! [`BATCH_LIMIT`]) and holds up no other partition.
+//! `max_batch_records`) and holds up no other partition.
 //!
 //! A worker stores a record's offset once its handler returns
 //! [`Disposition::Done`]; the consumer commits stored offsets in batches.
@@ -41,9 +41,6 @@ pub enum Disposition {
     Abandoned,
 }
 
-/// Most records a worker offers [`RecordHandler::handle_batch`] at once.
-pub const BATCH_LIMIT: usize = 256;
-
 /// Handles the records of one partition, in offset order.
 pub trait RecordHandler: Clone + Send + Sync + 'static {
     /// Handles `record`. Must return [`Disposition::Done`] only once the
@@ -67,6 +64,9 @@ pub trait RecordHandler: Clone + Send + Sync + 'static {
 pub struct DispatchSettings {
     /// Records queued per partition before the partition is paused.
     pub queue_capacity: usize,
+    /// The most records a worker offers [`RecordHandler::handle_batch`] at
+    /// once (at least 1).
+    pub max_batch_records: usize,
     /// At shutdown, how long workers may take to finish the record in hand
     /// before they are aborted (their records are then redelivered).
     pub drain_timeout: Duration,
@@ -130,7 +130,7 @@ pub async fn run<H: RecordHandler>(
                         _ => {
                             let (queue, receiver) = mpsc::channel(settings.queue_capacity.max(1));
                             let worker = Worker { generation: lease.generation(), queue, overflow: VecDeque::new(), paused: false };
-                            tasks.spawn(work(lease, receiver, handler.clone(), progress_sender.clone()));
+                            tasks.spawn(work(lease, receiver, handler.clone(), settings.max_batch_records.max(1), progress_sender.clone()));
                             workers.insert(key.clone(), worker);
                             workers.get_mut(&key).expect("just inserted")
                         }
@@ -227,6 +227,7 @@ async fn work<H: RecordHandler>(
     lease: PartitionLease,
     mut queue: mpsc::Receiver<Record>,
     handler: H,
+    max_batch_records: usize,
     progress: mpsc::UnboundedSender<Progress>,
 ) {
     let key = (lease.topic().to_owned(), lease.partition());
@@ -247,7 +248,7 @@ async fn work<H: RecordHandler>(
             // when it is shutting down.
             let _ = progress.send(Progress::Took(key.clone()));
         }
-        while taken.len() < BATCH_LIMIT {
+        while taken.len() < max_batch_records {
             let Ok(record) = queue.try_recv() else { break };
             taken.push_back(record);
             let _ = progress.send(Progress::Took(key.clone()));

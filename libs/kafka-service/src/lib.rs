@@ -48,7 +48,7 @@ pub mod topics;
 
 pub use admin::{ensure_topics, group_offsets, partition_count, PartitionOffsets};
 pub use consumer::{EventConsumer, PartitionLease, Record};
-pub use dispatch::{Disposition, RecordHandler, BATCH_LIMIT};
+pub use dispatch::{Disposition, RecordHandler};
 pub use envelope::{Envelope, EnvelopeError};
 pub use error::{AdminError, ConsumeError, ProduceError};
 pub use monitor::GroupMonitor;

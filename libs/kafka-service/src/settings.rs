@@ -119,6 +119,11 @@ pub struct ConsumerSettings {
     /// paused (see [`crate::dispatch`]).
     #[serde(default = "default_partition_queue_capacity")]
     pub partition_queue_capacity: usize,
+    /// The most records of one partition its worker hands to the handler at
+    /// once; the consumer service applies them in one database transaction
+    /// (see [`crate::dispatch`]), so this bounds a transaction's size.
+    #[serde(default = "default_max_batch_records")]
+    pub max_batch_records: usize,
     /// The longest a fetch request waits at the broker for records to
     /// arrive, in milliseconds (`fetch.wait.max.ms`; librdkafka's default,
     /// 500, when absent).
@@ -179,6 +184,7 @@ impl ConsumerSettings {
             commit_batch_size: default_commit_batch_size(),
             commit_interval_ms: default_commit_interval_ms(),
             partition_queue_capacity: default_partition_queue_capacity(),
+            max_batch_records: default_max_batch_records(),
             fetch_wait_max_ms: default_fetch_wait_max_ms(),
         }
     }
@@ -210,6 +216,10 @@ fn default_commit_interval_ms() -> u64 {
 }
 
 fn default_partition_queue_capacity() -> usize {
+    256
+}
+
+fn default_max_batch_records() -> usize {
     256
 }
 

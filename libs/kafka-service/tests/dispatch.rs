@@ -1,6 +1,6 @@
 //! The dispatcher against librdkafka's in-process mock cluster: records
 //! are handled once each, in offset order per partition, in batches where
-//! the handler takes them, partitions do not wait for each other, and
+//! the handler takes them (never more than `max_batch_records` at once), partitions do not wait for each other, and
 //! back-pressure (pausing a partition whose worker
 //! is behind) loses and repeats nothing.
 
@@ -19,6 +19,9 @@ use tokio_util::sync::CancellationToken;
 
 const PARTITIONS: i32 = 4;
 const RECORDS: usize = 200;
+/// Below the queue capacity (8), so that the bound, not the queue, is what
+/// cuts a batch.
+const MAX_BATCH_RECORDS: usize = 5;
 
 /// Remembers the offsets it handled per partition, and which of them it
 /// handled alone; partition 0 is slow. Batches take a leading run up to the
@@ -27,6 +30,7 @@ const RECORDS: usize = 200;
 struct Recorder {
     handled: Arc<Mutex<HashMap<i32, Vec<i64>>>>,
     alone: Arc<Mutex<Vec<(i32, i64)>>>,
+    largest_batch: Arc<Mutex<usize>>,
 }
 
 impl Recorder {
@@ -51,6 +55,9 @@ impl RecordHandler for Recorder {
     }
 
     async fn handle_batch(&self, records: &[Record], _lease: &PartitionLease) -> usize {
+        let mut largest = self.largest_batch.lock().unwrap();
+        *largest = (*largest).max(records.len());
+        drop(largest);
         let run = records.iter().take_while(|record| record.offset % 7 != 3).count();
         for record in &records[..run] {
             self.record(record);
@@ -95,6 +102,7 @@ async fn every_record_is_handled_once_in_partition_order_under_back_pressure() {
         DispatchSettings {
             // Small queues: the slow partition is paused and resumed many times.
             queue_capacity: 8,
+            max_batch_records: MAX_BATCH_RECORDS,
             drain_timeout: Duration::from_secs(5),
         },
         shutdown.clone(),
@@ -136,6 +144,11 @@ async fn every_record_is_handled_once_in_partition_order_under_back_pressure() {
         alone.len() < RECORDS / 2,
         "most records go in batches ({} of {RECORDS} alone)",
         alone.len()
+    );
+    let largest_batch = *recorder.largest_batch.lock().unwrap();
+    assert!(
+        (2..=MAX_BATCH_RECORDS).contains(&largest_batch),
+        "batches of up to {MAX_BATCH_RECORDS} records offered (largest {largest_batch})"
     );
     assert!(monitor.since_progress() < Duration::from_secs(5));
 }

@@ -193,6 +193,7 @@ async fn consume(
     tracing::info!(group_id = settings.consumer.group_id, topics = ?names, "subscribed");
     let dispatch_settings = DispatchSettings {
         queue_capacity: settings.consumer.partition_queue_capacity,
+        max_batch_records: settings.consumer.max_batch_records,
         drain_timeout: settings
             .shutdown
             .timeout()
