@@ -91,7 +91,7 @@ async fn main() -> anyhow::Result<()> {
     let mut figures = Figures::new(&command);
 
     eprintln!("bench: 1/5 raw client limit, {} records", options.events);
-    let raw = measure::raw_client(options.events, &options.tuning).await?;
+    let raw = measure::raw_client(options.events, options.rate, &options.tuning).await?;
     figures.raw = Some(raw.clone());
     if options.raw_only {
         println!("{}", figures.markdown());

@@ -57,6 +57,15 @@ pub struct Figures {
     pub http_cpu: Option<CpuProfile>,
 }
 
+/// `, N missing` when some of `latency`'s events never arrived.
+fn missing(latency: &LatencySummary) -> String {
+    if latency.missing > 0 {
+        format!(", {} missing", latency.missing)
+    } else {
+        String::new()
+    }
+}
+
 /// CPU seconds per process over a stretch of wall-clock time.
 #[derive(Debug, Clone, Serialize)]
 pub struct CpuProfile {
@@ -130,8 +139,10 @@ pub struct RawFigures {
     pub broker_cpu_ms_per_record: (f64, f64, f64),
     /// Produce-to-consume latency of single records sent at 20 per second
     /// to the joined consumer: the broker's own floor for end-to-end
-    /// latency.
+    /// latency at the HTTP latency run's rate.
     pub latency: LatencySummary,
+    /// The same at the outbox latency run's rate (`--rate`).
+    pub latency_at_rate: LatencySummary,
 }
 
 /// The pipeline's throughput.
@@ -229,11 +240,17 @@ impl Figures {
                 "| raw rdkafka produce and consume at once, send of the first → receipt of the last | {:.0} records/s (broker CPU {concurrent_cpu:.2} ms/record) |\n",
                 raw.concurrent_per_s
             );
-            let l = &raw.latency;
-            out += &format!(
-                "| raw rdkafka latency, send → receive, {:.0} records/s | p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms |\n",
-                l.rate_per_s, l.p50_ms, l.p95_ms, l.p99_ms, l.max_ms
-            );
+            for l in [&raw.latency, &raw.latency_at_rate] {
+                out += &format!(
+                    "| raw rdkafka latency, send → receive, {:.0} records/s | p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms{} |\n",
+                    l.rate_per_s,
+                    l.p50_ms,
+                    l.p95_ms,
+                    l.p99_ms,
+                    l.max_ms,
+                    missing(l)
+                );
+            }
         }
         if let Some(pipeline) = &self.pipeline {
             out += &format!(
@@ -257,7 +274,7 @@ impl Figures {
                     l.p95_ms,
                     l.p99_ms,
                     l.max_ms,
-                    if l.missing > 0 { format!(", {} missing", l.missing) } else { String::new() }
+                    missing(l)
                 );
             }
         }
@@ -376,7 +393,7 @@ pub struct Tuning {
 
 /// Step 1: rdkafka alone on the test broker: `records` records the size of a
 /// `user.created.v1` event, with its headers, to a fresh 8-partition topic.
-pub async fn raw_client(records: usize, tuning: &Tuning) -> anyhow::Result<RawFigures> {
+pub async fn raw_client(records: usize, rate: u32, tuning: &Tuning) -> anyhow::Result<RawFigures> {
     let context = TestContext::new();
     let kafka = context.kafka();
     let topic = format!("bench-raw-{}", &Uuid::new_v4().simple().to_string()[..12]);
@@ -445,44 +462,14 @@ pub async fn raw_client(records: usize, tuning: &Tuning) -> anyhow::Result<RawFi
     let consume_per_s = records as f64 / first.elapsed().as_secs_f64();
     let broker_cpu_consume = cpu_seconds_by_name("tansu") - broker_cpu;
 
-    // Latency floor: one record every 50 ms for 10 s, each timed from its
-    // send to its arrival at the joined consumer.
-    let probes = 200;
-    let mut sent = Vec::with_capacity(probes);
-    let mut arrived = Vec::with_capacity(probes);
-    let mut ticks = tokio::time::interval(Duration::from_millis(50));
-    let receiving = async {
-        while arrived.len() < probes {
-            match tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await {
-                Ok(Ok(_)) => arrived.push(Instant::now()),
-                _ => break,
-            }
-        }
-    };
-    let sending = async {
-        for i in 0..probes {
-            ticks.tick().await;
-            sent.push(Instant::now());
-            let _ = producer
-                .send(record_of(&topic, &events[i % events.len()]), Timeout::Never)
-                .await;
-        }
-    };
-    tokio::join!(receiving, sending);
-    // Records of different partitions may overtake each other; pairing the
-    // i-th sent with the i-th received is exact for the percentiles'
-    // purpose when overtaking is rare, and never understates the maximum.
-    let latencies_ms: Vec<f64> = sent
-        .iter()
-        .zip(&arrived)
-        .map(|(s, a)| a.saturating_duration_since(*s).as_secs_f64() * 1000.0)
-        .collect();
-    let latency = Samples {
-        latencies_ms,
-        sent: probes,
-        seconds: probes as f64 * 0.05,
-    }
-    .summary(20.0);
+    // Latency floor: single records at 20 per second (the HTTP latency
+    // run's rate) and at `rate` (the outbox latency run's), 10 s each.
+    let latency = raw_latency(&producer, &consumer, &topic, &events, 20)
+        .await?
+        .summary(20.0);
+    let latency_at_rate = raw_latency(&producer, &consumer, &topic, &events, rate)
+        .await?
+        .summary(f64::from(rate));
 
     // Both at once: the records produced again while the joined consumer
     // reads them, as in the pipeline.
@@ -529,6 +516,70 @@ pub async fn raw_client(records: usize, tuning: &Tuning) -> anyhow::Result<RawFi
             per_record(broker_cpu_concurrent),
         ),
         latency,
+        latency_at_rate,
+    })
+}
+
+/// Records sent at `rate` per second for 10 s to `topic`, without waiting
+/// for one's delivery report before sending the next, each timed from its
+/// send to its arrival at `consumer` (already joined), matched by key.
+async fn raw_latency(
+    producer: &FutureProducer,
+    consumer: &StreamConsumer,
+    topic: &str,
+    events: &[Envelope],
+    rate: u32,
+) -> anyhow::Result<Samples> {
+    let probes = (rate as usize * 10).min(events.len());
+    let mut sent: Vec<(String, Instant)> = Vec::with_capacity(probes);
+    let mut arrived: HashMap<String, Instant> = HashMap::with_capacity(probes);
+    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let receiving = async {
+        while arrived.len() < probes {
+            match tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await {
+                Ok(Ok(message)) => {
+                    let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
+                    arrived.insert(key, Instant::now());
+                }
+                _ => break,
+            }
+        }
+    };
+    let sending = async {
+        let mut deliveries = Vec::with_capacity(probes);
+        for envelope in &events[..probes] {
+            ticks.tick().await;
+            sent.push((envelope.subject.clone(), Instant::now()));
+            deliveries.push(
+                producer
+                    .send_result(record_of(topic, envelope))
+                    .map_err(|(error, _)| error),
+            );
+        }
+        for delivery in deliveries {
+            delivery?
+                .await
+                .context("a probe's delivery report was lost")?
+                .map_err(|(error, _)| error)
+                .context("a probe was not delivered")?;
+        }
+        anyhow::Ok(())
+    };
+    let ((), delivered) = tokio::join!(receiving, sending);
+    delivered?;
+    let latencies_ms = sent
+        .iter()
+        .filter_map(|(key, at)| {
+            arrived
+                .get(key)
+                .map(|arrival| arrival.saturating_duration_since(*at).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    Ok(Samples {
+        latencies_ms,
+        sent: probes,
+        seconds: probes as f64 / f64::from(rate),
     })
 }
 
@@ -722,6 +773,7 @@ async fn append(pool: &PgPool, event: &UserEvent) -> anyhow::Result<()> {
     let mut tx = pool.begin().await?;
     producer::outbox::append(&mut tx, event).await?;
     tx.commit().await?;
+    producer::outbox::notify(pool).await;
     Ok(())
 }
 

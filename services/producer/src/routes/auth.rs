@@ -110,6 +110,7 @@ pub async fn issue_token(
         .await
         .context("could not append to the outbox")?;
     tx.commit().await.context("could not commit the token event")?;
+    outbox::notify(pool.get_ref()).await;
     tracing::info!(%user_id, token_id = %issued.token_id, %event_id, "token issued");
 
     Ok(HttpResponse::Ok().json(TokenResponse {

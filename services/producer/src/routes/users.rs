@@ -112,6 +112,7 @@ pub async fn create_user(
         .await
         .context("could not append to the outbox")?;
     tx.commit().await.context("could not commit the new user")?;
+    outbox::notify(pool.get_ref()).await;
     tracing::info!(user_id = %user.id, %event_id, "user created");
     Ok(HttpResponse::Created().json(user))
 }
