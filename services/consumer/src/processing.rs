@@ -4,10 +4,11 @@
 //! Each event's effect and its id (in `processed_events`) are written in one
 //! database transaction, so a record delivered again finds its id there and
 //! changes nothing. [`Handler::handle_batch`] writes a run of a partition's
-//! events in one transaction, on the same terms. What happens when an attempt fails (retries, the retry
-//! topic, the dead-letter topic) is [`crate::delivery`]'s business.
+//! events in one transaction of three statements, on the same terms. What
+//! happens when an attempt fails (retries, the retry topic, the dead-letter
+//! topic) is [`crate::delivery`]'s business.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use events::{TokenIssued, UserCreated, UserEvent};
@@ -178,31 +179,40 @@ impl Handler {
             return Ok(Vec::new());
         }
 
+        // Three statements whatever the run's length: the claims, the new
+        // users, the token counts.
+        let applied: Vec<Applied<'_>> = run
+            .iter()
+            .map(|(origin, envelope, event)| Applied::of(origin, envelope, event))
+            .collect();
         let mut tx = self.pool.begin().await?;
+        let mut claimed = claim_all(&mut tx, &applied).await?;
         let mut outcomes = Vec::with_capacity(run.len());
         let mut announced = Vec::new();
-        for (origin, envelope, event) in &run {
-            let applied = Applied::of(origin, envelope, event);
-            let Some(sequence) = claim(&mut tx, &applied).await? else {
+        let mut new_users = Vec::new();
+        let mut tokens = Vec::new();
+        for ((_, _, event), applied) in run.iter().zip(&applied) {
+            // Removed once taken: an event the run holds twice (published
+            // again after a relay crash) is applied at its first copy.
+            let Some(sequence) = claimed.remove(&applied.event_id) else {
                 outcomes.push(Outcome::Duplicate);
                 continue;
             };
             match event {
-                UserEvent::Created(data) => {
-                    read_model::insert_user(&mut tx, data.user_id, &data.username, &data.email, data.created_at)
-                        .await?;
-                }
-                UserEvent::TokenIssued(data) => {
-                    anyhow::ensure!(
-                        read_model::count_token(&mut tx, data.user_id, data.issued_at).await?,
-                        "user {} vanished from the read model",
-                        data.user_id
-                    );
-                }
+                UserEvent::Created(data) => new_users.push(data),
+                UserEvent::TokenIssued(data) => tokens.push((data.user_id, data.issued_at)),
             }
             outcomes.push(Outcome::Applied);
             announced.push(applied.feed_event(sequence));
         }
+        read_model::insert_users(&mut tx, &new_users).await?;
+        let token_users: HashSet<Uuid> = tokens.iter().map(|(user_id, _)| *user_id).collect();
+        let counted = read_model::count_tokens(&mut tx, &tokens).await?;
+        anyhow::ensure!(
+            counted == token_users.len() as u64,
+            "{} of the run's users vanished from the read model",
+            token_users.len() as u64 - counted.min(token_users.len() as u64)
+        );
         tx.commit().await?;
         for event in announced {
             self.feed.publish(event);
@@ -263,6 +273,39 @@ async fn claim(tx: &mut sqlx::PgConnection, event: &Applied<'_>) -> Result<Optio
     .bind(event.time)
     .fetch_optional(&mut *tx)
     .await
+}
+
+/// Records `events` as processed, in their order, in one statement, and
+/// returns the `sequence` of each that was not processed before, by event
+/// id (an event listed twice is claimed once).
+async fn claim_all(tx: &mut sqlx::PgConnection, events: &[Applied<'_>]) -> Result<HashMap<Uuid, i64>, sqlx::Error> {
+    let ids: Vec<Uuid> = events.iter().map(|event| event.event_id).collect();
+    let types: Vec<&str> = events.iter().map(|event| event.event_type).collect();
+    let topics: Vec<&str> = events.iter().map(|event| event.origin.topic.as_str()).collect();
+    let partitions: Vec<i32> = events.iter().map(|event| event.origin.partition).collect();
+    let offsets: Vec<i64> = events.iter().map(|event| event.origin.offset).collect();
+    let subjects: Vec<&str> = events.iter().map(|event| event.subject).collect();
+    let times: Vec<DateTime<Utc>> = events.iter().map(|event| event.time).collect();
+    // `ORDER BY n`: the rows, and so their `sequence` values, in the run's
+    // order, as one claim at a time would give them.
+    let claimed: Vec<(Uuid, i64)> = sqlx::query_as(
+        "INSERT INTO processed_events (event_id, event_type, topic, \"partition\", \"offset\", subject, event_time) \
+         SELECT id, event_type, topic, \"partition\", \"offset\", subject, event_time \
+         FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::integer[], $5::bigint[], $6::text[], $7::timestamptz[]) \
+              WITH ORDINALITY AS event(id, event_type, topic, \"partition\", \"offset\", subject, event_time, n) \
+         ORDER BY n \
+         ON CONFLICT (event_id) DO NOTHING RETURNING event_id, sequence",
+    )
+    .bind(&ids)
+    .bind(&types)
+    .bind(&topics)
+    .bind(&partitions)
+    .bind(&offsets)
+    .bind(&subjects)
+    .bind(&times)
+    .fetch_all(&mut *tx)
+    .await?;
+    Ok(claimed.into_iter().collect())
 }
 
 fn transient(error: sqlx::Error) -> ProcessError {

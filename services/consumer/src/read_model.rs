@@ -1,6 +1,7 @@
 //! The read model: one row per user, with token counts.
 
 use chrono::{DateTime, Utc};
+use events::UserCreated;
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -85,6 +86,60 @@ pub async fn insert_user(
     .execute(connection)
     .await
     .map(drop)
+}
+
+/// Inserts `users` as [`insert_user`] does each, in one statement.
+///
+/// # Errors
+///
+/// The database error.
+pub async fn insert_users(connection: &mut PgConnection, users: &[&UserCreated]) -> Result<(), sqlx::Error> {
+    if users.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = users.iter().map(|user| user.user_id).collect();
+    let usernames: Vec<&str> = users.iter().map(|user| user.username.as_str()).collect();
+    let emails: Vec<&str> = users.iter().map(|user| user.email.as_str()).collect();
+    let created: Vec<DateTime<Utc>> = users.iter().map(|user| user.created_at).collect();
+    sqlx::query(
+        "INSERT INTO users (id, username, email, created_at) \
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::timestamptz[]) \
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(&ids)
+    .bind(&usernames)
+    .bind(&emails)
+    .bind(&created)
+    .execute(connection)
+    .await
+    .map(drop)
+}
+
+/// Counts issued `tokens`, (user id, issued at) pairs, several per user
+/// allowed, as [`count_token`] does each, in one statement. Returns how
+/// many distinct users were updated: fewer than `tokens` names when some
+/// are unknown.
+///
+/// # Errors
+///
+/// The database error.
+pub async fn count_tokens(connection: &mut PgConnection, tokens: &[(Uuid, DateTime<Utc>)]) -> Result<u64, sqlx::Error> {
+    if tokens.is_empty() {
+        return Ok(0);
+    }
+    let (ids, issued): (Vec<Uuid>, Vec<DateTime<Utc>>) = tokens.iter().copied().unzip();
+    let result = sqlx::query(
+        "UPDATE users SET tokens_issued = tokens_issued + t.issued, \
+         last_token_issued_at = GREATEST(last_token_issued_at, t.latest) \
+         FROM (SELECT id, count(*) AS issued, max(issued_at) AS latest \
+               FROM UNNEST($1::uuid[], $2::timestamptz[]) AS token(id, issued_at) GROUP BY id) AS t \
+         WHERE users.id = t.id",
+    )
+    .bind(&ids)
+    .bind(&issued)
+    .execute(connection)
+    .await?;
+    Ok(result.rows_affected())
 }
 
 /// Counts one issued token. Returns `false` when the user is unknown.

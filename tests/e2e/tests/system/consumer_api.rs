@@ -179,6 +179,13 @@ async fn a_batch_applies_its_leading_run_once_and_stops_where_a_record_needs_mor
         .await
         .unwrap();
     assert_eq!(processed, 4);
+    // `sequence` follows the offsets: the order the feed and the per-user
+    // order checks rely on.
+    let offsets: Vec<i64> = sqlx::query_scalar("SELECT \"offset\" FROM processed_events ORDER BY sequence")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(offsets, [0, 1, 2, 5]);
 
     service.stop().await.unwrap();
     context.drop_databases().await;
