@@ -210,8 +210,8 @@ impl Handler {
         let counted = read_model::count_tokens(&mut tx, &tokens).await?;
         anyhow::ensure!(
             counted == token_users.len() as u64,
-            "{} of the run's users vanished from the read model",
-            token_users.len() as u64 - counted.min(token_users.len() as u64)
+            "users vanished from the read model: {counted} of the run's {} found",
+            token_users.len()
         );
         tx.commit().await?;
         for event in announced {
@@ -260,19 +260,9 @@ impl<'a> Applied<'a> {
 /// Records the event as processed and returns its `sequence`; `None` when
 /// it already was (the caller's transaction then changes nothing).
 async fn claim(tx: &mut sqlx::PgConnection, event: &Applied<'_>) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query_scalar(
-        "INSERT INTO processed_events (event_id, event_type, topic, \"partition\", \"offset\", subject, event_time) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (event_id) DO NOTHING RETURNING sequence",
-    )
-    .bind(event.event_id)
-    .bind(event.event_type)
-    .bind(&event.origin.topic)
-    .bind(event.origin.partition)
-    .bind(event.origin.offset)
-    .bind(event.subject)
-    .bind(event.time)
-    .fetch_optional(&mut *tx)
-    .await
+    Ok(claim_all(tx, std::slice::from_ref(event))
+        .await?
+        .remove(&event.event_id))
 }
 
 /// Records `events` as processed, in their order, in one statement, and

@@ -116,9 +116,10 @@ pub async fn insert_users(connection: &mut PgConnection, users: &[&UserCreated])
 }
 
 /// Counts issued `tokens`, (user id, issued at) pairs, several per user
-/// allowed, as [`count_token`] does each, in one statement. Returns how
-/// many distinct users were updated: fewer than `tokens` names when some
-/// are unknown.
+/// allowed, in one statement: each user's `tokens_issued` grows by its
+/// pairs, and its `last_token_issued_at` becomes the latest seen. Returns
+/// how many distinct users were updated: fewer than `tokens` names when
+/// some are unknown.
 ///
 /// # Errors
 ///
@@ -152,13 +153,5 @@ pub async fn count_token(
     id: Uuid,
     issued_at: DateTime<Utc>,
 ) -> Result<bool, sqlx::Error> {
-    let result = sqlx::query(
-        "UPDATE users SET tokens_issued = tokens_issued + 1, \
-         last_token_issued_at = GREATEST(last_token_issued_at, $2) WHERE id = $1",
-    )
-    .bind(id)
-    .bind(issued_at)
-    .execute(connection)
-    .await?;
-    Ok(result.rows_affected() == 1)
+    Ok(count_tokens(connection, &[(id, issued_at)]).await? == 1)
 }
