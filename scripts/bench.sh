@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The benchmark (bench/src/main.rs): builds both services and the bench in
-# release mode, starts PostgreSQL and a fresh Tansu broker on
+# release mode, starts PostgreSQL and a fresh Nisshi broker on
 # 127.0.0.1:19292, and measures the raw Kafka client limit, the pipeline,
 # end-to-end latency, the HTTP API against the argon2 floor, and memory,
 # in one run. Prints a markdown table and writes docs/benchmarks/

@@ -4,7 +4,7 @@
 # drives demo traffic through them. Ctrl-C stops everything.
 #
 # Ports: broker 9092, producer 9001, consumer 9000, all on 127.0.0.1.
-# Logs: .run/producer.log, .run/consumer.log, .run/broker/tansu.log.
+# Logs: .run/producer.log, .run/consumer.log, .run/broker/nisshi.log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .run

@@ -3,7 +3,8 @@
 # tests, API tests and end-to-end tests; then schemathesis against both
 # services' APIs (scripts/api-fuzz.sh) and libFuzzer against the record
 # decoder (scripts/fuzz.sh). All against a real
-# broker (Tansu on 127.0.0.1:19092, started here) and the local PostgreSQL.
+# broker (Nisshi on 127.0.0.1:19092, started here and stopped at the end)
+# and the local PostgreSQL.
 #
 # Override with TEST_KAFKA_BOOTSTRAP_SERVERS (then no broker is started) and
 # TEST_DATABASE_URL (a server URL without database name; tests create and
@@ -18,11 +19,10 @@ scripts/deny.sh
 
 scripts/postgres.sh
 if [[ -z ${TEST_KAFKA_BOOTSTRAP_SERVERS:-} ]]; then
-  # A fresh broker each run: Tansu's SQLite storage slows down as the
-  # topics of earlier runs pile up.
-  scripts/broker.sh stop 19092 .run/test-broker
-  rm -rf .run/test-broker
+  # Every test names its own topics and group, so the broker's data from
+  # earlier runs does not matter and is kept.
   scripts/broker.sh start 19092 .run/test-broker
+  trap 'scripts/broker.sh stop 19092 .run/test-broker' EXIT
   export TEST_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:19092
 fi
 export TEST_DATABASE_URL=${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432}

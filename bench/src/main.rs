@@ -9,10 +9,14 @@
 //!    size of a `user.created.v1` event to a fresh 8-partition topic
 //!    (idempotent, `acks=all`), then a consumer group reading them back
 //!    with manual commits.
-//! 2. Pipeline throughput: the same number of events appended to the
-//!    producer's outbox in one burst (the producer's own `outbox::append`,
-//!    no HTTP, no password hashing), relayed, consumed and applied by the
-//!    release-built services; from the first append to the last applied.
+//!    The produce rate is the median of three bursts.
+//! 2. Drain: the release-built consumer alone applying a backlog of
+//!    `--events` records written to its topic beforehand, beside the raw
+//!    consume rate. Pipeline throughput: the same number of events
+//!    appended to the producer's outbox in one burst (the producer's own
+//!    `outbox::append`, no HTTP, no password hashing), relayed, consumed
+//!    and applied by the release-built services; from the first append to
+//!    the last applied.
 //! 3. End-to-end latency: events appended at a steady rate, each timed from
 //!    its commit to its arrival on the consumer's live feed (which publishes
 //!    right after the read model's commit); and users created and tokens
@@ -97,6 +101,14 @@ async fn main() -> anyhow::Result<()> {
         println!("{}", figures.markdown());
         return Ok(());
     }
+
+    eprintln!(
+        "bench: 2/5 the consumer draining a backlog of {} events",
+        options.events
+    );
+    let mut drain = measure::drain(options.events, &options.tuning).await?;
+    drain.ratio_to_raw = drain.per_s / raw.consume_per_s;
+    figures.drain = Some(drain);
 
     // Before the services start, so that nothing else runs meanwhile.
     eprintln!("bench: the argon2 floor");

@@ -468,7 +468,7 @@ impl ConsumerContext for GroupContext {
                         }
                         revoked.push(key);
                     }
-                    self.shared.monitor.revoked(&revoked, assignment.leases.len());
+                    self.shared.monitor.revoked(&revoked, assignment.leases.keys());
                 }
                 let committed = commit_stored(consumer, CommitMode::Sync);
                 self.shared.monitor.committed(committed.is_ok());
@@ -502,7 +502,7 @@ impl ConsumerContext for GroupContext {
                 }
                 self.shared
                     .monitor
-                    .assigned(partitions.count(), assignment.leases.len());
+                    .assigned(partitions.count(), assignment.leases.keys());
             }
             // A partition paused for back-pressure before it was revoked
             // must not come back paused: nothing would ever resume it.

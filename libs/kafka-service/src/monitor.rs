@@ -6,12 +6,12 @@
 //! | name | labels | meaning |
 //! |---|---|---|
 //! | `kafka_consumer_lag_records` | `topic`, `partition` | records between the last one processed (or committed) and the high watermark, per assigned partition (librdkafka statistics, every [`STATISTICS_INTERVAL_MS`]) |
-//! | `kafka_consumer_assigned_partitions` | | partitions this member holds |
+//! | `kafka_consumer_assigned_partitions` | `topic` | partitions of the topic this member holds |
 //! | `kafka_consumer_rebalances_total` | `kind` (`assign`, `revoke`) | partitions assigned or revoked, by rebalance |
 //! | `kafka_consumer_commits_total` | `result` (`ok`, `failed`) | offset commits |
 //! | `kafka_consumer_offsets_stored_total` | | records whose offset was stored (processed) |
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -32,6 +32,13 @@ pub struct PartitionLabels {
     pub topic: String,
     /// The partition.
     pub partition: i32,
+}
+
+/// Labels naming one topic.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicLabels {
+    /// The topic.
+    pub topic: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -56,7 +63,13 @@ struct Inner {
     last_progress_ms: AtomicI64,
     lag_by_partition: Mutex<HashMap<(String, i32), i64>>,
     lag: Family<PartitionLabels, Gauge>,
-    assigned: Gauge,
+    /// Partitions held, per topic; a topic stays (at 0) once it was held,
+    /// so a member that lost every partition of a topic says so.
+    assigned: Family<TopicLabels, Gauge>,
+    /// Partitions held, all topics together.
+    assigned_total: AtomicI64,
+    /// Every topic this member has held a partition of.
+    topics_held: Mutex<BTreeSet<String>>,
     rebalances: Family<KindLabels, Counter>,
     commits: Family<ResultLabels, Counter>,
     stored: Counter,
@@ -70,7 +83,9 @@ impl GroupMonitor {
             last_progress_ms: AtomicI64::new(-1),
             lag_by_partition: Mutex::default(),
             lag: Family::default(),
-            assigned: Gauge::default(),
+            assigned: Family::default(),
+            assigned_total: AtomicI64::new(0),
+            topics_held: Mutex::default(),
             rebalances: Family::default(),
             commits: Family::default(),
             stored: Counter::default(),
@@ -82,7 +97,7 @@ impl GroupMonitor {
         );
         registry.register(
             "kafka_consumer_assigned_partitions",
-            "Partitions assigned to this member",
+            "Partitions of the topic assigned to this member",
             inner.assigned.clone(),
         );
         registry.register(
@@ -117,9 +132,9 @@ impl GroupMonitor {
         }
     }
 
-    /// Partitions this member holds.
+    /// Partitions this member holds, of all topics.
     pub fn assigned_partitions(&self) -> i64 {
-        self.inner.assigned.get()
+        self.inner.assigned_total.load(Ordering::Relaxed)
     }
 
     /// The summed lag of the assigned partitions of `topics`, as of the last
@@ -158,20 +173,22 @@ impl GroupMonitor {
         self.inner.stored.inc();
     }
 
-    pub(crate) fn assigned(&self, count: usize, held: usize) {
+    /// `count` partitions were assigned; `held` is what the member holds now.
+    pub(crate) fn assigned<'a>(&self, count: usize, held: impl IntoIterator<Item = &'a (String, i32)>) {
         self.inner
             .rebalances
             .get_or_create(&KindLabels { kind: "assign" })
             .inc_by(count as u64);
-        self.inner.assigned.set(i64::try_from(held).unwrap_or(i64::MAX));
+        self.hold(held);
     }
 
-    pub(crate) fn revoked(&self, partitions: &[(String, i32)], held: usize) {
+    /// `partitions` were revoked; `held` is what the member holds now.
+    pub(crate) fn revoked<'a>(&self, partitions: &[(String, i32)], held: impl IntoIterator<Item = &'a (String, i32)>) {
         self.inner
             .rebalances
             .get_or_create(&KindLabels { kind: "revoke" })
             .inc_by(partitions.len() as u64);
-        self.inner.assigned.set(i64::try_from(held).unwrap_or(i64::MAX));
+        self.hold(held);
         let mut lag = self.lag_map();
         for (topic, partition) in partitions {
             lag.remove(&(topic.clone(), *partition));
@@ -206,6 +223,25 @@ impl GroupMonitor {
         }
     }
 
+    fn hold<'a>(&self, held: impl IntoIterator<Item = &'a (String, i32)>) {
+        let mut topics = self.inner.topics_held.lock().unwrap_or_else(PoisonError::into_inner);
+        // Topics held before and not now go to 0 rather than away.
+        let mut per_topic: BTreeMap<String, i64> = topics.iter().map(|topic| (topic.clone(), 0)).collect();
+        for (topic, _) in held {
+            *per_topic.entry(topic.clone()).or_default() += 1;
+        }
+        for (topic, count) in &per_topic {
+            self.inner
+                .assigned
+                .get_or_create(&TopicLabels { topic: topic.clone() })
+                .set(*count);
+        }
+        self.inner
+            .assigned_total
+            .store(per_topic.values().sum(), Ordering::Relaxed);
+        topics.extend(per_topic.into_keys());
+    }
+
     fn lag_map(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i32), i64>> {
         self.inner
             .lag_by_partition
@@ -223,7 +259,7 @@ mod tests {
         let mut registry = Registry::default();
         let monitor = GroupMonitor::new(&mut registry);
         let held = vec![("a".to_owned(), 0), ("a".to_owned(), 1), ("retry".to_owned(), 0)];
-        monitor.assigned(3, 3);
+        monitor.assigned(3, &held);
         monitor.report_lag(
             [
                 ("a".to_owned(), 0, 5),
@@ -236,7 +272,7 @@ mod tests {
         assert_eq!(monitor.lag(&["a"]), 5);
         assert_eq!(monitor.lag(&["a", "retry"]), 12);
 
-        monitor.revoked(&[("a".to_owned(), 0)], 2);
+        monitor.revoked(&[("a".to_owned(), 0)], &held[1..]);
         assert_eq!(monitor.lag(&["a"]), 0);
         assert_eq!(monitor.assigned_partitions(), 2);
 
@@ -254,6 +290,19 @@ mod tests {
             text.contains("kafka_consumer_rebalances_total{kind=\"revoke\"} 1"),
             "{text}"
         );
+        assert!(
+            text.contains("kafka_consumer_assigned_partitions{topic=\"a\"} 1"),
+            "{text}"
+        );
+
+        monitor.revoked(&[("retry".to_owned(), 0)], &held[1..2]);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains("kafka_consumer_assigned_partitions{topic=\"retry\"} 0"),
+            "a topic no longer held says 0: {text}"
+        );
+        assert_eq!(monitor.assigned_partitions(), 1);
     }
 
     #[test]
@@ -265,7 +314,7 @@ mod tests {
         let reason = monitor.stalled(&["a"], quick).unwrap();
         assert!(reason.starts_with("no partitions assigned"), "{reason}");
 
-        monitor.assigned(1, 1);
+        monitor.assigned(1, &[("a".to_owned(), 0)]);
         assert_eq!(monitor.stalled(&["a"], quick), None, "assigned, nothing to do");
         monitor.report_lag([("a".to_owned(), 0, 3)], &[("a".to_owned(), 0)]);
         let reason = monitor.stalled(&["a"], quick).unwrap();

@@ -129,11 +129,13 @@ pub struct ConsumerSettings {
     /// 500, when absent).
     ///
     /// Apache Kafka answers a waiting fetch as soon as a record arrives, so
-    /// there this only paces idle polling. Tansu 0.6 sleeps before it
-    /// answers, even when records are waiting (half of the wait when it is
-    /// 250 ms or more, all of it below that: `tansu-storage`
-    /// `service/fetch.rs`), so against Tansu every record arrives up to this
-    /// late, and every resumed partition waits this long.
+    /// there this only paces idle polling. Nisshi 0.8 (the local broker)
+    /// polls its storage instead: it reads, and while nothing is there
+    /// sleeps half of the remaining wait before it reads again
+    /// (`nisshi-storage` `service/fetch.rs`), so a record that arrives just
+    /// after a read waits up to half of this for the next one. Locally the
+    /// wait is a choice of latency against the broker's idle CPU
+    /// (`docs/benchmarks.md`, "Fetch wait").
     #[serde(default = "default_fetch_wait_max_ms")]
     pub fetch_wait_max_ms: u64,
 }

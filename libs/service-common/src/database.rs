@@ -43,11 +43,20 @@ pub async fn connect(database: &DatabaseSettings, migrations: &Migrator) -> anyh
             .context("could not reach the database server (database.url)")?;
         if !exists {
             // Identifiers cannot be bound parameters; quote it instead.
-            sqlx::query(&format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\"")))
+            let created = sqlx::query(&format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\"")))
                 .execute(&mut connection)
-                .await
-                .context("could not create the database")?;
-            tracing::info!(database = name, "database created");
+                .await;
+            match created {
+                Ok(_) => tracing::info!(database = name, "database created"),
+                // Another instance starting at the same time created it
+                // first: `duplicate_database`, or, when both passed the
+                // catalogue check together, `unique_violation` on
+                // `pg_database_datname_index`.
+                Err(sqlx::Error::Database(error)) if matches!(error.code().as_deref(), Some("42P04" | "23505")) => {
+                    tracing::info!(database = name, "database created by another instance meanwhile");
+                }
+                Err(error) => return Err(error).context("could not create the database"),
+            }
         }
     }
     let pool = PgPoolOptions::new()

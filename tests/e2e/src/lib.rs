@@ -6,7 +6,8 @@
 //!   in-process on port 0 ([`TestContext::spawn_producer`]);
 //! - `tests/failures`: failure tests, with the services as processes
 //!   ([`process`]) that can be killed, a fault-injecting proxy ([`proxy`]),
-//!   and load and exact-state assertions ([`load`]);
+//!   and load and exact-state assertions ([`load`]); tests that stop the
+//!   broker or need a TLS listener start one of their own ([`broker`]);
 //! - the live feed's tests read it with [`sse::EventStream`].
 //!
 //! Environment: `TEST_KAFKA_BOOTSTRAP_SERVERS` (default `127.0.0.1:19092`)
@@ -15,7 +16,9 @@
 //! unreachable: the tests fail and say so.
 #![warn(missing_docs)]
 
+pub mod broker;
 pub mod load;
+pub mod metrics;
 pub mod process;
 pub mod proxy;
 pub mod sse;
@@ -134,8 +137,8 @@ impl TestContext {
         let mut group = ConsumerSettings::new(&self.group_id);
         group.commit_interval_ms = 200;
         group.session_timeout_ms = 10_000;
-        // As the consumer's local.yaml (Tansu answers a fetch only after
-        // its wait; see `ConsumerSettings::fetch_wait_max_ms`).
+        // As the consumer's local.yaml (the local broker polls its storage
+        // within the wait; see `ConsumerSettings::fetch_wait_max_ms`).
         group.fetch_wait_max_ms = 10;
         Settings {
             http: HttpSettings {

@@ -60,7 +60,7 @@ pub fn token_issued(user_id: Uuid) -> UserEvent {
 pub async fn publish(context: &TestContext, events: &[UserEvent]) {
     let kafka = context.kafka();
     // The services provision their topics at start-up; the load may come
-    // first. Tansu can be slow to answer while consumers keep it busy.
+    // first, while consumers keep two cores busy: a longer timeout.
     let mut admin = kafka.clone();
     admin.request_timeout_ms = 15_000;
     kafka_service::ensure_topics(&admin, &kafka.topics.specs(&Topic::ALL))

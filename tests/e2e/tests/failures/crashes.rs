@@ -37,7 +37,6 @@ async fn a_consumer_killed_mid_stream_loses_nothing_and_applies_nothing_twice() 
     consumer.kill().await;
     let killed_at = processed_count(&pool).await;
     assert!(killed_at < 1000, "killed mid-stream, after {killed_at} events");
-    e2e::process::wait_out_session().await;
 
     let consumer = context.start_consumer_process(NO_PRODUCER, &[SMALL_BATCHES]).await;
     wait_for_processed(&pool, 1000, Duration::from_secs(60)).await;
@@ -46,7 +45,6 @@ async fn a_consumer_killed_mid_stream_loses_nothing_and_applies_nothing_twice() 
     consumer.kill().await;
     let killed_at = processed_count(&pool).await;
     assert!(killed_at < 4000, "killed mid-stream, after {killed_at} events");
-    e2e::process::wait_out_session().await;
 
     let consumer = context.start_consumer_process(NO_PRODUCER, &[]).await;
     assert_exact_state(&context, &pool, &users, 3).await;

@@ -7,10 +7,9 @@
 //! The broker outage test is in `tests/system/broker_outage.rs`.
 //!
 //! These tests run one at a time (see [`one_at_a_time`]): each loads the
-//! broker with thousands of records and several group members, and Tansu's
-//! group coordinator, answering heartbeats late under two such loads at
-//! once, would time members out and turn the tests into a measure of the
-//! machine.
+//! broker with thousands of records and up to three group members, and on
+//! two cores several such loads at once would turn the tests' time bounds
+//! (a session timeout plus one rebalance) into a measure of the machine.
 
 mod crashes;
 mod dead_letters;

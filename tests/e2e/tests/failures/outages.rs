@@ -47,7 +47,6 @@ async fn a_database_outage_commits_nothing_past_unapplied_records() {
         .unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     consumer.kill().await;
-    e2e::process::wait_out_session().await;
     sqlx::query(&format!("ALTER DATABASE {database} ALLOW_CONNECTIONS true"))
         .execute(&mut admin)
         .await

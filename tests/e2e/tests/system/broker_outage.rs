@@ -1,85 +1,11 @@
 //! The broker goes down while users are created: requests still succeed,
 //! and every event arrives once the broker is back.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use e2e::broker::Broker;
 use e2e::{create_user, eventually, read_model_token_counts, TestContext};
 use reqwest::Client;
-
-/// A Tansu broker of this test's own, on a free loopback port, with SQLite
-/// storage in a fresh directory (so it can be stopped and started again
-/// with its data).
-struct Broker {
-    port: u16,
-    dir: PathBuf,
-    process: Option<Child>,
-}
-
-impl Broker {
-    fn start_new() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = std::env::temp_dir().join(format!("e2e-tansu-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut broker = Self {
-            port,
-            dir,
-            process: None,
-        };
-        broker.start();
-        broker
-    }
-
-    fn start(&mut self) {
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let log = std::fs::File::create(self.dir.join("tansu.log")).unwrap();
-        let child = Command::new(std::env::var("TANSU").unwrap_or_else(|_| "tansu".to_owned()))
-            .args([
-                "broker",
-                "--storage-engine",
-                "sqlite://tansu.db",
-                "--listener-url",
-                &url,
-            ])
-            .args(["--advertised-listener-url", &url])
-            .current_dir(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("tansu is installed (scripts/broker.sh installs it)");
-        self.process = Some(child);
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("tansu did not start on port {}", self.port);
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.process.take() {
-            child.kill().unwrap();
-            child.wait().unwrap();
-        }
-    }
-
-    fn bootstrap_servers(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 #[tokio::test]
 async fn users_created_while_the_broker_is_down_arrive_after_it_returns() {

@@ -7,4 +7,5 @@ mod database;
 mod event_flow;
 mod feed;
 mod producer_api;
+mod tls;
 mod topics;
