@@ -36,11 +36,7 @@ const SMALL_BATCHES: (&str, &str) = ("APP_KAFKA__MAX_BATCH_RECORDS", "4");
 async fn three_members_share_each_topics_partitions_three_three_two() {
     let _serial = crate::one_at_a_time().await;
     let context = TestContext::new();
-    let (a, b, c) = tokio::join!(
-        context.start_consumer_process(NO_PRODUCER, &[]),
-        context.start_consumer_process(NO_PRODUCER, &[]),
-        context.start_consumer_process(NO_PRODUCER, &[]),
-    );
+    let (a, b, c) = three_members(&context, &[]).await;
     let members = [&a, &b, &c];
     let split = wait_for_ownership(&context, &members, Duration::from_secs(30), |split| {
         split.values().all(|held| sorted(held) == [2, 3, 3])
@@ -72,11 +68,7 @@ async fn three_members_share_each_topics_partitions_three_three_two() {
 async fn a_member_killed_mid_stream_loses_its_partitions_to_the_survivors_within_the_session_timeout() {
     let _serial = crate::one_at_a_time().await;
     let context = TestContext::new();
-    let (a, b, c) = tokio::join!(
-        context.start_consumer_process(NO_PRODUCER, &[SMALL_BATCHES]),
-        context.start_consumer_process(NO_PRODUCER, &[SMALL_BATCHES]),
-        context.start_consumer_process(NO_PRODUCER, &[SMALL_BATCHES]),
-    );
+    let (a, b, c) = three_members(&context, &[SMALL_BATCHES]).await;
     wait_for_ownership(&context, &[&a, &b, &c], Duration::from_secs(30), each_member_holds_some).await;
 
     let (users, created) = new_users(1500);
@@ -84,17 +76,9 @@ async fn a_member_killed_mid_stream_loses_its_partitions_to_the_survivors_within
     publish(&context, &tokens_for(&users, 2)).await;
     let pool = context.consumer_pool().await;
     wait_for_processed(&pool, 500, Duration::from_secs(60)).await;
-    c.kill().await;
-    let killed = Instant::now();
-    let killed_at = e2e::load::processed_count(&pool).await;
-    assert!(killed_at < 4500, "killed mid-stream, after {killed_at} events");
-
-    let bound = SESSION_TIMEOUT + ONE_REBALANCE;
-    wait_for_ownership(&context, &[&a, &b], bound, |_| true).await;
-    eprintln!(
-        "the survivors held all partitions {:?} after the kill (bound {bound:?})",
-        killed.elapsed()
-    );
+    let killed = kill_mid_stream(c, &pool, 4500).await;
+    let took = wait_for_heirs(&context, &[&a, &b], killed).await;
+    eprintln!("the survivors held all partitions {took:?} after the kill");
     assert_exact_state(&context, &pool, &users, 2).await;
     a.kill().await;
     b.kill().await;
@@ -117,18 +101,10 @@ async fn a_member_started_right_after_a_crash_gets_the_partitions_once_the_group
     let first = context.start_consumer_process(NO_PRODUCER, &[SMALL_BATCHES]).await;
     let pool = context.consumer_pool().await;
     wait_for_processed(&pool, 200, Duration::from_secs(60)).await;
-    first.kill().await;
-    let killed = Instant::now();
-    let killed_at = e2e::load::processed_count(&pool).await;
-    assert!(killed_at < 2000, "killed mid-stream, after {killed_at} events");
-
+    let killed = kill_mid_stream(first, &pool, 2000).await;
     let second = context.start_consumer_process(NO_PRODUCER, &[SMALL_BATCHES]).await;
-    let bound = SESSION_TIMEOUT + ONE_REBALANCE;
-    wait_for_ownership(&context, &[&second], bound, |_| true).await;
-    eprintln!(
-        "the new member held all partitions {:?} after the kill (bound {bound:?})",
-        killed.elapsed()
-    );
+    let took = wait_for_heirs(&context, &[&second], killed).await;
+    eprintln!("the new member held all partitions {took:?} after the kill");
     assert_exact_state(&context, &pool, &users, 1).await;
     second.kill().await;
     pool.close().await;
@@ -143,11 +119,7 @@ async fn a_member_started_right_after_a_crash_gets_the_partitions_once_the_group
 async fn a_rolling_restart_keeps_every_partition_owned_and_applies_every_record_once() {
     let _serial = crate::one_at_a_time().await;
     let context = TestContext::new();
-    let (a, b, c) = tokio::join!(
-        context.start_consumer_process(NO_PRODUCER, &[SMALL_BATCHES]),
-        context.start_consumer_process(NO_PRODUCER, &[SMALL_BATCHES]),
-        context.start_consumer_process(NO_PRODUCER, &[SMALL_BATCHES]),
-    );
+    let (a, b, c) = three_members(&context, &[SMALL_BATCHES]).await;
     let mut members = vec![a, b, c];
     wait_for_ownership(&context, &refs(&members), Duration::from_secs(30), |_| true).await;
     let pool = context.consumer_pool().await;
@@ -206,6 +178,36 @@ async fn members_joining_and_leaving_mid_stream_apply_every_event_once() {
     c.kill().await;
     pool.close().await;
     context.drop_databases().await;
+}
+
+/// Three members of this test's group, started together.
+async fn three_members(
+    context: &TestContext,
+    extra: &[(&str, &str)],
+) -> (ServiceProcess, ServiceProcess, ServiceProcess) {
+    tokio::join!(
+        context.start_consumer_process(NO_PRODUCER, extra),
+        context.start_consumer_process(NO_PRODUCER, extra),
+        context.start_consumer_process(NO_PRODUCER, extra),
+    )
+}
+
+/// SIGKILLs `member` and asserts that fewer than `total` events had been
+/// applied by then; returns when it died.
+async fn kill_mid_stream(member: ServiceProcess, pool: &sqlx::PgPool, total: i64) -> Instant {
+    member.kill().await;
+    let killed = Instant::now();
+    let applied = e2e::load::processed_count(pool).await;
+    assert!(applied < total, "killed mid-stream, after {applied} of {total} events");
+    killed
+}
+
+/// Waits until `heirs` own every partition, for at most the session
+/// timeout plus one rebalance after `killed`; returns how long it took.
+async fn wait_for_heirs(context: &TestContext, heirs: &[&ServiceProcess], killed: Instant) -> Duration {
+    let bound = SESSION_TIMEOUT + ONE_REBALANCE;
+    wait_for_ownership(context, heirs, bound.saturating_sub(killed.elapsed()), |_| true).await;
+    killed.elapsed()
 }
 
 /// Per consumed topic, the partitions each member holds (in `members`'
