@@ -127,7 +127,8 @@ struct Shared {
     assignment: Mutex<Assignment>,
     /// Parent of every lease's token: cancelled at shutdown.
     shutdown: CancellationToken,
-    /// Offsets stored since the last commit.
+    /// Offsets stored since the last successful commit (or since the one in
+    /// flight): what makes a commit due.
     stored: AtomicUsize,
     monitor: GroupMonitor,
 }
@@ -137,6 +138,19 @@ impl Shared {
         // A panic while holding the lock leaves the map consistent: every
         // operation on it is a single insert or remove.
         self.assignment.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Commits every stored offset synchronously (blocking) and counts the
+    /// result. When the commit fails, the offsets it took count as stored
+    /// again, so the next due commit includes them even if no record comes.
+    fn commit<C: Consumer<X>, X: ConsumerContext>(&self, consumer: &C) -> KafkaResult<()> {
+        let taken = self.stored.swap(0, Ordering::Relaxed);
+        let result = commit_stored(consumer, CommitMode::Sync);
+        self.monitor.committed(result.is_ok());
+        if result.is_err() {
+            self.stored.fetch_add(taken, Ordering::Relaxed);
+        }
+        result
     }
 }
 
@@ -265,13 +279,12 @@ impl EventConsumer {
     /// [`ConsumeError::Commit`] when the broker does not accept the commit.
     pub async fn commit(&mut self) -> Result<(), ConsumeError> {
         self.last_commit = Instant::now();
-        self.shared.stored.store(0, Ordering::Relaxed);
+        let shared = Arc::clone(&self.shared);
         let consumer = Arc::clone(&self.consumer);
-        let result = tokio::task::spawn_blocking(move || commit_stored(&*consumer, CommitMode::Sync))
+        tokio::task::spawn_blocking(move || shared.commit(&*consumer))
             .await
-            .expect("offset commit panicked");
-        self.shared.monitor.committed(result.is_ok());
-        result.map_err(ConsumeError::Commit)
+            .expect("offset commit panicked")
+            .map_err(ConsumeError::Commit)
     }
 
     /// The partitions currently assigned to this member, as
@@ -320,17 +333,15 @@ impl EventConsumer {
 
     /// Commits the stored offsets in the background: a synchronous commit
     /// on a blocking thread, so its result is known (and counted) without
-    /// holding up [`recv`](Self::recv).
+    /// holding up [`recv`](Self::recv). A failed commit is retried at the
+    /// next interval, records or not.
     fn commit_in_background(&mut self) {
         self.last_commit = Instant::now();
-        self.shared.stored.store(0, Ordering::Relaxed);
         let consumer = Arc::clone(&self.consumer);
         let shared = Arc::clone(&self.shared);
         tokio::task::spawn_blocking(move || {
-            let result = commit_stored(&*consumer, CommitMode::Sync);
-            shared.monitor.committed(result.is_ok());
-            if let Err(error) = result {
-                tracing::warn!(%error, "offset commit failed; the next one will include these offsets");
+            if let Err(error) = shared.commit(&*consumer) {
+                tracing::warn!(%error, "offset commit failed; retrying at the next commit interval");
             }
         });
     }
