@@ -41,6 +41,11 @@ use crate::configuration::RetrySettings;
 use crate::parking::{Parking, Position};
 use crate::processing::{Handler, Outcome, ProcessError};
 
+/// How far past the retry schedule's longest wait a retry copy's
+/// `retry-not-before` may lie before the copy counts as poison: clocks of
+/// the instances that wrote and read it may differ by this much.
+pub const DUE_TIME_MARGIN: Duration = Duration::from_secs(300);
+
 /// Handles each record of the consumed topics (the event topics and the
 /// retry topic). Cheap to clone: one per partition worker.
 #[derive(Clone)]
@@ -317,7 +322,27 @@ impl Delivery {
             }
         };
         let origin = &state.origin;
+        // A copy whose record is no longer parked is skipped before any wait,
+        // so a stale or forged copy holds up nothing behind it.
+        if self.parking.position(origin, record.key.as_deref()).await? == Position::Resolved {
+            tracing::info!(%origin, "second copy of a record already applied or dead-lettered; skipped");
+            self.metrics.outcome(record, "skipped");
+            return Ok(());
+        }
         let wait = (state.not_before - Utc::now()).to_std().unwrap_or_default();
+        let longest = Duration::from_millis(self.policy.topic_max_delay_ms) + DUE_TIME_MARGIN;
+        if wait > longest {
+            let reason = format!(
+                "{} is {} s away, beyond the retry schedule's longest wait ({} s, retry.topic_max_delay_ms plus {} s)",
+                failure::header::RETRY_NOT_BEFORE,
+                wait.as_secs(),
+                longest.as_secs(),
+                DUE_TIME_MARGIN.as_secs()
+            );
+            return self
+                .dead_letter(record, origin, FailureClass::Permanent, state.attempts, &reason)
+                .await;
+        }
         if !wait.is_zero() {
             tracing::debug!(
                 wait_ms = wait.as_millis(),

@@ -276,3 +276,95 @@ async fn exhausted_records_are_dead_lettered_in_order_and_an_operator_redrives_t
     producer.stop().await.unwrap();
     context.drop_databases().await;
 }
+
+/// A retry copy forged (or left stale) with a `retry-not-before` in the
+/// year 2100, for user A's key (so on A's retry partition) and an origin
+/// that was never parked, is on the retry topic before A's own record is
+/// parked behind it; a second one, for user B, copies B's real parked
+/// origin. The first is skipped without waiting, so A's record is applied
+/// when due once the producer answers; the second is dead-lettered at once
+/// with the reason, since no schedule waits that long.
+#[tokio::test]
+async fn far_future_retry_copies_neither_block_their_partition_nor_wait() {
+    let _serial = crate::one_at_a_time().await;
+    let (context, producer, users) = users_the_consumer_has_not_seen(2).await;
+    let (a, b) = (users[0], users[1]);
+    let proxy = FaultProxy::start(format!("127.0.0.1:{}", producer.port), Mode::Refuse).await;
+    let kafka = context.kafka();
+    let retry_topic = kafka.topics.name(Topic::Retry).to_owned();
+    let tokens_topic = kafka.topics.name(Topic::IssuedToken).to_owned();
+    let records = EventProducer::new(&kafka, "forger").unwrap();
+    kafka_service::ensure_topics(&kafka, &kafka.topics.specs(&Topic::ALL))
+        .await
+        .unwrap();
+    let forged = |user, origin_offset: i64, origin_partition: i32| {
+        let mut record = outgoing(&envelope_of(&token_issued(user)));
+        for (name, value) in [
+            (header::ORIGIN_TOPIC, tokens_topic.clone()),
+            (header::ORIGIN_PARTITION, origin_partition.to_string()),
+            (header::ORIGIN_OFFSET, origin_offset.to_string()),
+            (header::ATTEMPTS, "1".to_owned()),
+            (header::RETRY_ROUND, "1".to_owned()),
+            (header::RETRY_NOT_BEFORE, "2100-01-01T00:00:00Z".to_owned()),
+            (header::ERROR_MESSAGE, "forged".to_owned()),
+        ] {
+            record.headers.push((name.to_owned(), Some(value.into_bytes())));
+        }
+        record
+    };
+    records
+        .send_record(&retry_topic, &forged(a, 1_000_000, 0))
+        .await
+        .unwrap();
+
+    // Rounds 2 s and 4 s apart: A's record stays parked until the producer
+    // answers again.
+    let slower = [
+        ("APP_RETRY__TOPIC_INITIAL_DELAY_MS", "2000"),
+        ("APP_RETRY__TOPIC_MAX_DELAY_MS", "4000"),
+    ];
+    let consumer = context.start_consumer_process(&proxy.url(), &slower).await;
+    publish(&context, &[token_issued(a), token_issued(b)]).await;
+    let pool = context.consumer_pool().await;
+    let b_origin: (i32, i64) = eventually(Duration::from_secs(30), "both tokens parked", || async {
+        let parked: Vec<(String, i32, i64)> = sqlx::query_as(
+            "SELECT convert_from(record_key, 'UTF8'), origin_partition, origin_offset FROM parked_records",
+        )
+        .fetch_all(&pool)
+        .await
+        .ok()?;
+        let b_row = parked.iter().find(|(key, _, _)| *key == b.to_string())?;
+        (parked.len() == 2).then_some((b_row.1, b_row.2))
+    })
+    .await;
+    records
+        .send_record(&retry_topic, &forged(b, b_origin.1, b_origin.0))
+        .await
+        .unwrap();
+
+    let dead = eventually(Duration::from_secs(20), "B's far-future copy dead-lettered", || async {
+        dead_letters(&context).await.into_iter().find(|record| {
+            record.key.as_deref() == Some(b.to_string().as_bytes())
+                && header_text(record, header::ERROR_MESSAGE).contains("beyond the retry schedule")
+        })
+    })
+    .await;
+    assert_eq!(header_text(&dead, header::ERROR_CLASS), "permanent");
+
+    proxy.set(Mode::Forward);
+    eventually(Duration::from_secs(30), "A's token applied when due", || async {
+        (e2e::read_model_token_counts(&pool).await.get(&a) == Some(&1)).then_some(())
+    })
+    .await;
+    let dead = dead_letters(&context).await;
+    assert!(
+        dead.iter()
+            .all(|record| record.key.as_deref() != Some(a.to_string().as_bytes())),
+        "nothing of A dead-lettered"
+    );
+
+    consumer.kill().await;
+    pool.close().await;
+    producer.stop().await.unwrap();
+    context.drop_databases().await;
+}
