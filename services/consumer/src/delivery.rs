@@ -147,20 +147,7 @@ enum Tried {
 
 impl RecordHandler for Delivery {
     async fn handle(&self, record: &Record, lease: &PartitionLease) -> Disposition {
-        let span = tracing::info_span!(
-            "record",
-            topic = record.topic,
-            partition = record.partition,
-            offset = record.offset,
-            key = record.key_lossy(),
-            event_id = tracing::field::Empty,
-            trace_id = tracing::field::Empty,
-        );
-        // Continue the trace of the request that caused the event.
-        let traceparent = record
-            .header(service_common::telemetry::TRACEPARENT)
-            .and_then(|value| std::str::from_utf8(value).ok());
-        service_common::telemetry::continue_trace(&span, traceparent);
+        let span = record_span(record);
         let started = std::time::Instant::now();
         let disposition = async {
             let cancel = lease.revoked();
@@ -222,7 +209,17 @@ impl RecordHandler for Delivery {
                 .count();
             let outcomes = self.handler.handle_batch(&records[..run]).await?;
             for (record, outcome) in records.iter().zip(&outcomes) {
-                self.log_outcome(record, *outcome);
+                record_span(record).in_scope(|| self.log_outcome(record, *outcome));
+            }
+            if let Some(last) = records[..outcomes.len()].last() {
+                tracing::info!(
+                    count = outcomes.len(),
+                    topic = first.topic,
+                    partition = first.partition,
+                    first_offset = first.offset,
+                    last_offset = last.offset,
+                    "batch applied"
+                );
             }
             anyhow::Ok(outcomes.len())
         }
@@ -519,6 +516,24 @@ impl Delivery {
         self.metrics.outcome(record, "dead_lettered");
         Ok(())
     }
+}
+
+/// The span of one record's handling: its coordinates, its event id (from
+/// `ce_id`) and the trace of the request that caused the event (continued
+/// from its `traceparent` header).
+fn record_span(record: &Record) -> tracing::Span {
+    let text = |name| record.header(name).and_then(|value| std::str::from_utf8(value).ok());
+    let span = tracing::info_span!(
+        "record",
+        topic = record.topic,
+        partition = record.partition,
+        offset = record.offset,
+        key = record.key_lossy(),
+        event_id = text(kafka_service::envelope::headers::ID),
+        trace_id = tracing::field::Empty,
+    );
+    service_common::telemetry::continue_trace(&span, text(service_common::telemetry::TRACEPARENT));
+    span
 }
 
 impl Delivery {

@@ -348,6 +348,68 @@ async fn one_trace_id_follows_an_event_from_the_request_through_kafka_and_back()
     context.drop_databases().await;
 }
 
+/// With `debug` logging the consumer logs each record it applies with its
+/// coordinates, event id and trace id, so one trace id can be followed
+/// through its log even when it never calls the producer.
+#[tokio::test]
+async fn the_consumer_logs_each_applied_record_with_its_trace_id() {
+    let context = TestContext::new();
+    let producer = context.start_producer_process().await;
+    let consumer = context
+        .start_consumer_process(&producer.url(), &[("RUST_LOG", "info,consumer=debug")])
+        .await;
+    let client = Client::new();
+    let trace_id = uuid::Uuid::new_v4().simple().to_string();
+    let username = format!("logged-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let response = client
+        .post(format!("{}/users", producer.url()))
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .json(&serde_json::json!({ "username": username, "email": format!("{username}@example.com"), "password": PASSWORD }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let pool = context.consumer_pool().await;
+    e2e::load::wait_for_processed(&pool, 1, Duration::from_secs(30)).await;
+    let event_id: uuid::Uuid = sqlx::query_scalar("SELECT event_id FROM processed_events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+
+    let log = strip_colours(&std::fs::read_to_string(&consumer.log).unwrap());
+    let line = log
+        .lines()
+        .find(|line| line.contains("event applied") && line.contains(&trace_id))
+        .unwrap_or_else(|| {
+            panic!(
+                "an `event applied` line with the trace id; see {}",
+                consumer.log.display()
+            )
+        });
+    for field in ["topic=", "partition=", "offset=", "key=", &event_id.to_string()] {
+        assert!(line.contains(field), "{field} in {line}");
+    }
+
+    consumer.kill().await;
+    producer.kill().await;
+    pool.close().await;
+    context.drop_databases().await;
+}
+
+/// `text` without ANSI colour sequences (`ESC [ … m`).
+fn strip_colours(text: &str) -> String {
+    let mut plain = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|&c| c == 'm');
+        } else {
+            plain.push(c);
+        }
+    }
+    plain
+}
+
 /// With `OTEL_EXPORTER_OTLP_ENDPOINT` set, the producer exports its spans
 /// over OTLP/HTTP (protobuf) to `<endpoint>/v1/traces`. The collector here
 /// is a loopback listener that records what it is sent.
