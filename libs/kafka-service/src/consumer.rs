@@ -242,6 +242,11 @@ impl EventConsumer {
         }
     }
 
+    /// What this member reports about itself.
+    pub(crate) fn monitor(&self) -> &GroupMonitor {
+        &self.shared.monitor
+    }
+
     /// The lease on `partition` of `topic`, if this member holds it.
     pub fn lease(&self, topic: &str, partition: i32) -> Option<PartitionLease> {
         let assignment = self.shared.assignment();

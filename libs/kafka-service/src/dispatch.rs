@@ -18,10 +18,22 @@
 //! handler should finish or abandon the record in hand, the worker stops,
 //! and anything it finishes afterwards is not committed (its next owner
 //! redelivers it). A partition assigned again gets a fresh worker.
+//!
+//! A handler that panics stops its partition: the worker ends without
+//! storing the record in hand or anything after it, the partition is
+//! paused, and the member reports itself stalled
+//! ([`GroupMonitor::stalled`](crate::GroupMonitor::stalled), which
+//! readiness asks) with the record's coordinates, so the task is replaced
+//! and the partition's next owner starts again from the last commit. A
+//! panic is a bug; handling the record again in the same process would
+//! most likely panic again.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::time::Duration;
+
+use futures::FutureExt;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -77,6 +89,12 @@ enum Progress {
     Took(PartitionKey),
     /// The worker stopped.
     Stopped(PartitionKey, u64),
+    /// The handler panicked on the record at `offset`; the worker ended.
+    Panicked {
+        key: PartitionKey,
+        offset: i64,
+        message: String,
+    },
 }
 
 type PartitionKey = (String, i32);
@@ -116,6 +134,14 @@ pub async fn run<H: RecordHandler>(
                     if workers.get(&key).is_some_and(|worker| worker.generation == generation) {
                         workers.remove(&key);
                     }
+                }
+                // The worker's entry stays, with its queue closed: the
+                // partition's later records are dropped, never handed to a
+                // new worker that would commit past the one that panicked.
+                Progress::Panicked { key: (topic, partition), offset, message } => {
+                    tracing::error!(topic, partition, offset, panic = message, "partition worker panicked; the partition is stopped until the task is replaced");
+                    consumer.pause(&topic, partition);
+                    consumer.monitor().failed(format!("the worker of {topic}[{partition}] panicked on the record at {topic}[{partition}]@{offset}: {message}"));
                 }
             },
             received = consumer.recv() => match received {
@@ -255,7 +281,11 @@ async fn work<H: RecordHandler>(
         }
 
         let batch = taken.make_contiguous();
-        let done = handler.handle_batch(batch, &lease).await.min(batch.len());
+        let first = batch[0].offset;
+        let Ok(done) = caught(handler.handle_batch(batch, &lease), &key, first, &progress).await else {
+            return;
+        };
+        let done = done.min(batch.len());
         if done > 0 {
             if !store(&lease, &batch[..done]) {
                 break;
@@ -264,7 +294,10 @@ async fn work<H: RecordHandler>(
             continue;
         }
         let record = taken.pop_front().expect("a record was taken");
-        match handler.handle(&record, &lease).await {
+        let Ok(disposition) = caught(handler.handle(&record, &lease), &key, record.offset, &progress).await else {
+            return;
+        };
+        match disposition {
             Disposition::Done => {
                 if !store(&lease, std::slice::from_ref(&record)) {
                     break;
@@ -274,6 +307,29 @@ async fn work<H: RecordHandler>(
         }
     }
     let _ = progress.send(Progress::Stopped(key, lease.generation()));
+}
+
+/// Runs `work` on the records of `key` from `offset`; a panic in it is
+/// reported to the dispatcher ([`Progress::Panicked`]) and comes back as
+/// `Err`.
+async fn caught<T>(
+    work: impl Future<Output = T>,
+    key: &PartitionKey,
+    offset: i64,
+    progress: &mpsc::UnboundedSender<Progress>,
+) -> Result<T, ()> {
+    AssertUnwindSafe(work).catch_unwind().await.map_err(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|text| (*text).to_owned())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "(no message)".to_owned());
+        let _ = progress.send(Progress::Panicked {
+            key: key.clone(),
+            offset,
+            message,
+        });
+    })
 }
 
 /// Stores the offsets of `records`, which are done. `false` when the lease

@@ -70,6 +70,9 @@ struct Inner {
     assigned_total: AtomicI64,
     /// Every topic this member has held a partition of.
     topics_held: Mutex<BTreeSet<String>>,
+    /// Why the member can no longer do its work (a partition worker
+    /// panicked), once it happened: it stays until the process ends.
+    failure: Mutex<Option<String>>,
     rebalances: Family<KindLabels, Counter>,
     commits: Family<ResultLabels, Counter>,
     stored: Counter,
@@ -86,6 +89,7 @@ impl GroupMonitor {
             assigned: Family::default(),
             assigned_total: AtomicI64::new(0),
             topics_held: Mutex::default(),
+            failure: Mutex::default(),
             rebalances: Family::default(),
             commits: Family::default(),
             stored: Counter::default(),
@@ -147,12 +151,22 @@ impl GroupMonitor {
             .sum()
     }
 
-    /// Why this member looks stuck, if it does: no partition assigned
+    /// Why this member looks stuck, if it does: a partition worker that
+    /// panicked (for good), no partition assigned
     /// `stall_after` after start, or records waiting on `topics` and none
     /// processed for `stall_after`. (A member of a group with more members
     /// than partitions is legitimately idle: size the group to the
     /// partitions.)
     pub fn stalled(&self, topics: &[&str], stall_after: Duration) -> Option<String> {
+        if let Some(failure) = self
+            .inner
+            .failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+        {
+            return Some(failure);
+        }
         let uptime = self.uptime();
         if uptime > stall_after && self.assigned_partitions() == 0 {
             return Some(format!("no partitions assigned {} s after start", uptime.as_secs()));
@@ -165,6 +179,12 @@ impl GroupMonitor {
                 idle.as_secs()
             )
         })
+    }
+
+    /// Records that the member can no longer do its work, and why; every
+    /// later [`stalled`](Self::stalled) says so.
+    pub(crate) fn failed(&self, reason: String) {
+        *self.inner.failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason);
     }
 
     pub(crate) fn progressed(&self) {

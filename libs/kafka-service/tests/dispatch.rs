@@ -152,3 +152,107 @@ async fn every_record_is_handled_once_in_partition_order_under_back_pressure() {
     );
     assert!(monitor.since_progress() < Duration::from_secs(5));
 }
+
+/// Handles records one at a time, and panics on partition 0's offset 5.
+#[derive(Clone, Default)]
+struct Panicky {
+    handled: Arc<Mutex<HashMap<i32, Vec<i64>>>>,
+}
+
+impl RecordHandler for Panicky {
+    async fn handle(&self, record: &Record, _lease: &PartitionLease) -> Disposition {
+        assert!(
+            !(record.partition == 0 && record.offset == 5),
+            "a bug met partition 0, offset 5"
+        );
+        self.handled
+            .lock()
+            .unwrap()
+            .entry(record.partition)
+            .or_default()
+            .push(record.offset);
+        Disposition::Done
+    }
+}
+
+/// A handler that panics on one record: the other partition flows on, the
+/// panicking partition handles nothing past that record (its offset is
+/// never committed past it), and readiness reports the panic with the
+/// record's coordinates so the task gets replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_panics_stops_its_partition_and_fails_readiness() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("events", 2, 1).unwrap();
+    let settings = KafkaSettings::new(cluster.bootstrap_servers());
+    let producer = EventProducer::new(&settings, "test").unwrap();
+    // Keyed records spread over both partitions (40 keys: each gets more
+    // than 5 but for a one-in-a-million draw).
+    let mut per_partition = [0_i64; 2];
+    for i in 0..40 {
+        let record = OutgoingRecord {
+            key: Some(format!("key-{i}").into_bytes()),
+            value: Some(i.to_string().into_bytes()),
+            headers: Vec::new(),
+        };
+        let delivered = producer.send_record("events", &record).await.unwrap();
+        per_partition[usize::try_from(delivered.partition).unwrap()] += 1;
+    }
+    assert!(per_partition[0] > 5, "{per_partition:?}");
+
+    let mut group = ConsumerSettings::new("panic-test");
+    group.commit_interval_ms = 100;
+    let shutdown = CancellationToken::new();
+    let monitor = GroupMonitor::new(&mut Registry::default());
+    let consumer = EventConsumer::new(
+        &settings,
+        &group,
+        "test",
+        &["events"],
+        shutdown.child_token(),
+        monitor.clone(),
+    )
+    .unwrap();
+    let handler = Panicky::default();
+    let run = tokio::spawn(dispatch::run(
+        consumer,
+        handler.clone(),
+        DispatchSettings {
+            queue_capacity: 8,
+            max_batch_records: 1,
+            drain_timeout: Duration::from_secs(5),
+        },
+        shutdown.clone(),
+    ));
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let reason = loop {
+        let done = handler.handled.lock().unwrap().get(&1).map_or(0, Vec::len) as i64 == per_partition[1];
+        if let Some(reason) = monitor.stalled(&["events"], Duration::from_secs(3600)) {
+            if done {
+                break reason;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "partition 1 handled and the panic reported; handled {:?}, readiness {:?}",
+            handler.handled.lock().unwrap(),
+            monitor.stalled(&["events"], Duration::from_secs(3600))
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        reason.contains("panicked") && reason.contains("events[0]@5"),
+        "the reason names the record: {reason}"
+    );
+    shutdown.cancel();
+    run.await.unwrap().unwrap();
+
+    let handled = handler.handled.lock().unwrap()[&0].clone();
+    assert_eq!(handled, (0..5).collect::<Vec<i64>>(), "nothing past the panic");
+    let offsets = kafka_service::group_offsets(&settings, "panic-test", &["events"])
+        .await
+        .unwrap();
+    let committed = |partition| offsets.iter().find(|p| p.partition == partition).unwrap().committed;
+    assert_eq!(committed(0), Some(5), "committed up to the record that panicked");
+    assert_eq!(committed(1), Some(per_partition[1]));
+}
