@@ -64,9 +64,28 @@ const RELAY_LOCK_KEY: i64 = 0x6f75_7462_6f78; // "outbox"
 /// abandons them (their rows stay pending and are published again later).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
+/// Locks the row of user `user_id` until the caller's transaction ends, so
+/// that one user's appends run one after another: call it before taking the
+/// event's time. The relay publishes in outbox id order, and ids are taken
+/// at insert; with the lock, a user's later insert comes after the earlier
+/// transaction committed, so the user's records reach their partition in
+/// commit order, with event times (`ce_time`) that never go backwards.
+///
+/// # Errors
+///
+/// The database error, which should abort the transaction.
+pub async fn lock_subject(tx: &mut PgConnection, user_id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE")
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await
+        .map(drop)
+}
+
 /// Appends `event` to the outbox inside the caller's transaction and
 /// returns its event id (`ce_id`). Call [`notify`] once the transaction has
-/// committed.
+/// committed. An event of an existing user must be preceded by
+/// [`lock_subject`], with the event's time taken after it.
 ///
 /// # Errors
 ///

@@ -98,6 +98,12 @@ pub async fn issue_token(
     let user_id = user_id.expect("a verified password belongs to a known user");
     tracing::Span::current().record("user_id", tracing::field::display(user_id));
 
+    let mut tx = pool.begin().await.context("could not begin a transaction")?;
+    // The token, and so the event's time, after the lock: one user's token
+    // events reach their partition in commit order (outbox::lock_subject).
+    outbox::lock_subject(&mut tx, user_id)
+        .await
+        .context("could not lock the user")?;
     let issued = keys.issue_user_token(user_id, ttl.0);
     let event = UserEvent::TokenIssued(TokenIssued {
         user_id,
@@ -105,7 +111,6 @@ pub async fn issue_token(
         issued_at: issued.issued_at,
         expires_at: issued.expires_at,
     });
-    let mut tx = pool.begin().await.context("could not begin a transaction")?;
     let event_id = outbox::append(&mut tx, &event)
         .await
         .context("could not append to the outbox")?;

@@ -197,3 +197,75 @@ async fn assert_records_keyed_by_user(
         "a key stays in one partition per topic"
     );
 }
+
+/// A transaction appends a token event for a user and stays open; a login
+/// of the same user comes meanwhile, and the transaction commits 500 ms
+/// later. The login's record must not reach the partition before the
+/// earlier transaction's, and the event times (`ce_time`) along the
+/// partition must not go backwards: the login waits for the user's lock
+/// and takes its time after it.
+#[tokio::test]
+async fn one_users_events_reach_their_partition_in_commit_order() {
+    let context = TestContext::new();
+    let producer = context.spawn_producer().await;
+    let client = Client::new();
+    let user = create_user(&client, &producer.url(), "order").await;
+    let pool = context.producer_pool().await;
+
+    let mut tx = pool.begin().await.unwrap();
+    producer::outbox::lock_subject(&mut tx, user.id).await.unwrap();
+    let now = chrono::Utc::now();
+    let earlier = events::UserEvent::TokenIssued(events::TokenIssued {
+        user_id: user.id,
+        token_id: uuid::Uuid::new_v4(),
+        issued_at: now,
+        expires_at: now + chrono::Duration::minutes(15),
+    });
+    producer::outbox::append(&mut tx, &earlier).await.unwrap();
+    let url = producer.url();
+    let username = user.username.clone();
+    let login = tokio::spawn(async move { issue_token(&Client::new(), &url, &username).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tx.commit().await.unwrap();
+    producer::outbox::notify(&pool).await;
+    login.await.unwrap();
+
+    let kafka = context.kafka();
+    let topic = kafka.topics.name(Topic::IssuedToken).to_owned();
+    let key = user.id.to_string();
+    let records = eventually(Duration::from_secs(30), "both token records", || async {
+        let records: Vec<_> = kafka_service::reader::read_topic(&kafka, &topic)
+            .await
+            .ok()?
+            .into_iter()
+            .filter(|record| record.key.as_deref() == Some(key.as_bytes()))
+            .collect();
+        (records.len() == 2).then_some(records)
+    })
+    .await;
+    let envelopes: Vec<Envelope> = records
+        .iter()
+        .map(|record| Envelope::decode(record).expect("a valid envelope"))
+        .collect();
+    let token_of = |envelope: &Envelope| {
+        let data: serde_json::Value = serde_json::from_slice(&envelope.data).unwrap();
+        data["token_id"].as_str().unwrap().parse::<uuid::Uuid>().unwrap()
+    };
+    let events::UserEvent::TokenIssued(earlier) = earlier else {
+        unreachable!()
+    };
+    assert_eq!(
+        token_of(&envelopes[0]),
+        earlier.token_id,
+        "the transaction that committed first reached the partition first"
+    );
+    assert!(
+        envelopes[0].time <= envelopes[1].time,
+        "ce_time {} after {}",
+        envelopes[1].time,
+        envelopes[0].time
+    );
+    pool.close().await;
+    producer.stop().await.unwrap();
+    context.drop_databases().await;
+}
