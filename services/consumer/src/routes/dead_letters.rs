@@ -7,7 +7,6 @@
 //! applied, changes nothing the second time.
 
 use actix_web::{web, HttpResponse};
-use anyhow::Context;
 use kafka_service::failure::{self, header, Origin};
 use kafka_service::{EventProducer, KafkaSettings, Record, Topic};
 use serde::{Deserialize, Serialize};
@@ -172,13 +171,32 @@ pub struct Redriven {
     pub offset: i64,
 }
 
+/// `POST /dead-letters/redrive` answer when the broker did not answer: the
+/// JSON error body, and once records were being produced, which of them the
+/// broker confirmed and which not (both lists absent before that).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RedriveIncomplete {
+    /// `broker_unavailable`, and which record it stopped at.
+    pub error: service_common::http::ErrorDetail,
+    /// The records the broker confirmed, in request order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redriven: Vec<Redriven>,
+    /// The rest, in request order: the first may still be delivered (it was
+    /// sent, but not confirmed in time), the others were not sent. Sending
+    /// them again is safe: a record that arrives twice is applied once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub not_confirmed: Vec<RecordRef>,
+}
+
 /// Produces each chosen dead letter to its origin topic again, with its
 /// original key, value and headers (failure headers removed). All records
-/// are checked before any is produced.
+/// are checked before any is produced, then produced one at a time, each
+/// waited for at most `kafka.request_timeout_ms`.
 ///
 /// `200 {"redriven": [...]}`; `422` when a record does not exist or its
 /// origin is not an event topic; `401`/`403` as for listing; `503` when the
-/// broker does not answer.
+/// broker does not answer, listing what it confirmed and what it did not
+/// ([`RedriveIncomplete`] once records were being produced).
 #[utoipa::path(
     post,
     path = "/dead-letters/redrive",
@@ -193,7 +211,7 @@ pub struct Redriven {
         (status = 413, description = "`payload_too_large`: body over 16 KiB", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`: not `application/json`", body = ErrorBody),
         (status = 422, description = "`validation_failed`: none or too many chosen, or one that is not a dead letter of an event topic; nothing was redriven", body = ErrorBody),
-        (status = 503, description = "`broker_unavailable`: the broker did not answer", body = ErrorBody),
+        (status = 503, description = "`broker_unavailable`: the broker did not answer; once records were being produced, the body lists which were confirmed and which not", body = RedriveIncomplete),
     )
 )]
 #[tracing::instrument(name = "redrive dead letters", skip_all)]
@@ -245,11 +263,41 @@ pub async fn redrive(
         found.push((wanted, origin, record));
     }
     let mut redriven = Vec::with_capacity(found.len());
-    for (wanted, origin, record) in found {
-        let delivery = producer
-            .send_record(&origin.topic, &failure::original(&record))
-            .await
-            .context("could not produce the redriven record")?;
+    let wait = std::time::Duration::from_millis(kafka.request_timeout_ms);
+    let chosen: Vec<RecordRef> = found.iter().map(|(wanted, _, _)| *wanted).collect();
+    for (index, (wanted, origin, record)) in found.into_iter().enumerate() {
+        let sent = tokio::time::timeout(wait, producer.send_record(&origin.topic, &failure::original(&record))).await;
+        let delivery = match sent {
+            Ok(Ok(delivery)) => delivery,
+            failed => {
+                let why = match failed {
+                    Ok(Err(error)) => format!("{:#}", anyhow::Error::from(error)),
+                    _ => format!("not confirmed within {} ms", wait.as_millis()),
+                };
+                tracing::warn!(
+                    dead_letter_partition = wanted.partition,
+                    dead_letter_offset = wanted.offset,
+                    error = why,
+                    redriven = redriven.len(),
+                    "redrive stopped: the broker did not confirm a record"
+                );
+                return Ok(HttpResponse::ServiceUnavailable().json(RedriveIncomplete {
+                    error: service_common::http::ErrorDetail {
+                        code: "broker_unavailable".to_owned(),
+                        message: format!(
+                            "the broker did not confirm the dead letter at partition {} offset {} ({why}); \
+                             {} of {} redriven",
+                            wanted.partition,
+                            wanted.offset,
+                            redriven.len(),
+                            chosen.len()
+                        ),
+                    },
+                    redriven,
+                    not_confirmed: chosen[index..].to_vec(),
+                }));
+            }
+        };
         tracing::info!(
             dead_letter_partition = wanted.partition,
             dead_letter_offset = wanted.offset,

@@ -368,3 +368,66 @@ async fn far_future_retry_copies_neither_block_their_partition_nor_wait() {
     producer.stop().await.unwrap();
     context.drop_databases().await;
 }
+
+/// Redrive against a broker that stops confirming records: librdkafka's
+/// mock cluster, after a poison record was dead-lettered, answers every
+/// produce request with a retriable error (so librdkafka retries without
+/// end). The redrive answers within about `kafka.request_timeout_ms`
+/// (2 s here) with `503` and says the record was not confirmed, instead of
+/// hanging on the delivery report.
+#[tokio::test]
+async fn a_redrive_the_broker_does_not_confirm_answers_in_bounded_time_and_says_what_is_unconfirmed() {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+    let cluster = MockCluster::new(1).unwrap();
+    let context = TestContext::with_broker(cluster.bootstrap_servers());
+    for topic in Topic::ALL {
+        cluster.create_topic(context.topics.name(topic), 8, 1).unwrap();
+    }
+    let consumer = context.spawn_consumer(NO_PRODUCER).await;
+    let kafka = context.kafka();
+    let records = EventProducer::new(&kafka, "poison").unwrap();
+    let (users, _) = new_users(1);
+    let mut not_json = outgoing(&envelope_of(&token_issued(users[0])));
+    not_json.value = Some(b"{not json".to_vec());
+    records
+        .send_record(kafka.topics.name(Topic::IssuedToken), &not_json)
+        .await
+        .unwrap();
+    let dead = eventually(Duration::from_secs(30), "the poison record dead-lettered", || async {
+        dead_letters(&context).await.into_iter().next()
+    })
+    .await;
+
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 1000],
+    );
+    let keys = TokenKeys::new(&SecretString::from(JWT_SECRET.to_owned())).unwrap();
+    let operator = keys.service_token("operator");
+    let started = std::time::Instant::now();
+    let response = Client::new()
+        .post(format!("{}/dead-letters/redrive", consumer.url()))
+        .bearer_auth(operator.expose_secret())
+        .json(&json!({ "records": [{ "partition": dead.partition, "offset": dead.offset }] }))
+        .timeout(Duration::from_secs(15))
+        .send()
+        .await
+        .expect("an answer within 15 s");
+    let took = started.elapsed();
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "broker_unavailable", "{body}");
+    assert_eq!(
+        body["not_confirmed"],
+        json!([{ "partition": dead.partition, "offset": dead.offset }]),
+        "{body}"
+    );
+    assert!(body.get("redriven").is_none(), "nothing confirmed: {body}");
+    assert!(took < Duration::from_secs(5), "answered after {took:?}");
+
+    cluster.clear_request_errors(RDKafkaApiKey::Produce);
+    consumer.stop().await.unwrap();
+    context.drop_databases().await;
+}
