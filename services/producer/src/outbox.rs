@@ -144,7 +144,16 @@ pub struct Relay {
     batches_in_flight: usize,
     poll_interval: Duration,
     metrics: RelayMetrics,
+    /// When the pending-rows metrics were last measured: during a catch-up
+    /// they are measured at most every [`PENDING_METRICS_INTERVAL`], since
+    /// counting a large backlog costs more than reading a batch of it.
+    measured_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// How often the pending-rows metrics are measured while the relay reads
+/// full batches (catching up); a read that finds less than a batch always
+/// measures them (the backlog is small then).
+const PENDING_METRICS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// An outbox row's id and what its delivery report said.
 type DeliveryResult = (i64, anyhow::Result<()>);
@@ -159,9 +168,11 @@ struct InFlight<'a> {
 
 /// The relay's metrics:
 ///
-/// - `outbox_pending_rows`: rows not yet published, as of the last batch;
+/// - `outbox_pending_rows`: rows not yet published, as of the last read
+///   that found less than a batch, or at most a second old while the relay
+///   catches up;
 /// - `outbox_oldest_pending_age_seconds`: age of the oldest of them (0 when
-///   none), as of the last batch;
+///   none), measured with it;
 /// - `kafka_records_published_total{topic,result}`: `delivered` or `failed`;
 /// - `kafka_delivery_duration_seconds{topic}`: from handing a record to the
 ///   client to its delivery report.
@@ -231,6 +242,7 @@ impl Relay {
             batches_in_flight: settings.batches_in_flight.max(1),
             poll_interval: Duration::from_millis(settings.poll_interval_ms),
             metrics,
+            measured_at: std::sync::Mutex::new(None),
         }
     }
 
@@ -376,7 +388,8 @@ impl Relay {
     }
 
     /// Up to `batch_size` pending rows in `id` order, leaving out those in
-    /// flight; updates the pending-rows metrics.
+    /// flight; updates the pending-rows metrics when the read found less
+    /// than a batch, or [`PENDING_METRICS_INTERVAL`] after the last time.
     async fn pending_rows(
         &self,
         connection: &mut PgConnection,
@@ -392,7 +405,9 @@ impl Relay {
         .fetch_all(&mut *connection)
         .await
         .map_err(RelayError::Database)?;
-        self.measure_pending(connection).await?;
+        if rows.len() < self.batch_size as usize || self.measure_due() {
+            self.measure_pending(connection).await?;
+        }
         Ok(rows)
     }
 
@@ -484,6 +499,20 @@ impl Relay {
 impl Relay {
     /// Updates `outbox_pending_rows` and `outbox_oldest_pending_age_seconds`
     /// (the partial index on unpublished rows keeps this cheap).
+    /// Whether [`PENDING_METRICS_INTERVAL`] has passed since the last
+    /// measurement (and so one is taken now).
+    fn measure_due(&self) -> bool {
+        let mut measured_at = self
+            .measured_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let due = measured_at.is_none_or(|at| at.elapsed() >= PENDING_METRICS_INTERVAL);
+        if due {
+            *measured_at = Some(std::time::Instant::now());
+        }
+        due
+    }
+
     async fn measure_pending(&self, connection: &mut PgConnection) -> Result<(), RelayError> {
         let (pending, oldest_age): (i64, Option<f64>) = sqlx::query_as(
             "SELECT count(*), EXTRACT(EPOCH FROM now() - min(occurred_at))::float8 \
