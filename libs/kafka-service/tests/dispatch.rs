@@ -82,31 +82,9 @@ async fn every_record_is_handled_once_in_partition_order_under_back_pressure() {
         producer.send_record("events", &record).await.unwrap();
     }
 
-    let mut group = ConsumerSettings::new("dispatch-test");
-    group.commit_interval_ms = 100;
-    let shutdown = CancellationToken::new();
-    let monitor = GroupMonitor::new(&mut Registry::default());
-    let consumer = EventConsumer::new(
-        &settings,
-        &group,
-        "test",
-        &["events"],
-        shutdown.child_token(),
-        monitor.clone(),
-    )
-    .unwrap();
     let recorder = Recorder::default();
-    let run = tokio::spawn(dispatch::run(
-        consumer,
-        recorder.clone(),
-        DispatchSettings {
-            // Small queues: the slow partition is paused and resumed many times.
-            queue_capacity: 8,
-            max_batch_records: MAX_BATCH_RECORDS,
-            drain_timeout: Duration::from_secs(5),
-        },
-        shutdown.clone(),
-    ));
+    // Small queues: the slow partition is paused and resumed many times.
+    let (monitor, shutdown, run) = dispatch_events(&settings, "dispatch-test", recorder.clone(), MAX_BATCH_RECORDS);
 
     let handled = || recorder.handled.lock().unwrap().values().map(Vec::len).sum::<usize>();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -199,30 +177,8 @@ async fn a_worker_that_panics_stops_its_partition_and_fails_readiness() {
     }
     assert!(per_partition[0] > 5, "{per_partition:?}");
 
-    let mut group = ConsumerSettings::new("panic-test");
-    group.commit_interval_ms = 100;
-    let shutdown = CancellationToken::new();
-    let monitor = GroupMonitor::new(&mut Registry::default());
-    let consumer = EventConsumer::new(
-        &settings,
-        &group,
-        "test",
-        &["events"],
-        shutdown.child_token(),
-        monitor.clone(),
-    )
-    .unwrap();
     let handler = Panicky::default();
-    let run = tokio::spawn(dispatch::run(
-        consumer,
-        handler.clone(),
-        DispatchSettings {
-            queue_capacity: 8,
-            max_batch_records: 1,
-            drain_timeout: Duration::from_secs(5),
-        },
-        shutdown.clone(),
-    ));
+    let (monitor, shutdown, run) = dispatch_events(&settings, "panic-test", handler.clone(), 1);
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let reason = loop {
@@ -255,4 +211,44 @@ async fn a_worker_that_panics_stops_its_partition_and_fails_readiness() {
     let committed = |partition| offsets.iter().find(|p| p.partition == partition).unwrap().committed;
     assert_eq!(committed(0), Some(5), "committed up to the record that panicked");
     assert_eq!(committed(1), Some(per_partition[1]));
+}
+
+/// Runs the dispatcher over topic `events` for group `group_id` with
+/// `handler`, queues of 8 records and batches of at most
+/// `max_batch_records`, committing every 100 ms. Returns the member's
+/// monitor, the token that stops it, and the dispatcher's task.
+fn dispatch_events<H: RecordHandler>(
+    settings: &KafkaSettings,
+    group_id: &str,
+    handler: H,
+    max_batch_records: usize,
+) -> (
+    GroupMonitor,
+    CancellationToken,
+    tokio::task::JoinHandle<Result<(), kafka_service::ConsumeError>>,
+) {
+    let mut group = ConsumerSettings::new(group_id);
+    group.commit_interval_ms = 100;
+    let shutdown = CancellationToken::new();
+    let monitor = GroupMonitor::new(&mut Registry::default());
+    let consumer = EventConsumer::new(
+        settings,
+        &group,
+        "test",
+        &["events"],
+        shutdown.child_token(),
+        monitor.clone(),
+    )
+    .unwrap();
+    let run = tokio::spawn(dispatch::run(
+        consumer,
+        handler,
+        DispatchSettings {
+            queue_capacity: 8,
+            max_batch_records,
+            drain_timeout: Duration::from_secs(5),
+        },
+        shutdown.clone(),
+    ));
+    (monitor, shutdown, run)
 }

@@ -214,7 +214,8 @@ async fn one_users_events_reach_their_partition_in_commit_order() {
 
     let mut tx = pool.begin().await.unwrap();
     producer::outbox::lock_subject(&mut tx, user.id).await.unwrap();
-    let now = chrono::Utc::now();
+    // Whole seconds, as a token's times are (they are the JWT's `iat`).
+    let now = chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 0);
     let earlier = events::UserEvent::TokenIssued(events::TokenIssued {
         user_id: user.id,
         token_id: uuid::Uuid::new_v4(),
