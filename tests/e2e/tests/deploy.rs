@@ -563,3 +563,100 @@ fn the_binaries_link_only_what_the_runtime_image_has() {
         );
     }
 }
+
+/// Each service's deploys queue in groups of their own, one per
+/// environment: GitHub keeps one running and one pending run per
+/// concurrency group and cancels an older pending one, so a shared group
+/// would let one service's deploy silently drop the other's.
+#[test]
+fn each_service_and_environment_deploys_in_a_concurrency_group_of_its_own() {
+    let workflow = yaml(".github/workflows/deploy-service.yml");
+    let jobs = workflow["jobs"].as_hash().expect("jobs");
+    let mut groups = BTreeSet::new();
+    for (name, job) in jobs {
+        let name = text(name, "job name");
+        let group = text(&job["concurrency"]["group"], "concurrency group");
+        assert!(
+            group.contains("${{ inputs.service }}") && group.contains(name),
+            "job {name}: concurrency group `{group}` does not name both the service and the environment"
+        );
+        assert_eq!(
+            job["concurrency"]["cancel-in-progress"],
+            Yaml::Boolean(false),
+            "job {name}"
+        );
+        groups.insert(group.to_owned());
+    }
+    assert_eq!(
+        groups.len(),
+        ENVIRONMENTS.len(),
+        "one group per environment: {groups:?}"
+    );
+}
+
+/// A service deploys when anything that changes what is deployed changes:
+/// its code, the shared code, the build's inputs and the deploy's own
+/// machinery.
+#[test]
+fn deploy_path_filters_cover_everything_that_changes_a_deploy() {
+    for service in SERVICES {
+        let file = format!(".github/workflows/deploy-{service}.yml");
+        let workflow = yaml(&file);
+        let paths: BTreeSet<String> = strings(&workflow["on"]["push"]["paths"]).into_iter().collect();
+        for needed in [
+            format!("services/{service}/**"),
+            "libs/**".to_owned(),
+            "Cargo.lock".to_owned(),
+            "Cargo.toml".to_owned(),
+            ".dockerignore".to_owned(),
+            "scripts/install-copilot.sh".to_owned(),
+            ".github/workflows/deploy-service.yml".to_owned(),
+            file.clone(),
+            format!("deploy/copilot/{service}/**"),
+        ] {
+            assert!(
+                paths.contains(&needed),
+                "{file}: `{needed}` is not among its paths {paths:?}"
+            );
+        }
+    }
+}
+
+/// The Docker build context leaves out build output, fuzzing state and
+/// test caches wherever they are (a pattern without `**/` matches only at
+/// the context root), and CI cancels superseded runs of a pull request but
+/// never an earlier commit's run on `main`.
+#[test]
+fn the_build_context_and_ci_cancel_only_what_they_should() {
+    let ignored: BTreeSet<String> = read(".dockerignore")
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .map(str::to_owned)
+        .collect();
+    for needed in ["**/target/", "fuzz/", "**/.schemathesis/", ".run/", ".git/"] {
+        assert!(ignored.contains(needed), ".dockerignore lacks `{needed}`: {ignored:?}");
+    }
+    let ci = yaml(".github/workflows/ci.yml");
+    let cancel = &ci["concurrency"]["cancel-in-progress"];
+    assert_ne!(
+        cancel,
+        &Yaml::Boolean(true),
+        "CI would cancel runs of earlier main commits"
+    );
+    assert!(
+        text(cancel, "cancel-in-progress").contains("pull_request"),
+        "cancel only superseded pull-request runs: {cancel:?}"
+    );
+    let runs: Vec<String> = ci["jobs"]
+        .as_hash()
+        .expect("jobs")
+        .iter()
+        .filter(|(name, _)| text(name, "job") != "test")
+        .flat_map(|(_, job)| strings(job))
+        .collect();
+    assert!(
+        runs.iter().all(|run| !run.contains("cargo deny")),
+        "cargo deny runs in scripts/test.sh (job `test`) already"
+    );
+}
