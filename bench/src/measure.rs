@@ -431,18 +431,8 @@ pub struct Tuning {
 /// Produce bursts the raw client limit takes the median of: one burst on a
 /// shared two-core machine moved by a third between runs.
 pub const RAW_BURSTS: usize = 3;
-
-/// The median of `values` (the mean of the middle two for an even count).
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let middle = sorted.len() / 2;
-    if sorted.len() % 2 == 0 {
-        (sorted[middle - 1] + sorted[middle]) / 2.0
-    } else {
-        sorted[middle]
-    }
-}
+// The raw produce rate is the middle burst's: an odd count has one.
+const _: () = assert!(RAW_BURSTS % 2 == 1);
 
 /// Step 1: rdkafka alone on the test broker: [`RAW_BURSTS`] bursts of
 /// `records` records the size of a `user.created.v1` event, with its
@@ -564,7 +554,12 @@ pub async fn raw_client(records: usize, rate: u32, tuning: &Tuning) -> anyhow::R
     Ok(RawFigures {
         records,
         value_bytes,
-        produce_per_s: median(&produce_bursts_per_s),
+        // The median, for the odd number of bursts.
+        produce_per_s: {
+            let mut sorted = produce_bursts_per_s.clone();
+            sorted.sort_by(f64::total_cmp);
+            percentile(&sorted, 0.50)
+        },
         produce_bursts_per_s,
         consume_per_s,
         concurrent_per_s,

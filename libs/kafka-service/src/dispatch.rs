@@ -141,7 +141,7 @@ pub async fn run<H: RecordHandler>(
                 Progress::Panicked { key: (topic, partition), offset, message } => {
                     tracing::error!(topic, partition, offset, panic = message, "partition worker panicked; the partition is stopped until the task is replaced");
                     consumer.pause(&topic, partition);
-                    consumer.monitor().failed(format!("the worker of {topic}[{partition}] panicked on the record at {topic}[{partition}]@{offset}: {message}"));
+                    consumer.monitor().failed(format!("a partition worker panicked on the record at {topic}[{partition}]@{offset}: {message}"));
                 }
             },
             received = consumer.recv() => match received {

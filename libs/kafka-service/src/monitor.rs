@@ -34,10 +34,10 @@ pub struct PartitionLabels {
     pub partition: i32,
 }
 
-/// Labels naming one topic.
+/// Labels of a metric kept per topic.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TopicLabels {
-    /// The topic.
+    /// The physical topic name.
     pub topic: String,
 }
 

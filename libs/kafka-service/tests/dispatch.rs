@@ -28,19 +28,27 @@ const MAX_BATCH_RECORDS: usize = 5;
 /// first offset that is 3 modulo 7, which is left to `handle`.
 #[derive(Clone, Default)]
 struct Recorder {
-    handled: Arc<Mutex<HashMap<i32, Vec<i64>>>>,
+    handled: Handled,
     alone: Arc<Mutex<Vec<(i32, i64)>>>,
     largest_batch: Arc<Mutex<usize>>,
 }
 
-impl Recorder {
-    fn record(&self, record: &Record) {
-        self.handled
+/// The offsets a handler handled, per partition, in the order it did.
+#[derive(Clone, Default)]
+struct Handled(Arc<Mutex<HashMap<i32, Vec<i64>>>>);
+
+impl Handled {
+    fn add(&self, record: &Record) {
+        self.0
             .lock()
             .unwrap()
             .entry(record.partition)
             .or_default()
             .push(record.offset);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i32, Vec<i64>>> {
+        self.0.lock().unwrap()
     }
 }
 
@@ -50,7 +58,7 @@ impl RecordHandler for Recorder {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         self.alone.lock().unwrap().push((record.partition, record.offset));
-        self.record(record);
+        self.handled.add(record);
         Disposition::Done
     }
 
@@ -60,7 +68,7 @@ impl RecordHandler for Recorder {
         drop(largest);
         let run = records.iter().take_while(|record| record.offset % 7 != 3).count();
         for record in &records[..run] {
-            self.record(record);
+            self.handled.add(record);
         }
         run
     }
@@ -86,7 +94,7 @@ async fn every_record_is_handled_once_in_partition_order_under_back_pressure() {
     // Small queues: the slow partition is paused and resumed many times.
     let (monitor, shutdown, run) = dispatch_events(&settings, "dispatch-test", recorder.clone(), MAX_BATCH_RECORDS);
 
-    let handled = || recorder.handled.lock().unwrap().values().map(Vec::len).sum::<usize>();
+    let handled = || recorder.handled.lock().values().map(Vec::len).sum::<usize>();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while handled() < RECORDS {
         assert!(
@@ -99,7 +107,7 @@ async fn every_record_is_handled_once_in_partition_order_under_back_pressure() {
     shutdown.cancel();
     run.await.unwrap().unwrap();
 
-    let handled = recorder.handled.lock().unwrap();
+    let handled = recorder.handled.lock();
     assert_eq!(
         handled.values().map(Vec::len).sum::<usize>(),
         RECORDS,
@@ -134,7 +142,7 @@ async fn every_record_is_handled_once_in_partition_order_under_back_pressure() {
 /// Handles records one at a time, and panics on partition 0's offset 5.
 #[derive(Clone, Default)]
 struct Panicky {
-    handled: Arc<Mutex<HashMap<i32, Vec<i64>>>>,
+    handled: Handled,
 }
 
 impl RecordHandler for Panicky {
@@ -143,12 +151,7 @@ impl RecordHandler for Panicky {
             !(record.partition == 0 && record.offset == 5),
             "a bug met partition 0, offset 5"
         );
-        self.handled
-            .lock()
-            .unwrap()
-            .entry(record.partition)
-            .or_default()
-            .push(record.offset);
+        self.handled.add(record);
         Disposition::Done
     }
 }
@@ -182,7 +185,7 @@ async fn a_worker_that_panics_stops_its_partition_and_fails_readiness() {
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let reason = loop {
-        let done = handler.handled.lock().unwrap().get(&1).map_or(0, Vec::len) as i64 == per_partition[1];
+        let done = handler.handled.lock().get(&1).map_or(0, Vec::len) as i64 == per_partition[1];
         if let Some(reason) = monitor.stalled(&["events"], Duration::from_secs(3600)) {
             if done {
                 break reason;
@@ -191,7 +194,7 @@ async fn a_worker_that_panics_stops_its_partition_and_fails_readiness() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "partition 1 handled and the panic reported; handled {:?}, readiness {:?}",
-            handler.handled.lock().unwrap(),
+            handler.handled.lock(),
             monitor.stalled(&["events"], Duration::from_secs(3600))
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -203,7 +206,7 @@ async fn a_worker_that_panics_stops_its_partition_and_fails_readiness() {
     shutdown.cancel();
     run.await.unwrap().unwrap();
 
-    let handled = handler.handled.lock().unwrap()[&0].clone();
+    let handled = handler.handled.lock()[&0].clone();
     assert_eq!(handled, (0..5).collect::<Vec<i64>>(), "nothing past the panic");
     let offsets = kafka_service::group_offsets(&settings, "panic-test", &["events"])
         .await

@@ -45,12 +45,9 @@ pub struct RouteLabels {
     pub route: String,
 }
 
-/// Labels of a metric kept per topic.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TopicLabels {
-    /// The physical topic name.
-    pub topic: String,
-}
+/// Labels of a metric kept per topic (the Kafka crate's, so both label
+/// their metrics alike).
+pub use kafka_service::monitor::TopicLabels;
 
 /// The service's metrics registry (complete once the service is built) and
 /// the HTTP metrics in it. Cheap to clone.

@@ -321,37 +321,37 @@ impl Delivery {
         let origin = &state.origin;
         // A copy whose record is no longer parked is skipped before any wait,
         // so a stale or forged copy holds up nothing behind it.
-        if self.parking.position(origin, record.key.as_deref()).await? == Position::Resolved {
-            tracing::info!(%origin, "second copy of a record already applied or dead-lettered; skipped");
-            self.metrics.outcome(record, "skipped");
-            return Ok(());
-        }
-        let wait = (state.not_before - Utc::now()).to_std().unwrap_or_default();
-        let longest = Duration::from_millis(self.policy.topic_max_delay_ms) + DUE_TIME_MARGIN;
-        if wait > longest {
-            let reason = format!(
-                "{} is {} s away, beyond the retry schedule's longest wait ({} s, retry.topic_max_delay_ms plus {} s)",
-                failure::header::RETRY_NOT_BEFORE,
-                wait.as_secs(),
-                longest.as_secs(),
-                DUE_TIME_MARGIN.as_secs()
-            );
-            return self
-                .dead_letter(record, origin, FailureClass::Permanent, state.attempts, &reason)
-                .await;
-        }
-        if !wait.is_zero() {
-            tracing::debug!(
-                wait_ms = wait.as_millis(),
-                round = state.round,
-                "waiting for the retry's due time"
-            );
-            tokio::select! {
-                () = cancel.cancelled() => return Err(Interrupted::Cancelled),
-                () = tokio::time::sleep(wait) => {}
+        let mut position = self.parking.position(origin, record.key.as_deref()).await?;
+        if position != Position::Resolved {
+            let wait = (state.not_before - Utc::now()).to_std().unwrap_or_default();
+            let longest = Duration::from_millis(self.policy.topic_max_delay_ms) + DUE_TIME_MARGIN;
+            if wait > longest {
+                let reason = format!(
+                    "{} is {} s away, beyond the retry schedule's longest wait ({} s, retry.topic_max_delay_ms plus {} s)",
+                    failure::header::RETRY_NOT_BEFORE,
+                    wait.as_secs(),
+                    longest.as_secs(),
+                    DUE_TIME_MARGIN.as_secs()
+                );
+                return self
+                    .dead_letter(record, origin, FailureClass::Permanent, state.attempts, &reason)
+                    .await;
+            }
+            if !wait.is_zero() {
+                tracing::debug!(
+                    wait_ms = wait.as_millis(),
+                    round = state.round,
+                    "waiting for the retry's due time"
+                );
+                tokio::select! {
+                    () = cancel.cancelled() => return Err(Interrupted::Cancelled),
+                    () = tokio::time::sleep(wait) => {}
+                }
+                // Its key's parked records may have moved on meanwhile.
+                position = self.parking.position(origin, record.key.as_deref()).await?;
             }
         }
-        match self.parking.position(origin, record.key.as_deref()).await? {
+        match position {
             Position::Head => {}
             Position::Resolved => {
                 tracing::info!(%origin, "second copy of a record already applied or dead-lettered; skipped");

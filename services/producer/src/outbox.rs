@@ -500,17 +500,12 @@ impl Relay {
     /// Updates `outbox_pending_rows` and `outbox_oldest_pending_age_seconds`
     /// (the partial index on unpublished rows keeps this cheap).
     /// Whether [`PENDING_METRICS_INTERVAL`] has passed since the last
-    /// measurement (and so one is taken now).
+    /// measurement.
     fn measure_due(&self) -> bool {
-        let mut measured_at = self
-            .measured_at
+        self.measured_at
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let due = measured_at.is_none_or(|at| at.elapsed() >= PENDING_METRICS_INTERVAL);
-        if due {
-            *measured_at = Some(std::time::Instant::now());
-        }
-        due
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_none_or(|at| at.elapsed() >= PENDING_METRICS_INTERVAL)
     }
 
     async fn measure_pending(&self, connection: &mut PgConnection) -> Result<(), RelayError> {
@@ -523,6 +518,10 @@ impl Relay {
         .map_err(RelayError::Database)?;
         self.metrics.pending.set(pending);
         self.metrics.oldest_age.set(oldest_age.unwrap_or(0.0).max(0.0));
+        *self
+            .measured_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(std::time::Instant::now());
         Ok(())
     }
 }

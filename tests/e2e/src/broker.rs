@@ -6,7 +6,7 @@
 //! The binary is `nisshi` on `PATH` (`scripts/broker.sh install` puts it
 //! there), or the one `NISSHI` names.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -109,11 +109,6 @@ impl Broker {
     /// `127.0.0.1:<port>`.
     pub fn bootstrap_servers(&self) -> String {
         format!("127.0.0.1:{}", self.port)
-    }
-
-    /// The broker's data directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     /// Where the broker logs.

@@ -264,7 +264,6 @@ pub async fn redrive(
     }
     let mut redriven = Vec::with_capacity(found.len());
     let wait = std::time::Duration::from_millis(kafka.request_timeout_ms);
-    let chosen: Vec<RecordRef> = found.iter().map(|(wanted, _, _)| *wanted).collect();
     for (index, (wanted, origin, record)) in found.into_iter().enumerate() {
         let sent = tokio::time::timeout(wait, producer.send_record(&origin.topic, &failure::original(&record))).await;
         let delivery = match sent {

@@ -216,13 +216,15 @@ async fn one_users_events_reach_their_partition_in_commit_order() {
     producer::outbox::lock_subject(&mut tx, user.id).await.unwrap();
     // Whole seconds, as a token's times are (they are the JWT's `iat`).
     let now = chrono::SubsecRound::trunc_subsecs(chrono::Utc::now(), 0);
-    let earlier = events::UserEvent::TokenIssued(events::TokenIssued {
+    let earlier = events::TokenIssued {
         user_id: user.id,
         token_id: uuid::Uuid::new_v4(),
         issued_at: now,
         expires_at: now + chrono::Duration::minutes(15),
-    });
-    producer::outbox::append(&mut tx, &earlier).await.unwrap();
+    };
+    producer::outbox::append(&mut tx, &events::UserEvent::TokenIssued(earlier.clone()))
+        .await
+        .unwrap();
     let url = producer.url();
     let username = user.username.clone();
     let login = tokio::spawn(async move { issue_token(&Client::new(), &url, &username).await });
@@ -251,9 +253,6 @@ async fn one_users_events_reach_their_partition_in_commit_order() {
     let token_of = |envelope: &Envelope| {
         let data: serde_json::Value = serde_json::from_slice(&envelope.data).unwrap();
         data["token_id"].as_str().unwrap().parse::<uuid::Uuid>().unwrap()
-    };
-    let events::UserEvent::TokenIssued(earlier) = earlier else {
-        unreachable!()
     };
     assert_eq!(
         token_of(&envelopes[0]),
