@@ -610,6 +610,7 @@ fn deploy_path_filters_cover_everything_that_changes_a_deploy() {
             "Cargo.toml".to_owned(),
             ".dockerignore".to_owned(),
             "scripts/install-copilot.sh".to_owned(),
+            "deploy/keys/**".to_owned(),
             ".github/workflows/deploy-service.yml".to_owned(),
             file.clone(),
             format!("deploy/copilot/{service}/**"),
@@ -659,4 +660,104 @@ fn the_build_context_and_ci_cancel_only_what_they_should() {
         runs.iter().all(|run| !run.contains("cargo deny")),
         "cargo deny runs in scripts/test.sh (job `test`) already"
     );
+}
+
+/// The Copilot installer keeps a binary only when its detached signature
+/// verifies against deploy/keys/amazon-ecs.asc, whose fingerprint is the
+/// one the script pins. A download signed by another key, or with a
+/// signature that is not one, installs nothing. (A real release cannot be
+/// downloaded here; the releases are served from a directory.)
+#[test]
+fn the_copilot_installer_refuses_a_binary_its_pinned_key_did_not_sign() {
+    let script = read("scripts/install-copilot.sh");
+    let pinned = script
+        .lines()
+        .find_map(|line| line.strip_prefix("fingerprint="))
+        .expect("install-copilot.sh pins a fingerprint");
+    let work = std::env::temp_dir().join(format!("copilot-install-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    let gpg = |home: &Path, args: &[&str]| {
+        let output = std::process::Command::new("gpg")
+            .arg("--homedir")
+            .arg(home)
+            .args(["--batch", "--quiet"])
+            .args(args)
+            .output()
+            .expect("gpg runs");
+        assert!(
+            output.status.success(),
+            "gpg {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let keys = work.join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    std::fs::set_permissions(&keys, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let key = root().join("deploy/keys/amazon-ecs.asc");
+    gpg(&keys, &["--import", key.to_str().unwrap()]);
+    let fingerprints = gpg(&keys, &["--with-colons", "--fingerprint"]);
+    assert!(
+        fingerprints.contains(&format!("fpr:::::::::{pinned}:")),
+        "deploy/keys/amazon-ecs.asc is the pinned key {pinned}: {fingerprints}"
+    );
+
+    // A release signed by a key of our own.
+    let asset = if cfg!(target_arch = "aarch64") {
+        "copilot-linux-arm64"
+    } else {
+        "copilot-linux"
+    };
+    let release = work.join("releases/v9.9.9");
+    std::fs::create_dir_all(&release).unwrap();
+    let binary = release.join(asset);
+    std::fs::write(&binary, "#!/bin/sh\necho 'copilot version: v9.9.9'\n").unwrap();
+    gpg(
+        &keys,
+        &[
+            "--passphrase",
+            "",
+            "--quick-gen-key",
+            "Not Amazon <not@example.invalid>",
+            "rsa2048",
+            "sign",
+            "never",
+        ],
+    );
+    gpg(
+        &keys,
+        &[
+            "--local-user",
+            "not@example.invalid",
+            "--armor",
+            "--detach-sign",
+            binary.to_str().unwrap(),
+        ],
+    );
+    let install = |dir: &Path| {
+        std::process::Command::new(root().join("scripts/install-copilot.sh"))
+            .args(["v9.9.9", dir.to_str().unwrap()])
+            .env(
+                "COPILOT_RELEASES",
+                format!("file://{}", work.join("releases").display()),
+            )
+            .output()
+            .expect("the installer runs")
+    };
+    let dir = work.join("bin");
+    let output = install(&dir);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "installed a binary another key signed: {stderr}"
+    );
+    assert!(stderr.contains("no valid signature"), "{stderr}");
+    assert!(!dir.join("copilot").exists(), "nothing is installed");
+
+    // A signature file that is not a signature.
+    std::fs::write(release.join(format!("{asset}.asc")), "not a signature").unwrap();
+    let output = install(&dir);
+    assert!(!output.status.success());
+    assert!(!dir.join("copilot").exists());
+    std::fs::remove_dir_all(&work).unwrap();
 }
