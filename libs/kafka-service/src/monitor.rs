@@ -158,13 +158,7 @@ impl GroupMonitor {
     /// than partitions is legitimately idle: size the group to the
     /// partitions.)
     pub fn stalled(&self, topics: &[&str], stall_after: Duration) -> Option<String> {
-        if let Some(failure) = self
-            .inner
-            .failure
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-        {
+        if let Some(failure) = self.failure() {
             return Some(failure);
         }
         let uptime = self.uptime();
@@ -179,6 +173,17 @@ impl GroupMonitor {
                 idle.as_secs()
             )
         })
+    }
+
+    /// Why the member can no longer do its work (a partition worker
+    /// panicked, its partition paused for good), once it cannot: a fault
+    /// inside the process, which a restart fixes.
+    pub fn failure(&self) -> Option<String> {
+        self.inner
+            .failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Records that the member can no longer do its work, and why; every

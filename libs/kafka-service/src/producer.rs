@@ -103,33 +103,35 @@ impl EventProducer {
 
     /// Hands `envelope` (with `extra` headers, as in
     /// [`send_with_headers`](Self::send_with_headers)) to the client's queue
-    /// before it returns, and returns a future of its delivery report that
-    /// need not be polled for the record to go out. Records enqueued one
-    /// after another keep that order within their partition, so a caller can
-    /// keep many records in flight without giving up per-key order.
+    /// and returns a future of its delivery report that need not be polled
+    /// for the record to go out. Records enqueued one after another keep
+    /// that order within their partition, so a caller can keep many records
+    /// in flight without giving up per-key order.
     ///
     /// # Errors
     ///
-    /// The future resolves to [`ProduceError::Delivery`] as `send`'s does,
-    /// and at once when the client's queue is full
-    /// (`queue.buffering.max.messages`, 100 000 records by default).
+    /// [`ProduceError::Delivery`] at once when the client refuses the record
+    /// (its queue is full, `queue.buffering.max.messages`, 100 000 records
+    /// by default; the record is larger than `message.max.bytes`; the topic
+    /// is unknown to the client): the record was not enqueued, so a caller
+    /// can hold back what must not overtake it. The future resolves to
+    /// [`ProduceError::Delivery`] as `send`'s does.
     pub fn enqueue_with_headers(
         &self,
         topic: &str,
         envelope: &Envelope,
         extra: &[(&str, String)],
-    ) -> impl Future<Output = Result<Delivery, ProduceError>> + Send + 'static {
-        let enqueued = self
+    ) -> Result<impl Future<Output = Result<Delivery, ProduceError>> + Send + 'static, ProduceError> {
+        let delivery = self
             .producer
             .send_result(envelope_record(topic, envelope, extra))
-            .map_err(|(source, _)| source);
+            .map_err(|(source, _)| ProduceError::Delivery {
+                topic: topic.to_owned(),
+                source,
+            })?;
         let topic = topic.to_owned();
-        async move {
-            let report = match enqueued {
-                Ok(delivery) => delivery.await,
-                Err(source) => return Err(ProduceError::Delivery { topic, source }),
-            };
-            match report {
+        Ok(async move {
+            match delivery.await {
                 Ok(Ok(delivery)) => Ok(Delivery {
                     partition: delivery.partition,
                     offset: delivery.offset,
@@ -141,7 +143,7 @@ impl EventProducer {
                     source: KafkaError::Canceled,
                 }),
             }
-        }
+        })
     }
 
     /// Publishes `record` to `topic` as it is (the key picks the partition)

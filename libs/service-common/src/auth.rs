@@ -38,6 +38,27 @@ pub const MIN_SECRET_BYTES: usize = 32;
 /// accepted in `production` (see [`check_production_secret`]).
 pub const LOCAL_DEVELOPMENT_SECRET: &str = "local-development-signing-key-not-for-production-use";
 
+/// The `service-token` subcommand of each service: prints a service
+/// credential named `operator` (valid for five minutes) for the operator
+/// endpoints, signed with `secret`, the service's configured
+/// `auth.jwt_secret`. Exit status 2, with the reason on stderr, when the
+/// configuration did not load or the key is invalid.
+pub fn print_service_token(service: &str, secret: Result<SecretString, ConfigurationError>) -> std::process::ExitCode {
+    let keys = secret.map_err(|error| error.to_string()).and_then(|secret| {
+        TokenKeys::new(&secret).map_err(|error| format!("invalid configuration: auth.jwt_secret: {error}"))
+    });
+    match keys {
+        Ok(keys) => {
+            println!("{}", keys.service_token("operator").expose_secret());
+            std::process::ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("{service}: {error}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
 /// Refuses, in `production`, a signing key that is too short or is the
 /// public local development key.
 ///

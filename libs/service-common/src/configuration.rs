@@ -121,6 +121,61 @@ pub struct DatabaseSettings {
     pub max_connections: u32,
     /// Create the database at start-up when it does not exist.
     pub create_if_missing: bool,
+    /// Longest one statement may run, in milliseconds: PostgreSQL's
+    /// `statement_timeout`, set on every connection but the one that runs
+    /// the migrations. The server cancels a longer statement with an error
+    /// (SQLSTATE 57014). `0` turns the limit off. Default 10 000.
+    #[serde(default = "default_statement_timeout_ms")]
+    pub statement_timeout_ms: u64,
+    /// TCP keepalive on the server's side of every connection.
+    #[serde(default)]
+    pub keepalive: KeepaliveSettings,
+}
+
+impl DatabaseSettings {
+    /// How long a caller waits for one statement before it takes the
+    /// connection for dead: the statement timeout plus 5 s for the server's
+    /// cancellation to come back; `None` when the statement timeout is off.
+    pub fn statement_deadline(&self) -> Option<std::time::Duration> {
+        (self.statement_timeout_ms > 0)
+            .then(|| std::time::Duration::from_millis(self.statement_timeout_ms) + std::time::Duration::from_secs(5))
+    }
+}
+
+/// `database.keepalive.*`: TCP keepalive probes the server sends on each
+/// connection when it has been idle (PostgreSQL's `tcp_keepalives_idle`,
+/// `tcp_keepalives_interval` and `tcp_keepalives_count`, set per
+/// connection). A connection whose client vanished (its host died, the
+/// network split) is closed after `idle_secs + interval_secs × count`
+/// without an answer, 25 s by default, and its locks are released: the
+/// outbox relay's leadership passes to a standby then. Without them the
+/// operating system's defaults apply (Linux: 2 h idle, then 9 probes 75 s
+/// apart). sqlx sets no keepalive on the client's side of a connection;
+/// callers that must notice a dead server bound their statements instead
+/// ([`DatabaseSettings::statement_deadline`]).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeepaliveSettings {
+    /// Idle time before the first probe, in seconds.
+    pub idle_secs: u32,
+    /// Time between probes, in seconds.
+    pub interval_secs: u32,
+    /// Unanswered probes before the connection is closed.
+    pub count: u32,
+}
+
+impl Default for KeepaliveSettings {
+    fn default() -> Self {
+        Self {
+            idle_secs: 10,
+            interval_secs: 5,
+            count: 3,
+        }
+    }
+}
+
+fn default_statement_timeout_ms() -> u64 {
+    10_000
 }
 
 /// `shutdown.*`: how long a graceful stop may take.

@@ -15,7 +15,9 @@ use crate::configuration::DatabaseSettings;
 /// Connects a pool of `database.max_connections` to `database.url` (with
 /// `database.password` when set), creating the database first when
 /// `create_if_missing` is set and it does not exist, and applies
-/// `migrations`.
+/// `migrations` on a connection of their own. Every pool connection has the
+/// configured `statement_timeout` and keepalives; the migrations run
+/// without a statement timeout (an index build may take longer).
 ///
 /// # Errors
 ///
@@ -59,12 +61,25 @@ pub async fn connect(database: &DatabaseSettings, migrations: &Migrator) -> anyh
             }
         }
     }
+    let keepalive = database.keepalive;
+    let session = options.clone().options([
+        ("tcp_keepalives_idle", keepalive.idle_secs.to_string()),
+        ("tcp_keepalives_interval", keepalive.interval_secs.to_string()),
+        ("tcp_keepalives_count", keepalive.count.to_string()),
+    ]);
+    let mut migrating = PgConnection::connect_with(&session)
+        .await
+        .context("could not connect to the database (database.url)")?;
+    migrations
+        .run(&mut migrating)
+        .await
+        .context("database migration failed")?;
+    migrating.close().await.context("database migration failed")?;
     let pool = PgPoolOptions::new()
         .max_connections(database.max_connections)
         .acquire_timeout(Duration::from_secs(5))
-        .connect_with(options)
+        .connect_with(session.options([("statement_timeout", database.statement_timeout_ms.to_string())]))
         .await
         .context("could not connect to the database (database.url)")?;
-    migrations.run(&pool).await.context("database migration failed")?;
     Ok(pool)
 }

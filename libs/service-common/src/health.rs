@@ -1,13 +1,17 @@
-//! `GET /health/live` and `GET /health/ready`, the same in both services,
-//! and the container health check that asks them.
+//! `GET /health/live`, the producer's `GET /health/ready` and the checks
+//! the consumer's builds on, and the container health check.
 
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use kafka_service::EventProducer;
+use prometheus_client::metrics::gauge::Gauge;
 use serde_json::json;
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Registry;
 
 use crate::http::error_response;
 
@@ -25,32 +29,101 @@ pub async fn live() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
-/// `200` when the database and a broker answer (a broker within
-/// `kafka.request_timeout_ms`); `503 not_ready` naming the ones that do not.
-/// Needs `web::Data<PgPool>` and `web::Data<EventProducer>` in the app data.
+/// Whether a broker answers, for readiness and the gauge
+/// `kafka_broker_reachable` (1 when the last check found one, 0 when it
+/// did not, or before the first). Checked by every readiness request and,
+/// so that the gauge moves when nobody asks, every
+/// [`BROKER_CHECK_INTERVAL`] by [`BrokerProbe::run`].
+#[derive(Clone)]
+pub struct BrokerProbe {
+    producer: EventProducer,
+    reachable: Gauge,
+}
+
+/// How often [`BrokerProbe::run`] checks the broker.
+pub const BROKER_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+
+impl BrokerProbe {
+    /// A probe through `producer`'s client, its gauge registered in
+    /// `registry`.
+    pub fn new(producer: EventProducer, registry: &mut Registry) -> Self {
+        let probe = Self {
+            producer,
+            reachable: Gauge::default(),
+        };
+        registry.register(
+            "kafka_broker_reachable",
+            "1 when a broker answered the last metadata request (within kafka.request_timeout_ms), else 0",
+            probe.reachable.clone(),
+        );
+        probe
+    }
+
+    /// Asks for metadata (within `kafka.request_timeout_ms`); sets the
+    /// gauge and logs a change at `warn` (lost) or `info` (back).
+    pub async fn check(&self) -> bool {
+        let answered = self.producer.ping().await;
+        let reachable = answered.is_ok();
+        let was = self.reachable.set(i64::from(reachable)) == 1;
+        match answered {
+            Err(error) if was || !reachable => {
+                tracing::warn!(%error, "no broker answers; the outbox keeps what is written until one does")
+            }
+            Ok(()) if !was => tracing::info!("a broker answers"),
+            _ => {}
+        }
+        reachable
+    }
+
+    /// Checks every [`BROKER_CHECK_INTERVAL`] until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        while shutdown
+            .run_until_cancelled(async {
+                self.check().await;
+                tokio::time::sleep(BROKER_CHECK_INTERVAL).await;
+            })
+            .await
+            .is_some()
+        {}
+    }
+}
+
+/// The producer's readiness, what its load balancer checks: `200` when its
+/// database answers (all it needs to take requests: the outbox keeps
+/// events while no broker answers), with the broker's state in the body,
+/// `{"status":"ready","broker":"reachable"}` or `"unreachable"`; `503
+/// not_ready` naming `database` otherwise. Needs `web::Data<PgPool>` and
+/// `web::Data<BrokerProbe>` in the app data.
 #[utoipa::path(
     get,
     path = "/health/ready",
     tag = "health",
     responses(
-        (status = 200, description = "The database and a broker answer", body = crate::openapi::Status),
-        (status = 503, description = "`not_ready`: the message names what does not answer", body = crate::http::ErrorBody),
+        (status = 200, description = "The database answers; `broker` says whether a broker does", body = crate::openapi::Readiness),
+        (status = 503, description = "`not_ready`: the database does not answer", body = crate::http::ErrorBody),
     )
 )]
-pub async fn ready(pool: web::Data<PgPool>, producer: web::Data<EventProducer>) -> HttpResponse {
-    readiness(unavailable(&pool, &producer).await)
+pub async fn ready(pool: web::Data<PgPool>, broker: web::Data<BrokerProbe>) -> HttpResponse {
+    let (database, broker) = tokio::join!(database_answers(&pool), broker.check());
+    if !database {
+        return readiness(vec!["database".to_owned()]);
+    }
+    let broker = if broker { "reachable" } else { "unreachable" };
+    HttpResponse::Ok().json(json!({ "status": "ready", "broker": broker }))
+}
+
+/// Whether `SELECT 1` answers within [`DATABASE_TIMEOUT`].
+async fn database_answers(pool: &PgPool) -> bool {
+    matches!(
+        tokio::time::timeout(DATABASE_TIMEOUT, sqlx::query("SELECT 1").execute(pool)).await,
+        Ok(Ok(_))
+    )
 }
 
 /// What of the database and the broker does not answer: `database`,
 /// `broker`, both or neither.
 pub async fn unavailable(pool: &PgPool, producer: &EventProducer) -> Vec<String> {
-    let database = async {
-        matches!(
-            tokio::time::timeout(DATABASE_TIMEOUT, sqlx::query("SELECT 1").execute(pool)).await,
-            Ok(Ok(_))
-        )
-    };
-    let (database, broker) = tokio::join!(database, producer.ping());
+    let (database, broker) = tokio::join!(database_answers(pool), producer.ping());
     let mut down = Vec::new();
     if !database {
         down.push("database".to_owned());
@@ -76,14 +149,22 @@ pub fn readiness(down: Vec<String>) -> HttpResponse {
     }
 }
 
+/// What the container health check asks: liveness, never readiness. ECS
+/// replaces a task whose essential container is unhealthy, which fixes a
+/// fault inside the process but not a database or broker outage, and
+/// replacing every task during one would stop the producer from taking the
+/// writes its outbox exists to keep (docs/operations.md, "Health").
+pub const CONTAINER_CHECK_PATH: &str = "/health/live";
+
 /// The container health check, run as `<service> healthcheck` inside the
 /// container (the runtime image has no shell or curl): asks the service's
-/// own `GET http://127.0.0.1:{port}/health/ready`, waiting at most 3 s.
+/// own `GET http://127.0.0.1:{port}/health/live` ([`CONTAINER_CHECK_PATH`]),
+/// waiting at most 3 s.
 ///
 /// Exit status 0 when it answers `200`, 1 otherwise (Docker's and ECS's
 /// convention for unhealthy), with one line on stderr saying why.
 pub fn check(service: &str, port: u16) -> std::process::ExitCode {
-    let url = format!("http://127.0.0.1:{port}/health/ready");
+    let url = format!("http://127.0.0.1:{port}{CONTAINER_CHECK_PATH}");
     let outcome = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -46,6 +46,17 @@ pub struct Status {
     pub status: String,
 }
 
+/// The producer's readiness: `{"status": "ready", "broker": "reachable"}`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Readiness {
+    /// `ready`.
+    pub status: String,
+    /// `reachable` or `unreachable`: whether a broker answered a metadata
+    /// request within `kafka.request_timeout_ms`. Unreachable does not make
+    /// the producer unready: its outbox keeps the events until one answers.
+    pub broker: String,
+}
+
 /// `GET /openapi.json`: the document `D` derives.
 pub async fn document<D: utoipa::OpenApi>() -> actix_web::HttpResponse {
     actix_web::HttpResponse::Ok().json(D::openapi())

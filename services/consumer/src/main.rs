@@ -7,7 +7,8 @@
 //!   minutes, signed with the configured `auth.jwt_secret`) for the operator
 //!   endpoints (`/dead-letters`);
 //! - `consumer healthcheck` is the container health check: exit status 0
-//!   when the running service's `/health/ready` answers `200`.
+//!   when the running service's `/health/live` answers `200` (liveness,
+//!   not readiness: see `service_common::health::CONTAINER_CHECK_PATH`).
 
 use std::process::ExitCode;
 
@@ -20,13 +21,14 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use consumer::configuration::Settings;
 use consumer::startup::Application;
-use secrecy::ExposeSecret;
-use service_common::auth::TokenKeys;
 
 fn main() -> ExitCode {
     match std::env::args().nth(1).as_deref() {
         None => serve(),
-        Some("service-token") => print_service_token(),
+        Some("service-token") => service_common::auth::print_service_token(
+            "consumer",
+            Settings::load().map(|(_, settings)| settings.auth.jwt_secret),
+        ),
         Some("healthcheck") => match Settings::load() {
             Ok((_, settings)) => service_common::health::check("consumer", settings.http.port),
             Err(error) => {
@@ -50,24 +52,4 @@ async fn serve() -> ExitCode {
         Application::build(settings).await?.run_until_stopped(shutdown).await
     })
     .await
-}
-
-fn print_service_token() -> ExitCode {
-    let settings = match Settings::load() {
-        Ok((_, settings)) => settings,
-        Err(error) => {
-            eprintln!("consumer: {error}");
-            return ExitCode::from(2);
-        }
-    };
-    match TokenKeys::new(&settings.auth.jwt_secret) {
-        Ok(keys) => {
-            println!("{}", keys.service_token("operator").expose_secret());
-            ExitCode::SUCCESS
-        }
-        Err(error) => {
-            eprintln!("consumer: invalid configuration: auth.jwt_secret: {error}");
-            ExitCode::from(2)
-        }
-    }
 }

@@ -23,7 +23,7 @@ use crate::routes::{dead_letters, events, health, users};
         dead_letters::list,
         dead_letters::redrive,
         events::stream,
-        service_common::health::live,
+        health::live,
         health::ready,
         service_common::metrics::endpoint,
     ),

@@ -236,6 +236,7 @@ fn run_server(listener: TcpListener, metrics: Metrics, data: AppData) -> std::io
             .app_data(stall.clone())
             .app_data(feed.clone())
             .app_data(streams_closed.clone())
+            .route("/health/live", web::get().to(health::live))
             .route("/health/ready", web::get().to(health::ready))
             .route("/users/{id}", web::get().to(users::get_user))
             .route("/dead-letters", web::get().to(dead_letters::list))

@@ -1,8 +1,14 @@
 //! The producer service's entry point: configuration, telemetry, run until
 //! SIGTERM or SIGINT.
 //!
-//! `producer healthcheck` is the container health check instead: exit
-//! status 0 when the running service's `/health/ready` answers `200`.
+//! Subcommands:
+//!
+//! - `producer service-token` prints a service credential (valid for five
+//!   minutes, signed with the configured `auth.jwt_secret`) for the operator
+//!   endpoints (`/outbox/failing`);
+//! - `producer healthcheck` is the container health check: exit status 0
+//!   when the running service's `/health/live` answers `200` (liveness,
+//!   not readiness: see `service_common::health::CONTAINER_CHECK_PATH`).
 
 use std::process::ExitCode;
 
@@ -19,6 +25,10 @@ use producer::startup::Application;
 fn main() -> ExitCode {
     match std::env::args().nth(1).as_deref() {
         None => serve(),
+        Some("service-token") => service_common::auth::print_service_token(
+            "producer",
+            Settings::load().map(|(_, settings)| settings.auth.jwt_secret),
+        ),
         Some("healthcheck") => match Settings::load() {
             Ok((_, settings)) => service_common::health::check("producer", settings.http.port),
             Err(error) => {
@@ -27,7 +37,7 @@ fn main() -> ExitCode {
             }
         },
         Some(other) => {
-            eprintln!("producer: unknown subcommand `{other}`; run without one, or `producer healthcheck`");
+            eprintln!("producer: unknown subcommand `{other}`; run without one, or `producer service-token`, or `producer healthcheck`");
             ExitCode::from(2)
         }
     }

@@ -5,7 +5,7 @@
 use service_common::openapi::BearerAuth;
 use utoipa::OpenApi;
 
-use crate::routes::{auth, users};
+use crate::routes::{auth, outbox, users};
 
 /// The document.
 #[derive(OpenApi)]
@@ -21,6 +21,9 @@ use crate::routes::{auth, users};
         users::create_user,
         users::get_user,
         auth::issue_token,
+        outbox::list_failing,
+        outbox::retry,
+        outbox::set_aside,
         service_common::health::live,
         service_common::health::ready,
         service_common::metrics::endpoint,
@@ -29,6 +32,7 @@ use crate::routes::{auth, users};
     tags(
         (name = "users", description = "Users: create, read"),
         (name = "auth", description = "Access tokens"),
+        (name = "outbox", description = "Outbox rows that could not be published: list, retry, set aside"),
         (name = "health", description = "Liveness and readiness"),
         (name = "operations", description = "Metrics"),
     )

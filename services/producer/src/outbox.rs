@@ -25,24 +25,38 @@
 //! (`message_timeout_ms = 0`), so a record never overtakes an earlier one of
 //! the same key.
 //!
+//! A row that cannot be published (an event type this instance does not
+//! know, a full client queue, a record over `message.max.bytes`, a broker
+//! that rejects it) holds back its key: the key's later rows are not handed
+//! to the producer until it is published or an operator sets it aside, while
+//! other keys keep flowing. It is retried with backoff (1 s after the first
+//! failure, doubling up to 60 s), logged at `warn` with the reason at each
+//! failure, and counted in `outbox_failing_rows`. Operators list such rows
+//! and retry or set one aside over `/outbox/failing` ([`failing_rows`],
+//! [`retry_now`], [`set_aside`]). One gap remains: a row the broker rejects
+//! in its delivery report (authorization, a broker-side size limit) may be
+//! overtaken by later rows of its key that were already handed to the
+//! producer while its report was pending; a refusal at enqueue (the cases
+//! above but the last) holds them back before they are sent.
+//!
 //! At-least-once: a crash after delivery but before the row is marked
 //! republishes the row with the same `ce_id`; consumers deduplicate on it.
 
 use std::collections::HashSet;
-use std::future::Future;
 use std::time::Duration;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use events::UserEvent;
-use futures::future::{join_all, BoxFuture};
+use futures::future::{join_all, ready, BoxFuture, Either, FutureExt};
 use futures::stream::{FuturesOrdered, StreamExt};
-use kafka_service::{Envelope, EventProducer, KafkaSettings, Topic};
+use kafka_service::{Delivery, Envelope, EventProducer, KafkaSettings, ProduceError, Topic};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
+use serde::Serialize;
 use service_common::metrics::{seconds_histogram, Registry, TopicLabels};
 use service_common::retry::{backoff, sleep_or_cancel};
 use sqlx::postgres::{PgListener, PgNotification};
@@ -51,7 +65,7 @@ use std::sync::atomic::AtomicU64;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::configuration::OutboxSettings;
+use crate::configuration::Settings;
 
 /// The PostgreSQL notification channel [`append`] notifies.
 pub const CHANNEL: &str = "outbox";
@@ -59,6 +73,18 @@ pub const CHANNEL: &str = "outbox";
 /// Advisory lock key that elects the one relay publishing at a time
 /// (`pg_try_advisory_lock`). Any constant unique within the database.
 const RELAY_LOCK_KEY: i64 = 0x6f75_7462_6f78; // "outbox"
+
+/// Backoff of a row whose publishing failed: it is read again this long
+/// after its first failure, twice as long after each further one, and at
+/// most [`FAILED_ROW_MAX_BACKOFF`] later. Long enough that a row that cannot
+/// be published costs one attempt a minute, short enough that one that
+/// failed for a passing reason (a full queue) is retried at once.
+const FAILED_ROW_FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const FAILED_ROW_MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// The leadership connection's `application_name`, which finds it in
+/// `pg_stat_activity`.
+pub const RELAY_APPLICATION_NAME: &str = "producer outbox relay";
 
 /// How long a relay told to stop waits for the batches in flight before it
 /// abandons them (their rows stay pending and are published again later).
@@ -121,6 +147,92 @@ pub async fn notify(pool: &PgPool) {
     }
 }
 
+/// A pending outbox row whose publishing failed, as operators see it.
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+pub struct FailingRow {
+    /// The outbox row id (what retry and set-aside take).
+    pub id: i64,
+    /// The event id (`ce_id`).
+    pub event_id: Uuid,
+    /// The event type (`ce_type`).
+    pub event_type: String,
+    /// The record key: the user id.
+    pub key: String,
+    /// When the event happened.
+    pub occurred_at: DateTime<Utc>,
+    /// Failed publishing attempts.
+    pub attempts: i32,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// When the relay tries it again.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// Later rows of its key that wait for it.
+    pub waiting_rows: i64,
+}
+
+/// A [`FailingRow`]'s columns, from `outbox failing`.
+const FAILING_ROW: &str = "id, event_id, event_type, subject AS key, occurred_at, attempts, last_error, \
+    next_attempt_at, (SELECT count(*) FROM outbox later WHERE later.subject = failing.subject \
+    AND later.id > failing.id AND later.published_at IS NULL AND later.set_aside_at IS NULL) AS waiting_rows";
+
+/// Picks failing row `$1` of `outbox failing`: pending, and failed once.
+const FAILING_ID: &str = "id = $1 AND published_at IS NULL AND set_aside_at IS NULL AND attempts > 0";
+
+/// Pending rows whose publishing failed at least once, oldest first, at
+/// most `limit`.
+///
+/// # Errors
+///
+/// The database error.
+pub async fn failing_rows(pool: &PgPool, limit: i64) -> Result<Vec<FailingRow>, sqlx::Error> {
+    let query = format!(
+        "SELECT {FAILING_ROW} FROM outbox failing WHERE published_at IS NULL AND set_aside_at IS NULL \
+         AND attempts > 0 ORDER BY id LIMIT $1"
+    );
+    sqlx::query_as(&query).bind(limit).fetch_all(pool).await
+}
+
+/// Makes failing row `id` due now (after the cause was fixed: a deploy
+/// that knows its event type, say) and wakes the relay. Returns the row,
+/// or `None` when no pending row with that id has failed.
+///
+/// # Errors
+///
+/// The database error.
+pub async fn retry_now(pool: &PgPool, id: i64) -> Result<Option<FailingRow>, sqlx::Error> {
+    let query = format!("UPDATE outbox failing SET next_attempt_at = now() WHERE {FAILING_ID} RETURNING {FAILING_ROW}");
+    let row = sqlx::query_as(&query).bind(id).fetch_optional(pool).await?;
+    if row.is_some() {
+        notify(pool).await;
+    }
+    Ok(row)
+}
+
+/// Sets failing row `id` aside: it is never published, the later rows of
+/// its key flow again, and the row stays in the outbox with `set_aside_at`
+/// and `reason` as the record of it. Wakes the relay. Returns the row as it
+/// was, or `None` when no pending row with that id has failed.
+///
+/// # Errors
+///
+/// The database error.
+pub async fn set_aside(pool: &PgPool, id: i64, reason: &str) -> Result<Option<FailingRow>, sqlx::Error> {
+    let query = format!(
+        "UPDATE outbox failing SET set_aside_at = now(), set_aside_reason = $2 WHERE {FAILING_ID} \
+         RETURNING {FAILING_ROW}"
+    );
+    let row: Option<FailingRow> = sqlx::query_as(&query)
+        .bind(id)
+        .bind(reason)
+        .fetch_optional(pool)
+        .await?;
+    if let Some(row) = &row {
+        tracing::warn!(outbox_id = row.id, event_id = %row.event_id, key = row.key, reason, "outbox row set aside; it will not be published");
+        notify(pool).await;
+    }
+    Ok(row)
+}
+
 #[derive(sqlx::FromRow)]
 struct PendingRow {
     id: i64,
@@ -143,6 +255,12 @@ pub struct Relay {
     batch_size: u32,
     batches_in_flight: usize,
     poll_interval: Duration,
+    /// How long one query on the leadership connection may take before the
+    /// connection is taken for dead and leadership given up
+    /// ([`DatabaseSettings::statement_deadline`]); `None`: unbounded.
+    ///
+    /// [`DatabaseSettings::statement_deadline`]: service_common::configuration::DatabaseSettings::statement_deadline
+    statement_deadline: Option<Duration>,
     metrics: RelayMetrics,
     /// When the pending-rows metrics were last measured: during a catch-up
     /// they are measured at most every [`PENDING_METRICS_INTERVAL`], since
@@ -155,8 +273,24 @@ pub struct Relay {
 /// measures them (the backlog is small then).
 const PENDING_METRICS_INTERVAL: Duration = Duration::from_secs(1);
 
-/// An outbox row's id and what its delivery report said.
-type DeliveryResult = (i64, anyhow::Result<()>);
+/// What became of an outbox row in a batch the relay sent.
+struct DeliveryResult {
+    id: i64,
+    /// The row's key (`subject`).
+    key: String,
+    sent: Sent,
+}
+
+enum Sent {
+    /// The broker stored the record.
+    Delivered,
+    /// Not published: the producer refused it or its delivery report
+    /// failed.
+    Failed(anyhow::Error),
+    /// Not handed to the producer: an earlier row of its key failed in a
+    /// batch not yet settled.
+    HeldBack,
+}
 
 /// Outbox rows handed to the producer whose delivery reports are awaited,
 /// as batches that complete in the order they were sent.
@@ -164,6 +298,10 @@ struct InFlight<'a> {
     batches: FuturesOrdered<BoxFuture<'a, Vec<DeliveryResult>>>,
     /// The ids of every row in `batches`, which the next read skips.
     ids: HashSet<i64>,
+    /// Keys with a row the producer refused in a batch not yet settled:
+    /// their later rows are held back. Once the batch is settled, the
+    /// failed row's `next_attempt_at` keeps them out of reads instead.
+    blocked: HashSet<String>,
 }
 
 /// The relay's metrics:
@@ -173,6 +311,10 @@ struct InFlight<'a> {
 ///   catches up;
 /// - `outbox_oldest_pending_age_seconds`: age of the oldest of them (0 when
 ///   none), measured with it;
+/// - `outbox_failing_rows`: pending rows whose publishing failed at least
+///   once (each holds back its key's later rows), measured with them;
+/// - `outbox_oldest_failing_age_seconds`: age of the oldest of those (0 when
+///   none);
 /// - `kafka_records_published_total{topic,result}`: `delivered` or `failed`;
 /// - `kafka_delivery_duration_seconds{topic}`: from handing a record to the
 ///   client to its delivery report.
@@ -182,6 +324,8 @@ struct InFlight<'a> {
 pub struct RelayMetrics {
     pending: Gauge,
     oldest_age: Gauge<f64, AtomicU64>,
+    failing: Gauge,
+    oldest_failing_age: Gauge<f64, AtomicU64>,
     published: Family<PublishLabels, Counter>,
     delivery: Family<TopicLabels, Histogram, fn() -> Histogram>,
 }
@@ -198,6 +342,8 @@ impl RelayMetrics {
         let metrics = Self {
             pending: Gauge::default(),
             oldest_age: Gauge::default(),
+            failing: Gauge::default(),
+            oldest_failing_age: Gauge::default(),
             published: Family::default(),
             delivery: Family::new_with_constructor(seconds_histogram),
         };
@@ -210,6 +356,16 @@ impl RelayMetrics {
             "outbox_oldest_pending_age_seconds",
             "Age of the oldest outbox row not yet published",
             metrics.oldest_age.clone(),
+        );
+        registry.register(
+            "outbox_failing_rows",
+            "Outbox rows not yet published whose publishing failed; each holds back its key",
+            metrics.failing.clone(),
+        );
+        registry.register(
+            "outbox_oldest_failing_age_seconds",
+            "Age of the oldest outbox row whose publishing failed",
+            metrics.oldest_failing_age.clone(),
         );
         registry.register(
             "kafka_records_published",
@@ -226,21 +382,19 @@ impl RelayMetrics {
 }
 
 impl Relay {
-    /// A relay over the outbox of `pool`'s database.
-    pub fn new(
-        pool: PgPool,
-        producer: EventProducer,
-        kafka: KafkaSettings,
-        settings: &OutboxSettings,
-        metrics: RelayMetrics,
-    ) -> Self {
+    /// A relay over the outbox of `pool`'s database, configured by
+    /// `settings.outbox`, `settings.kafka` and `settings.database`'s
+    /// statement timeout.
+    pub fn new(pool: PgPool, producer: EventProducer, settings: &Settings, metrics: RelayMetrics) -> Self {
+        let outbox = &settings.outbox;
         Self {
             pool,
             producer,
-            kafka,
-            batch_size: settings.batch_size.max(1),
-            batches_in_flight: settings.batches_in_flight.max(1),
-            poll_interval: Duration::from_millis(settings.poll_interval_ms),
+            kafka: settings.kafka.clone(),
+            batch_size: outbox.batch_size.max(1),
+            batches_in_flight: outbox.batches_in_flight.max(1),
+            poll_interval: Duration::from_millis(outbox.poll_interval_ms),
+            statement_deadline: settings.database.statement_deadline(),
             metrics,
             measured_at: std::sync::Mutex::new(None),
         }
@@ -279,16 +433,25 @@ impl Relay {
     }
 
     /// Becomes the leader, then publishes until shutdown. Returns `Ok` on
-    /// shutdown, `Err` when the leadership connection or the broker fails.
+    /// shutdown, `Err` when the leadership connection fails or hangs (a
+    /// query outlasts the statement deadline).
     async fn lead(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
-        let mut connection = PgConnection::connect_with(&self.pool.connect_options())
+        let options = (*self.pool.connect_options())
+            .clone()
+            .application_name(RELAY_APPLICATION_NAME);
+        let mut connection = PgConnection::connect_with(&options)
             .await
             .context("could not open the relay's database connection")?;
         let mut waiting_logged = false;
         loop {
-            let elected: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                .bind(RELAY_LOCK_KEY)
-                .fetch_one(&mut connection)
+            let elected: bool = self
+                .bounded(async {
+                    sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                        .bind(RELAY_LOCK_KEY)
+                        .fetch_one(&mut connection)
+                        .await
+                        .map_err(RelayError::Database)
+                })
                 .await
                 .context("could not try the relay lock")?;
             if elected {
@@ -310,20 +473,21 @@ impl Relay {
         let mut in_flight = InFlight {
             batches: FuturesOrdered::new(),
             ids: HashSet::new(),
+            blocked: HashSet::new(),
         };
-        let mut delays = backoff();
         // Whether the last read found fewer rows than a batch: then nothing
         // is read again until a NOTIFY, the poll interval or a failed row.
         let mut caught_up = false;
         loop {
             while !caught_up && in_flight.batches.len() < self.batches_in_flight && !shutdown.is_cancelled() {
-                let rows = self.pending_rows(&mut connection, &in_flight.ids).await?;
+                let rows = self.bounded(self.pending_rows(&mut connection, &in_flight.ids)).await?;
                 caught_up = rows.len() < self.batch_size as usize;
                 if rows.is_empty() {
                     break;
                 }
                 in_flight.ids.extend(rows.iter().map(|row| row.id));
-                in_flight.batches.push_back(Box::pin(self.send_batch(rows)));
+                let batch = self.send_batch(rows, &mut in_flight.blocked);
+                in_flight.batches.push_back(batch);
             }
             if in_flight.batches.is_empty() {
                 if shutdown.is_cancelled() {
@@ -340,16 +504,11 @@ impl Relay {
             }
             tokio::select! {
                 Some(results) = in_flight.batches.next() => {
-                    match self.settle(&mut connection, &mut in_flight.ids, results).await? {
-                        None => delays = backoff(),
-                        Some(error) => {
-                            tracing::warn!(
-                                error = format!("{:#}", anyhow::Error::from(error)),
-                                "outbox batch not fully delivered; retrying"
-                            );
-                            sleep_or_cancel(&mut delays, shutdown).await;
-                            caught_up = false;
-                        }
+                    let settled = self.settle(&mut connection, &mut in_flight.ids, &mut in_flight.blocked, results);
+                    if !self.bounded(settled).await? {
+                        // Read again: the rows left behind are skipped
+                        // until due, and other keys' rows may be waiting.
+                        caught_up = false;
                     }
                 }
                 notification = listener.recv(), if caught_up => {
@@ -359,7 +518,8 @@ impl Relay {
                 () = shutdown.cancelled() => {
                     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
                         while let Some(results) = in_flight.batches.next().await {
-                            self.settle(&mut connection, &mut in_flight.ids, results).await?;
+                            let settled = self.settle(&mut connection, &mut in_flight.ids, &mut in_flight.blocked, results);
+                            self.bounded(settled).await?;
                         }
                         Ok::<(), RelayError>(())
                     })
@@ -377,6 +537,22 @@ impl Relay {
         }
     }
 
+    /// Runs `query` on the leadership connection within the statement
+    /// deadline. Past it, the connection is taken for dead (a half-open TCP
+    /// connection would otherwise hang until the kernel gives up, about 15
+    /// minutes), and the caller drops it, which gives up the leadership.
+    async fn bounded<T>(
+        &self,
+        query: impl std::future::Future<Output = Result<T, RelayError>>,
+    ) -> Result<T, RelayError> {
+        match self.statement_deadline {
+            None => query.await,
+            Some(deadline) => tokio::time::timeout(deadline, query)
+                .await
+                .map_err(|_| RelayError::Hung(deadline))?,
+        }
+    }
+
     /// Logs a lost LISTEN connection (`PgListener` reconnects on the next
     /// `recv`), and drops the notifications already buffered: one read
     /// answers them all.
@@ -388,8 +564,10 @@ impl Relay {
     }
 
     /// Up to `batch_size` pending rows in `id` order, leaving out those in
-    /// flight; updates the pending-rows metrics when the read found less
-    /// than a batch, or [`PENDING_METRICS_INTERVAL`] after the last time.
+    /// flight and those of a key whose earliest failing row is not due yet
+    /// (that row included); updates the pending-rows metrics when the read
+    /// found less than a batch, or [`PENDING_METRICS_INTERVAL`] after the
+    /// last time.
     async fn pending_rows(
         &self,
         connection: &mut PgConnection,
@@ -397,8 +575,13 @@ impl Relay {
     ) -> Result<Vec<PendingRow>, RelayError> {
         let in_flight: Vec<i64> = in_flight.iter().copied().collect();
         let rows = sqlx::query_as(
-            "SELECT id, event_id, event_type, subject, occurred_at, data, traceparent \
-             FROM outbox WHERE published_at IS NULL AND id <> ALL($2) ORDER BY id LIMIT $1",
+            "SELECT id, event_id, event_type, subject, occurred_at, data, traceparent FROM outbox pending \
+             WHERE published_at IS NULL AND set_aside_at IS NULL AND id <> ALL($2) \
+               AND NOT EXISTS (SELECT 1 FROM outbox failing \
+                 WHERE failing.published_at IS NULL AND failing.set_aside_at IS NULL \
+                   AND failing.attempts > 0 AND failing.subject = pending.subject \
+                   AND failing.id <= pending.id AND failing.next_attempt_at > now()) \
+             ORDER BY id LIMIT $1",
         )
         .bind(i64::from(self.batch_size))
         .bind(&in_flight)
@@ -411,77 +594,133 @@ impl Relay {
         Ok(rows)
     }
 
-    /// Hands `rows` to the producer in `id` order before it returns, and
-    /// returns a future of each row's delivery result, in the same order.
-    fn send_batch(&self, rows: Vec<PendingRow>) -> impl Future<Output = Vec<DeliveryResult>> + Send + '_ {
-        let topics = &self.kafka.topics;
-        let deliveries: Vec<_> = rows
-            .into_iter()
-            .map(|row| {
-                let topic = events::topic_of(&row.event_type).map(|topic| topics.name(topic).to_owned());
-                let enqueued = topic.map(|topic| {
-                    let envelope = Envelope {
-                        id: row.event_id,
-                        event_type: row.event_type.clone(),
-                        source: events::PRODUCER_SOURCE.to_owned(),
-                        time: row.occurred_at,
-                        subject: row.subject.clone(),
-                        data: serde_json::to_vec(&row.data).expect("JSON value serializes"),
-                    };
-                    let trace: Vec<(&str, String)> = row
-                        .traceparent
-                        .iter()
-                        .map(|value| (service_common::telemetry::TRACEPARENT, value.clone()))
-                        .collect();
-                    (self.producer.enqueue_with_headers(&topic, &envelope, &trace), topic)
-                });
-                let started = std::time::Instant::now();
-                async move {
-                    let Some((delivery, topic)) = enqueued else {
-                        let error = anyhow::anyhow!("outbox row {} has unknown event type `{}`", row.id, row.event_type);
-                        return (row.id, Err(error));
-                    };
-                    let sent = delivery.await;
-                    let result = if sent.is_ok() { "delivered" } else { "failed" };
-                    let metrics = &self.metrics;
-                    metrics
-                        .published
-                        .get_or_create(&PublishLabels { topic: topic.clone(), result })
-                        .inc();
-                    metrics
-                        .delivery
-                        .get_or_create(&TopicLabels { topic: topic.clone() })
-                        .observe(started.elapsed().as_secs_f64());
-                    match sent {
-                        Ok(delivery) => {
-                            tracing::debug!(topic, partition = delivery.partition, offset = delivery.offset, key = row.subject, event_id = %row.event_id, "event published");
-                            (row.id, Ok(()))
-                        }
-                        Err(error) => (row.id, Err(error.into())),
-                    }
+    /// Hands `rows` to the producer in `id` order before it returns, except
+    /// those of a key in `blocked`, and returns a future of each row's
+    /// result, in the same order. A row the producer refuses adds its key to
+    /// `blocked`, so the key's later rows in this batch and the next ones
+    /// are held back.
+    fn send_batch<'a>(
+        &'a self,
+        rows: Vec<PendingRow>,
+        blocked: &mut HashSet<String>,
+    ) -> BoxFuture<'a, Vec<DeliveryResult>> {
+        let mut deliveries = Vec::with_capacity(rows.len());
+        for row in rows {
+            let settled = |sent| {
+                Either::Left(ready(DeliveryResult {
+                    id: row.id,
+                    key: row.subject.clone(),
+                    sent,
+                }))
+            };
+            if blocked.contains(&row.subject) {
+                deliveries.push(settled(Sent::HeldBack));
+                continue;
+            }
+            match self.enqueue(&row) {
+                Ok((topic, delivery)) => deliveries.push(Either::Right(self.delivered(row, topic, delivery))),
+                Err(error) => {
+                    deliveries.push(settled(Sent::Failed(error)));
+                    blocked.insert(row.subject);
                 }
-            })
-            .collect();
-        join_all(deliveries)
+            }
+        }
+        join_all(deliveries).boxed()
     }
 
-    /// Marks a completed batch's delivered rows published and forgets the
-    /// whole batch as in flight (its failed rows are read again). Returns
-    /// the first delivery error, if any.
+    /// Hands `row` to the producer: its topic and the future of its
+    /// delivery report.
+    fn enqueue(
+        &self,
+        row: &PendingRow,
+    ) -> anyhow::Result<(
+        String,
+        impl std::future::Future<Output = Result<Delivery, ProduceError>>,
+    )> {
+        let topic = events::topic_of(&row.event_type)
+            .map(|topic| self.kafka.topics.name(topic).to_owned())
+            .ok_or_else(|| anyhow::anyhow!("unknown event type `{}`", row.event_type))?;
+        let envelope = Envelope {
+            id: row.event_id,
+            event_type: row.event_type.clone(),
+            source: events::PRODUCER_SOURCE.to_owned(),
+            time: row.occurred_at,
+            subject: row.subject.clone(),
+            data: serde_json::to_vec(&row.data).expect("JSON value serializes"),
+        };
+        let trace: Vec<(&str, String)> = row
+            .traceparent
+            .iter()
+            .map(|value| (service_common::telemetry::TRACEPARENT, value.clone()))
+            .collect();
+        let delivery = self.producer.enqueue_with_headers(&topic, &envelope, &trace);
+        if delivery.is_err() {
+            self.count_published(&topic, "failed");
+        }
+        Ok((topic, delivery?))
+    }
+
+    /// Awaits `row`'s delivery report, counts and logs it.
+    async fn delivered(
+        &self,
+        row: PendingRow,
+        topic: String,
+        delivery: impl std::future::Future<Output = Result<Delivery, ProduceError>>,
+    ) -> DeliveryResult {
+        let started = std::time::Instant::now();
+        let sent = delivery.await;
+        self.count_published(&topic, if sent.is_ok() { "delivered" } else { "failed" });
+        self.metrics
+            .delivery
+            .get_or_create(&TopicLabels { topic: topic.clone() })
+            .observe(started.elapsed().as_secs_f64());
+        let sent = match sent {
+            Ok(delivery) => {
+                tracing::debug!(topic, partition = delivery.partition, offset = delivery.offset, key = row.subject, event_id = %row.event_id, "event published");
+                Sent::Delivered
+            }
+            Err(error) => Sent::Failed(error.into()),
+        };
+        DeliveryResult {
+            id: row.id,
+            key: row.subject,
+            sent,
+        }
+    }
+
+    fn count_published(&self, topic: &str, result: &'static str) {
+        self.metrics
+            .published
+            .get_or_create(&PublishLabels {
+                topic: topic.to_owned(),
+                result,
+            })
+            .inc();
+    }
+
+    /// Settles a completed batch: marks its delivered rows published,
+    /// records each failed row's attempt with its backoff and logs it, and
+    /// forgets the batch as in flight (held-back rows are read again once
+    /// their key's failing row is published). Returns whether every row was
+    /// delivered.
     async fn settle(
         &self,
         connection: &mut PgConnection,
         in_flight: &mut HashSet<i64>,
+        blocked: &mut HashSet<String>,
         results: Vec<DeliveryResult>,
-    ) -> Result<Option<RelayError>, RelayError> {
-        for (id, _) in &results {
-            in_flight.remove(id);
+    ) -> Result<bool, RelayError> {
+        let mut delivered = Vec::new();
+        let mut failed = Vec::new();
+        let mut held_back = 0;
+        for result in results {
+            in_flight.remove(&result.id);
+            match result.sent {
+                Sent::Delivered => delivered.push(result.id),
+                Sent::Failed(error) => failed.push((result.id, result.key, format!("{error:#}"))),
+                Sent::HeldBack => held_back += 1,
+            }
         }
-        let delivered: Vec<i64> = results
-            .iter()
-            .filter(|(_, result)| result.is_ok())
-            .map(|(id, _)| *id)
-            .collect();
         if !delivered.is_empty() {
             sqlx::query("UPDATE outbox SET published_at = now() WHERE id = ANY($1)")
                 .bind(&delivered)
@@ -489,10 +728,46 @@ impl Relay {
                 .await
                 .map_err(RelayError::Database)?;
         }
-        Ok(results
-            .into_iter()
-            .find_map(|(_, result)| result.err())
-            .map(RelayError::Delivery))
+        if !failed.is_empty() {
+            let ids: Vec<i64> = failed.iter().map(|(id, _, _)| *id).collect();
+            let errors: Vec<&str> = failed.iter().map(|(_, _, error)| error.as_str()).collect();
+            let recorded: Vec<(i64, Uuid, String, String, i32, f64, String)> = sqlx::query_as(
+                "UPDATE outbox o SET attempts = o.attempts + 1, last_error = f.error, \
+                   next_attempt_at = now() + make_interval(secs => least($3 * 2 ^ least(o.attempts, 30), $4)) \
+                 FROM UNNEST($1::bigint[], $2::text[]) AS f(id, error) WHERE o.id = f.id \
+                 RETURNING o.id, o.event_id, o.event_type, o.subject, o.attempts, \
+                   EXTRACT(EPOCH FROM o.next_attempt_at - now())::float8, o.last_error",
+            )
+            .bind(&ids)
+            .bind(&errors)
+            .bind(FAILED_ROW_FIRST_BACKOFF.as_secs_f64())
+            .bind(FAILED_ROW_MAX_BACKOFF.as_secs_f64())
+            .fetch_all(&mut *connection)
+            .await
+            .map_err(RelayError::Database)?;
+            for (id, event_id, event_type, key, attempts, retry_in, error) in recorded {
+                tracing::warn!(
+                    outbox_id = id,
+                    %event_id,
+                    event_type,
+                    key,
+                    attempts,
+                    retry_in_secs = retry_in,
+                    error,
+                    "outbox row not published; its key's later rows wait for it (GET /outbox/failing)"
+                );
+            }
+            for (_, key, _) in &failed {
+                blocked.remove(key);
+            }
+        }
+        if held_back > 0 {
+            tracing::debug!(
+                rows = held_back,
+                "outbox rows held back behind a failed row of their key"
+            );
+        }
+        Ok(failed.is_empty() && held_back == 0)
     }
 }
 
@@ -509,15 +784,21 @@ impl Relay {
     }
 
     async fn measure_pending(&self, connection: &mut PgConnection) -> Result<(), RelayError> {
-        let (pending, oldest_age): (i64, Option<f64>) = sqlx::query_as(
-            "SELECT count(*), EXTRACT(EPOCH FROM now() - min(occurred_at))::float8 \
-             FROM outbox WHERE published_at IS NULL",
+        let (pending, oldest_age, failing, oldest_failing_age): (i64, Option<f64>, i64, Option<f64>) = sqlx::query_as(
+            "SELECT count(*), EXTRACT(EPOCH FROM now() - min(occurred_at))::float8, \
+                   count(*) FILTER (WHERE attempts > 0), \
+                   EXTRACT(EPOCH FROM now() - min(occurred_at) FILTER (WHERE attempts > 0))::float8 \
+                 FROM outbox WHERE published_at IS NULL AND set_aside_at IS NULL",
         )
         .fetch_one(&mut *connection)
         .await
         .map_err(RelayError::Database)?;
         self.metrics.pending.set(pending);
         self.metrics.oldest_age.set(oldest_age.unwrap_or(0.0).max(0.0));
+        self.metrics.failing.set(failing);
+        self.metrics
+            .oldest_failing_age
+            .set(oldest_failing_age.unwrap_or(0.0).max(0.0));
         *self
             .measured_at
             .lock()
@@ -530,6 +811,6 @@ impl Relay {
 enum RelayError {
     #[error("outbox database query failed")]
     Database(#[source] sqlx::Error),
-    #[error("outbox record not delivered")]
-    Delivery(#[source] anyhow::Error),
+    #[error("outbox database query got no answer within {0:?}; taking the connection for dead")]
+    Hung(Duration),
 }

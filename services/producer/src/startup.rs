@@ -8,7 +8,7 @@ use actix_web::web;
 use anyhow::Context;
 use kafka_service::EventProducer;
 use service_common::auth::TokenKeys;
-use service_common::health;
+use service_common::health::{self, BrokerProbe};
 use service_common::metrics::{Metrics, Registry};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -18,7 +18,7 @@ use crate::login_limit::LoginLimiter;
 use crate::openapi;
 use crate::outbox::{Relay, RelayMetrics};
 use crate::routes::auth::TokenTtl;
-use crate::routes::{auth, users};
+use crate::routes::{auth, outbox, users};
 
 /// How long shutdown waits for queued records' delivery reports.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -28,6 +28,8 @@ pub struct Application {
     port: u16,
     server: Server,
     relay: Relay,
+    /// Checks the broker in the background, for readiness and its metric.
+    broker: BrokerProbe,
     producer: EventProducer,
     shutdown_timeout: Duration,
 }
@@ -52,21 +54,17 @@ impl Application {
         let ttl = TokenTtl(chrono::Duration::seconds(settings.auth.token_ttl_secs as i64));
         let mut registry = Registry::default();
         let relay_metrics = RelayMetrics::new(&mut registry);
+        let broker = BrokerProbe::new(producer.clone(), &mut registry);
         let metrics = Metrics::new(registry);
         let limiter = LoginLimiter::new(&settings.login_limit);
-        let server = run_server(listener, metrics, pool.clone(), keys, ttl, limiter, producer.clone())?;
-        let relay = Relay::new(
-            pool,
-            producer.clone(),
-            settings.kafka.clone(),
-            &settings.outbox,
-            relay_metrics,
-        );
+        let server = run_server(listener, metrics, pool.clone(), keys, ttl, limiter, broker.clone())?;
+        let relay = Relay::new(pool, producer.clone(), &settings, relay_metrics);
         tracing::info!(%address, port, "producer listening");
         Ok(Self {
             port,
             server,
             relay,
+            broker,
             producer,
             shutdown_timeout: settings.shutdown.timeout(),
         })
@@ -90,6 +88,7 @@ impl Application {
         let server_handle = self.server.handle();
         let mut server = tokio::spawn(self.server);
         let mut relay = tokio::spawn(self.relay.run(shutdown.clone()));
+        tokio::spawn(self.broker.run(shutdown.clone()));
         let outcome = tokio::select! {
             () = shutdown.cancelled() => Ok(()),
             result = &mut server => result.context("http server panicked")?.context("http server failed"),
@@ -115,24 +114,27 @@ fn run_server(
     keys: TokenKeys,
     ttl: TokenTtl,
     limiter: LoginLimiter,
-    producer: EventProducer,
+    broker: BrokerProbe,
 ) -> std::io::Result<Server> {
     let limiter = web::Data::new(limiter);
     let pool = web::Data::new(pool);
     let keys = web::Data::new(keys);
     let ttl = web::Data::new(ttl);
-    let producer = web::Data::new(producer);
+    let broker = web::Data::new(broker);
     service_common::http::serve(listener, metrics, move |config| {
         config
             .app_data(pool.clone())
             .app_data(keys.clone())
             .app_data(ttl.clone())
             .app_data(limiter.clone())
-            .app_data(producer.clone())
+            .app_data(broker.clone())
             .route("/health/ready", web::get().to(health::ready))
             .route("/users", web::post().to(users::create_user))
             .route("/users/{id}", web::get().to(users::get_user))
             .route("/auth/token", web::post().to(auth::issue_token))
+            .route("/outbox/failing", web::get().to(outbox::list_failing))
+            .route("/outbox/{id}/retry", web::post().to(outbox::retry))
+            .route("/outbox/{id}/set-aside", web::post().to(outbox::set_aside))
             .route(
                 "/openapi.json",
                 web::get().to(service_common::openapi::document::<openapi::ApiDoc>),

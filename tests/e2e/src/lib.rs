@@ -109,6 +109,8 @@ impl TestContext {
                 password: None,
                 max_connections: 5,
                 create_if_missing: true,
+                statement_timeout_ms: 10_000,
+                keepalive: Default::default(),
             },
             kafka: self.kafka(),
             auth: AuthSettings {
@@ -150,6 +152,8 @@ impl TestContext {
                 password: None,
                 max_connections: 5,
                 create_if_missing: true,
+                statement_timeout_ms: 10_000,
+                keepalive: Default::default(),
             },
             kafka: self.kafka(),
             consumer: group,

@@ -12,6 +12,8 @@ fn settings(url: String) -> DatabaseSettings {
         password: None,
         max_connections: 1,
         create_if_missing: true,
+        statement_timeout_ms: 10_000,
+        keepalive: Default::default(),
     }
 }
 
@@ -44,5 +46,65 @@ async fn sslmode_require_encrypts_or_refuses_to_connect() {
         let error = connected.expect_err("sslmode=require must not fall back to plaintext");
         assert!(format!("{error:#}").contains("could not"), "{error:#}");
     }
+    context.drop_databases().await;
+}
+
+/// Every pool connection carries the configured statement timeout and
+/// keepalives (a long statement is cancelled by the server), while the
+/// migrations run without the timeout: a migration slower than it
+/// completes.
+#[tokio::test]
+async fn connections_carry_the_statement_timeout_and_keepalives_but_migrations_do_not() {
+    let context = TestContext::new();
+    let mut database = settings(context.producer_database_url.clone());
+    database.max_connections = 2;
+    database.statement_timeout_ms = 1_000;
+    database.keepalive = service_common::configuration::KeepaliveSettings {
+        idle_secs: 7,
+        interval_secs: 3,
+        count: 2,
+    };
+    let migrations = std::env::temp_dir().join(format!("slow-migration-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir(&migrations).unwrap();
+    std::fs::write(
+        migrations.join("1_slow.sql"),
+        "SELECT pg_sleep(1.5); CREATE TABLE migrated (id int);",
+    )
+    .unwrap();
+    let migrator = Migrator::new(migrations.as_path()).await.unwrap();
+    std::fs::remove_dir_all(&migrations).unwrap();
+
+    let pool = service_common::database::connect(&database, &migrator)
+        .await
+        .expect("a migration slower than the statement timeout completes");
+    let show = |name: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let value: String = sqlx::query_scalar(&format!("SHOW {name}"))
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            value
+        }
+    };
+    assert_eq!(show("statement_timeout").await, "1s");
+    assert_eq!(show("tcp_keepalives_idle").await, "7");
+    assert_eq!(show("tcp_keepalives_interval").await, "3");
+    assert_eq!(show("tcp_keepalives_count").await, "2");
+    let slow = sqlx::query("SELECT pg_sleep(3)").execute(&pool).await.unwrap_err();
+    let code = slow
+        .as_database_error()
+        .and_then(|error| error.code())
+        .map(|code| code.into_owned());
+    assert_eq!(
+        code.as_deref(),
+        Some("57014"),
+        "cancelled by the statement timeout: {slow}"
+    );
+    sqlx::query("SELECT count(*) FROM migrated")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
     context.drop_databases().await;
 }

@@ -6,6 +6,7 @@ mod consumer_api;
 mod database;
 mod event_flow;
 mod feed;
+mod outbox;
 mod producer_api;
 mod tls;
 mod topics;

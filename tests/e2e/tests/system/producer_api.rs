@@ -339,8 +339,12 @@ async fn health_is_live_and_ready_with_database_and_broker_up() {
     context.drop_databases().await;
 }
 
+/// With no broker, the producer is ready (its outbox keeps the events),
+/// reports the broker in readiness' body and in `kafka_broker_reachable`,
+/// and its container health check passes: ECS must not replace every task
+/// during a broker outage.
 #[tokio::test]
-async fn readiness_is_503_naming_the_broker_when_no_broker_answers() {
+async fn without_a_broker_the_producer_stays_ready_and_healthy_and_reports_it() {
     // Port 9 (discard) on loopback: nothing listens there.
     let context = TestContext::with_broker("127.0.0.1:9".to_owned());
     let mut settings = context.producer_settings();
@@ -354,16 +358,23 @@ async fn readiness_is_503_naming_the_broker_when_no_broker_answers() {
         .await
         .unwrap();
 
-    assert_eq!(response.status(), 503);
+    assert_eq!(response.status(), 200);
     let body: Value = response.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "not_ready");
-    assert_eq!(body["error"]["message"], "unavailable: broker");
-    let live = client
-        .get(format!("{}/health/live", producer.url()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(live.status(), 200);
+    assert_eq!(body, serde_json::json!({"status": "ready", "broker": "unreachable"}));
+    let metrics = client.get(format!("{}/metrics", producer.url())).send().await.unwrap();
+    let metrics = metrics.text().await.unwrap();
+    assert_eq!(e2e::metrics::samples(&metrics, "kafka_broker_reachable")[0].1, 0.0);
+    let port = producer.url().rsplit(':').next().unwrap().to_owned();
+    let check = std::process::Command::new(e2e::process::binary("producer"))
+        .arg("healthcheck")
+        .env("APP_HTTP__PORT", &port)
+        .output()
+        .expect("the health check runs");
+    assert!(
+        check.status.success(),
+        "the container health check fails: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
 
     producer.stop().await.unwrap();
     context.drop_databases().await;
