@@ -8,8 +8,9 @@
 //! - A record that exhausts its in-place tries is **parked**: recorded in
 //!   `parked_records` and copied to the retry topic with its next-attempt
 //!   time. Only after that copy's delivery report is its offset stored.
-//! - While a key has a parked record, the key's later records are parked
-//!   behind it (round 0), so **per-key order** holds; other keys flow.
+//! - While a key has a parked record from a topic, the key's later records
+//!   from that topic are parked behind it (round 0), so **per-key order**
+//!   holds on each topic; other keys, and the other topic, flow.
 //! - A retry-topic record waits for its time, then is applied only if it is
 //!   the oldest parked record of its key; otherwise it goes back to the end
 //!   of the retry topic. A failed round is copied again with a longer delay,
@@ -18,11 +19,14 @@
 //!   headers, invalid data) is **dead-lettered** at once. A dead-lettered
 //!   record is never retried.
 //!
-//! If parking or dead-lettering itself fails (database or broker down), the
-//! whole step is retried without end (backoff up to 30 s) until it succeeds
-//! or the partition is revoked: nothing is committed past a record that is
-//! not applied, parked or dead-lettered.
+//! If parking or dead-lettering itself fails (database or broker down), it
+//! is retried without end (backoff up to 30 s) until it succeeds or the
+//! partition is revoked: nothing is committed past a record that is not
+//! applied, parked or dead-lettered. What a record needs is decided once
+//! ([`Finish`]); a retry picks up at the write that failed, so a record's
+//! round, attempts and dead letter come out as if nothing had failed.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -152,8 +156,16 @@ impl RecordHandler for Delivery {
         let disposition = async {
             let cancel = lease.revoked();
             let mut delays = service_common::retry::backoff();
+            // Decided once; each retry resumes at the write that failed.
+            let mut finish = None;
             loop {
-                match self.process(record, cancel).await {
+                let attempt = async {
+                    if finish.is_none() {
+                        finish = Some(self.decide(record, cancel).await?);
+                    }
+                    self.finish(record, finish.as_mut().expect("decided above")).await
+                };
+                match attempt.await {
                     Ok(()) => return Disposition::Done,
                     Err(Interrupted::Cancelled) => {
                         tracing::info!("partition revoked or stopping; record abandoned, it will be redelivered");
@@ -202,7 +214,7 @@ impl RecordHandler for Delivery {
         let started = std::time::Instant::now();
         let applied = async {
             let keys: Vec<&[u8]> = records.iter().filter_map(|record| record.key.as_deref()).collect();
-            let parked = self.parking.parked_keys(&keys).await?;
+            let parked = self.parking.parked_keys(&first.topic, &keys).await?;
             let run = records
                 .iter()
                 .take_while(|record| record.key.as_ref().is_none_or(|key| !parked.contains(key)))
@@ -270,52 +282,46 @@ impl Delivery {
         }
     }
 
-    async fn process(&self, record: &Record, cancel: &CancellationToken) -> Result<(), Interrupted> {
+    /// Decides what becomes of `record`: applies it when it can (retrying
+    /// in place), and returns the writes that finish it (parking, a copy to
+    /// the retry or dead-letter topic, unparking), none done yet.
+    async fn decide(&self, record: &Record, cancel: &CancellationToken) -> Result<Finish, Interrupted> {
         if record.topic == self.retry_topic {
-            return self.process_retry(record, cancel).await;
+            return self.decide_retry(record, cancel).await;
         }
         // Failure headers on an event-topic record are not trusted: whoever
         // produced the record put them there.
         let origin = Origin::consumed_at(record);
-        if self.parking.is_parked(record.key.as_deref()).await? {
+        if self.parking.is_parked(&record.topic, record.key.as_deref()).await? {
             tracing::info!("an earlier record with this key is parked; parking this one behind it");
             let reason = "parked behind an earlier record with the same key";
-            return self.park(record, &origin, 0, 0, Duration::ZERO, reason).await;
+            return Ok(self.parked(record, origin, 0, 0, Duration::ZERO, reason));
         }
-        match self.try_in_place(record, &origin, cancel).await? {
+        Ok(match self.try_in_place(record, &origin, cancel).await? {
             Tried::Succeeded(outcome) => {
                 self.log_outcome(record, outcome);
-                Ok(())
+                Finish::default()
             }
             Tried::Rejected { reason, tries } => {
-                self.dead_letter(record, &origin, FailureClass::Permanent, tries, &reason)
-                    .await
+                self.dead_lettered(record, origin, FailureClass::Permanent, tries, reason)
             }
             Tried::Exhausted { error, tries } if self.policy.topic_rounds == 0 => {
-                self.dead_letter(record, &origin, FailureClass::Exhausted, tries, &error)
-                    .await
+                self.dead_lettered(record, origin, FailureClass::Exhausted, tries, error)
             }
             Tried::Exhausted { error, tries } => {
                 let delay = self.policy.round_delay(1);
-                self.park(record, &origin, 1, tries, delay, &error).await
+                self.parked(record, origin, 1, tries, delay, &error)
             }
-        }
+        })
     }
 
-    async fn process_retry(&self, record: &Record, cancel: &CancellationToken) -> Result<(), Interrupted> {
+    async fn decide_retry(&self, record: &Record, cancel: &CancellationToken) -> Result<Finish, Interrupted> {
         let state = match RetryState::of(record) {
             Ok(state) => state,
             Err(error) => {
                 let reason = format!("not a retry record: {error}");
-                return self
-                    .dead_letter(
-                        record,
-                        &Origin::consumed_at(record),
-                        FailureClass::Permanent,
-                        0,
-                        &reason,
-                    )
-                    .await;
+                let origin = Origin::consumed_at(record);
+                return Ok(self.dead_lettered(record, origin, FailureClass::Permanent, 0, reason));
             }
         };
         let origin = &state.origin;
@@ -333,9 +339,8 @@ impl Delivery {
                     longest.as_secs(),
                     DUE_TIME_MARGIN.as_secs()
                 );
-                return self
-                    .dead_letter(record, origin, FailureClass::Permanent, state.attempts, &reason)
-                    .await;
+                let attempts = state.attempts;
+                return Ok(self.dead_lettered(record, origin.clone(), FailureClass::Permanent, attempts, reason));
             }
             if !wait.is_zero() {
                 tracing::debug!(
@@ -355,15 +360,13 @@ impl Delivery {
             Position::Head => {}
             Position::Resolved => {
                 tracing::info!(%origin, "second copy of a record already applied or dead-lettered; skipped");
-                self.metrics.outcome(record, "skipped");
-                return Ok(());
+                return Ok(Finish::counted("skipped", []));
             }
             Position::Behind(head) => {
                 // Back to the end of the retry topic, behind `head` (same
                 // key, same partition). The delay keeps a key whose head is
                 // not on the retry topic yet (its source is being redelivered
                 // after a crash) from spinning.
-                tracing::debug!(%origin, head, "an earlier record with this key is still parked; re-queued behind it");
                 let copy = failure::retry_copy(
                     record,
                     origin,
@@ -372,29 +375,29 @@ impl Delivery {
                     Utc::now() + self.policy.round_delay(1).min(Duration::from_secs(1)),
                     &format!("parked behind {head}"),
                 );
-                self.producer.send_record(&self.retry_topic, &copy).await?;
-                self.metrics.outcome(record, "requeued");
-                return Ok(());
+                let copy = Step::Produce {
+                    origin: origin.clone(),
+                    copy,
+                    kind: CopyKind::Requeued { head },
+                };
+                return Ok(Finish::counted("requeued", [copy]));
             }
         }
-        match self.try_in_place(record, origin, cancel).await? {
+        Ok(match self.try_in_place(record, origin, cancel).await? {
             Tried::Succeeded(outcome) => {
                 self.log_outcome(record, outcome);
                 if state.round > 0 {
                     tracing::info!(%origin, round = state.round, "record applied on retry");
                 }
-                self.parking.unpark(origin).await?;
-                Ok(())
+                Finish(VecDeque::from([Step::Unpark(origin.clone())]), None)
             }
             Tried::Rejected { reason, tries } => {
                 let attempts = state.attempts + tries;
-                self.dead_letter(record, origin, FailureClass::Permanent, attempts, &reason)
-                    .await
+                self.dead_lettered(record, origin.clone(), FailureClass::Permanent, attempts, reason)
             }
             Tried::Exhausted { error, tries } if state.round >= self.policy.topic_rounds => {
                 let attempts = state.attempts + tries;
-                self.dead_letter(record, origin, FailureClass::Exhausted, attempts, &error)
-                    .await
+                self.dead_lettered(record, origin.clone(), FailureClass::Exhausted, attempts, error)
             }
             Tried::Exhausted { error, tries } => {
                 let round = state.round + 1;
@@ -408,11 +411,14 @@ impl Delivery {
                     Utc::now() + delay,
                     &error,
                 );
-                self.producer.send_record(&self.retry_topic, &copy).await?;
-                self.metrics.outcome(record, "parked");
-                Ok(())
+                let copy = Step::Produce {
+                    origin: origin.clone(),
+                    copy,
+                    kind: CopyKind::Parked { round, delay },
+                };
+                Finish::counted("parked", [copy])
             }
-        }
+        })
     }
 
     /// Tries to apply `record` up to `retry.attempts` times, pausing between
@@ -465,56 +471,162 @@ impl Delivery {
         }
     }
 
-    /// Parks `record`: records it in `parked_records`, then copies it to the
+    /// Parking `record`: record it in `parked_records`, then copy it to the
     /// retry topic for round `round`, due after `delay`.
-    async fn park(
+    fn parked(
         &self,
         record: &Record,
-        origin: &Origin,
+        origin: Origin,
         round: u32,
         attempts: u32,
         delay: Duration,
         reason: &str,
-    ) -> Result<(), Interrupted> {
-        self.parking.park(origin, record.key.as_deref(), reason).await?;
-        let copy = failure::retry_copy(record, origin, round, attempts, Utc::now() + delay, reason);
-        let delivered = self.producer.send_record(&self.retry_topic, &copy).await?;
-        tracing::warn!(
-            %origin,
-            round,
-            delay_ms = delay.as_millis(),
-            retry_partition = delivered.partition,
-            retry_offset = delivered.offset,
-            "record parked on the retry topic"
-        );
-        self.metrics.outcome(record, "parked");
-        Ok(())
+    ) -> Finish {
+        let copy = failure::retry_copy(record, &origin, round, attempts, Utc::now() + delay, reason);
+        Finish::counted(
+            "parked",
+            [
+                Step::Park {
+                    origin: origin.clone(),
+                    reason: reason.to_owned(),
+                },
+                Step::Produce {
+                    origin,
+                    copy,
+                    kind: CopyKind::Parked { round, delay },
+                },
+            ],
+        )
     }
 
-    /// Copies `record` to the dead-letter topic, then ends its parking (if
-    /// it was parked).
-    async fn dead_letter(
+    /// Dead-lettering `record`: copy it to the dead-letter topic, then end
+    /// its parking (if it was parked).
+    fn dead_lettered(
         &self,
         record: &Record,
-        origin: &Origin,
+        origin: Origin,
         class: FailureClass,
         attempts: u32,
-        reason: &str,
-    ) -> Result<(), Interrupted> {
-        let copy: OutgoingRecord = failure::dead_letter_copy(record, origin, class, attempts, reason, Utc::now());
-        let delivered = self.producer.send_record(&self.dead_letter_topic, &copy).await?;
-        tracing::error!(
-            %origin,
-            class = class.as_str(),
-            attempts,
-            reason,
-            dead_letter_partition = delivered.partition,
-            dead_letter_offset = delivered.offset,
-            "record dead-lettered"
-        );
-        self.parking.unpark(origin).await?;
-        self.metrics.outcome(record, "dead_lettered");
+        reason: String,
+    ) -> Finish {
+        let copy = failure::dead_letter_copy(record, &origin, class, attempts, &reason, Utc::now());
+        Finish::counted(
+            "dead_lettered",
+            [
+                Step::Produce {
+                    origin: origin.clone(),
+                    copy,
+                    kind: CopyKind::DeadLettered {
+                        class,
+                        attempts,
+                        reason,
+                    },
+                },
+                Step::Unpark(origin),
+            ],
+        )
+    }
+
+    /// Does `finish`'s writes in order, each removed once done, then counts
+    /// the record's outcome. When one fails, `finish` keeps it and the ones
+    /// after it for the next try.
+    async fn finish(&self, record: &Record, finish: &mut Finish) -> Result<(), Interrupted> {
+        while let Some(step) = finish.0.front() {
+            match step {
+                Step::Park { origin, reason } => self.parking.park(origin, record.key.as_deref(), reason).await?,
+                Step::Produce { origin, copy, kind } => {
+                    let topic = match kind {
+                        CopyKind::DeadLettered { .. } => &self.dead_letter_topic,
+                        CopyKind::Parked { .. } | CopyKind::Requeued { .. } => &self.retry_topic,
+                    };
+                    let delivered = self.producer.send_record(topic, copy).await?;
+                    kind.log(origin, delivered);
+                }
+                Step::Unpark(origin) => self.parking.unpark(origin).await?,
+            }
+            finish.0.pop_front();
+        }
+        if let Some(outcome) = finish.1.take() {
+            self.metrics.outcome(record, outcome);
+        }
         Ok(())
+    }
+}
+
+/// The writes that finish a record, in order, and its outcome (the
+/// `kafka_records_consumed_total` label), counted once they are all done.
+/// Decided once per record: a write that fails is tried again with the same
+/// contents (the same copy, with the same due time, round and attempts),
+/// and the writes before it are not done again.
+#[derive(Debug, Default)]
+struct Finish(VecDeque<Step>, Option<&'static str>);
+
+impl Finish {
+    fn counted(outcome: &'static str, steps: impl IntoIterator<Item = Step>) -> Self {
+        Self(steps.into_iter().collect(), Some(outcome))
+    }
+}
+
+#[derive(Debug)]
+enum Step {
+    /// Record `origin` in `parked_records`, behind its key's earlier ones.
+    Park { origin: Origin, reason: String },
+    /// Produce `copy` of the record from `origin` to the topic `kind` says.
+    Produce {
+        origin: Origin,
+        copy: OutgoingRecord,
+        kind: CopyKind,
+    },
+    /// End the parking of `origin`: applied or dead-lettered.
+    Unpark(Origin),
+}
+
+/// What a copy of a record is: where it goes and what its log line says.
+#[derive(Debug)]
+enum CopyKind {
+    /// To the retry topic for `round` (0: behind an earlier record of its
+    /// key), due after `delay`.
+    Parked { round: u32, delay: Duration },
+    /// Back to the end of the retry topic, behind `head`, the oldest parked
+    /// record of its key.
+    Requeued { head: String },
+    /// To the dead-letter topic.
+    DeadLettered {
+        class: FailureClass,
+        attempts: u32,
+        reason: String,
+    },
+}
+
+impl CopyKind {
+    /// Logs the copy of the record from `origin`, now `delivered`.
+    fn log(&self, origin: &Origin, delivered: kafka_service::Delivery) {
+        match self {
+            CopyKind::Parked { round, delay } => tracing::warn!(
+                %origin,
+                round,
+                delay_ms = delay.as_millis(),
+                retry_partition = delivered.partition,
+                retry_offset = delivered.offset,
+                "record parked on the retry topic"
+            ),
+            CopyKind::Requeued { head } => {
+                tracing::debug!(%origin, head, "an earlier record with this key is still parked; re-queued behind it")
+            }
+            CopyKind::DeadLettered {
+                class,
+                attempts,
+                reason,
+            } => tracing::error!(
+                %origin,
+                class = class.as_str(),
+                attempts,
+                reason,
+                dead_letter_partition = delivered.partition,
+                dead_letter_offset = delivered.offset,
+                "record dead-lettered"
+            ),
+        }
     }
 }
 

@@ -1,7 +1,11 @@
-//! Which records are parked on the retry topic, per key, in order
+//! Which records are parked on the retry topic, per topic and key, in order
 //! (`parked_records`). This is what keeps per-key order through retries:
-//! while a key has a parked record, its later records are parked behind it,
-//! and a parked record is applied only when it is the oldest of its key.
+//! while a key has a parked record from a topic, its later records from
+//! that topic are parked behind it, and a parked record is applied only
+//! when it is the oldest of its key from its topic. The topics are not
+//! ordered against each other, so a record of one topic never waits for
+//! another topic's: a user's `user.created` is applied while a token of
+//! that user waits, parked, for the user to be known.
 
 use std::collections::HashSet;
 
@@ -34,39 +38,43 @@ impl Parking {
         Self { pool }
     }
 
-    /// Whether any record with `key` is parked. A record without a key is
-    /// never parked behind another.
+    /// Whether any record of `topic` with `key` is parked. A record without
+    /// a key is never parked behind another.
     ///
     /// # Errors
     ///
     /// When the database fails.
-    pub async fn is_parked(&self, key: Option<&[u8]>) -> sqlx::Result<bool> {
+    pub async fn is_parked(&self, topic: &str, key: Option<&[u8]>) -> sqlx::Result<bool> {
         let Some(key) = key else { return Ok(false) };
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM parked_records WHERE record_key = $1)")
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM parked_records WHERE origin_topic = $1 AND record_key = $2)")
+            .bind(topic)
             .bind(key)
             .fetch_one(&self.pool)
             .await
     }
 
-    /// Which of `keys` have a parked record: one query for a batch.
+    /// Which of `keys` have a parked record of `topic`: one query for a
+    /// batch.
     ///
     /// # Errors
     ///
     /// The database error.
-    pub async fn parked_keys(&self, keys: &[&[u8]]) -> sqlx::Result<HashSet<Vec<u8>>> {
+    pub async fn parked_keys(&self, topic: &str, keys: &[&[u8]]) -> sqlx::Result<HashSet<Vec<u8>>> {
         if keys.is_empty() {
             return Ok(HashSet::new());
         }
-        let parked: Vec<Vec<u8>> =
-            sqlx::query_scalar("SELECT DISTINCT record_key FROM parked_records WHERE record_key = ANY($1)")
-                .bind(keys)
-                .fetch_all(&self.pool)
-                .await?;
+        let parked: Vec<Vec<u8>> = sqlx::query_scalar(
+            "SELECT DISTINCT record_key FROM parked_records WHERE origin_topic = $1 AND record_key = ANY($2)",
+        )
+        .bind(topic)
+        .bind(keys)
+        .fetch_all(&self.pool)
+        .await?;
         Ok(parked.into_iter().collect())
     }
 
-    /// Parks the record from `origin`, behind every record of `key` parked
-    /// before it. Parking a record again keeps its place.
+    /// Parks the record from `origin`, behind every record of its topic with
+    /// `key` parked before it. Parking a record again keeps its place.
     ///
     /// # Errors
     ///
@@ -88,7 +96,7 @@ impl Parking {
     }
 
     /// Where the record from `origin` stands among the parked records of
-    /// `key`.
+    /// its topic with `key`.
     ///
     /// # Errors
     ///
@@ -109,8 +117,9 @@ impl Parking {
         let Some(key) = key else { return Ok(Position::Head) };
         let (topic, partition, offset): (String, i32, i64) = sqlx::query_as(
             "SELECT origin_topic, origin_partition, origin_offset FROM parked_records \
-             WHERE record_key = $1 ORDER BY id LIMIT 1",
+             WHERE origin_topic = $1 AND record_key = $2 ORDER BY id LIMIT 1",
         )
+        .bind(&origin.topic)
         .bind(key)
         .fetch_one(&self.pool)
         .await?;

@@ -15,6 +15,7 @@ mod crashes;
 mod dead_letters;
 mod outages;
 mod rebalances;
+mod reruns;
 
 /// Held for the whole of each test in this binary.
 pub async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {

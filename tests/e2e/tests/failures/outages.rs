@@ -108,6 +108,57 @@ async fn records_survive_a_failing_producer_through_the_retry_topic_in_per_user_
     context.drop_databases().await;
 }
 
+/// The producer is down, and one user's token arrives before the user:
+/// the token cannot be applied (the consumer cannot ask about the user)
+/// and is parked. The user's `user.created`, on the other topic, is applied
+/// at once, not parked behind the token: it is what the token waits for.
+/// The token's next round then succeeds without the producer. Nothing
+/// is dead-lettered. (Parked behind the token, the creation waited until
+/// the token had exhausted its rounds and was dead-lettered.)
+#[tokio::test]
+async fn a_users_creation_is_not_parked_behind_the_token_that_waits_for_it() {
+    let context = TestContext::new();
+    let consumer = context.spawn_consumer(NO_PRODUCER).await;
+    let pool = context.consumer_pool().await;
+    let (users, created) = new_users(1);
+    publish(&context, &e2e::load::tokens_for(&users, 1)).await;
+    eventually(Duration::from_secs(30), "the token parked", || async {
+        let parked: i64 = sqlx::query_scalar("SELECT count(*) FROM parked_records")
+            .fetch_one(&pool)
+            .await
+            .ok()?;
+        (parked == 1).then_some(())
+    })
+    .await;
+
+    publish(&context, &created).await;
+    eventually(Duration::from_secs(30), "the user and the token applied", || async {
+        let counts = e2e::read_model_token_counts(&pool).await;
+        (counts.get(&users[0]) == Some(&1)).then_some(())
+    })
+    .await;
+    assert!(dead_letters(&context).await.is_empty(), "nothing dead-lettered");
+    let parked: i64 = sqlx::query_scalar("SELECT count(*) FROM parked_records")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(parked, 0, "nothing left parked");
+    let kafka = context.kafka();
+    let copies = kafka_service::reader::read_topic(&kafka, kafka.topics.name(Topic::Retry))
+        .await
+        .unwrap();
+    let tokens = kafka.topics.name(Topic::IssuedToken).as_bytes();
+    assert!(
+        copies
+            .iter()
+            .all(|copy| copy.header(kafka_service::failure::header::ORIGIN_TOPIC) == Some(tokens)),
+        "only the token went through the retry topic, never the user's creation"
+    );
+    pool.close().await;
+    consumer.stop().await.unwrap();
+    context.drop_databases().await;
+}
+
 /// A context whose producer runs in-process and publishes its
 /// `user.created.v1` events to a topic the consumer does not read, with
 /// `count` users created through its API: tokens for them make the consumer
