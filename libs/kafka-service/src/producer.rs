@@ -1,6 +1,7 @@
 //! An idempotent producer whose `send` resolves on the delivery report.
 
 use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use rdkafka::error::KafkaError;
@@ -37,11 +38,32 @@ pub struct OutgoingRecord {
 /// retries without duplicating or reordering records within a partition,
 /// and a record counts as delivered only once every in-sync replica has it.
 ///
-/// Cheap to clone: clones share one librdkafka client.
+/// It recovers from a fatal error. librdkafka raises one when it can no
+/// longer vouch for the idempotent producer's state (a head-of-line
+/// `OUT_OF_ORDER_SEQUENCE_NUMBER`, for example; its `INTRODUCTION.md`,
+/// "Fatal errors"), and from then on the client fails every record. The
+/// first failure seen after it replaces the client with a new one (a new
+/// producer id): the records the old client had not delivered fail, and are
+/// the caller's to send again (consumers deduplicate by `ce_id`), in order.
+/// [`fatal_error`](Self::fatal_error) says so until a record is delivered
+/// again.
+///
+/// Cheap to clone: clones share one client.
 #[derive(Clone)]
 pub struct EventProducer {
-    producer: FutureProducer<KafkaContext>,
+    shared: Arc<Shared>,
     request_timeout: Duration,
+}
+
+struct Shared {
+    /// The client, replaced after a fatal error.
+    client: RwLock<FutureProducer<KafkaContext>>,
+    /// What builds a client: the settings' configuration and context.
+    config: rdkafka::ClientConfig,
+    context: KafkaContext,
+    /// The fatal error the client was last replaced for, until a record is
+    /// delivered again.
+    fatal: Mutex<Option<String>>,
 }
 
 impl EventProducer {
@@ -53,24 +75,82 @@ impl EventProducer {
     /// [`ProduceError::Config`] when librdkafka rejects the settings (an
     /// unknown property in `kafka.librdkafka`, for example).
     pub fn new(settings: &KafkaSettings, client_id: &str) -> Result<Self, ProduceError> {
-        let producer = settings
-            .client_config(
-                client_id,
-                &[
-                    ("enable.idempotence", "true".to_owned()),
-                    ("acks", "all".to_owned()),
-                    ("message.timeout.ms", settings.message_timeout_ms.to_string()),
-                    // Records produced in a burst (the relay sends a batch of
-                    // outbox rows at once) share one request per partition.
-                    ("linger.ms", "5".to_owned()),
-                ],
-            )
-            .create_with_context(KafkaContext::new(settings))
+        let config = settings.client_config(
+            client_id,
+            &[
+                ("enable.idempotence", "true".to_owned()),
+                ("acks", "all".to_owned()),
+                ("message.timeout.ms", settings.message_timeout_ms.to_string()),
+                // Records produced in a burst (the relay sends a batch of
+                // outbox rows at once) share one request per partition.
+                ("linger.ms", "5".to_owned()),
+            ],
+        );
+        let context = KafkaContext::new(settings);
+        let client = config
+            .create_with_context(context.clone())
             .map_err(ProduceError::Config)?;
         Ok(Self {
-            producer,
+            shared: Arc::new(Shared {
+                client: RwLock::new(client),
+                config,
+                context,
+                fatal: Mutex::new(None),
+            }),
             request_timeout: settings.request_timeout(),
         })
+    }
+
+    /// The fatal error the client was replaced for, from the first failure
+    /// after it until a record is delivered again: while it lasts, records
+    /// fail and must be sent again.
+    pub fn fatal_error(&self) -> Option<String> {
+        self.shared.fatal.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    fn client(&self) -> FutureProducer<KafkaContext> {
+        self.shared
+            .client
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// After a record failed on `used`: when `used` is in a fatal state and
+    /// still the current client, replaces it. The old client is dropped on
+    /// a blocking thread (dropping one waits for its threads).
+    fn recover(&self, used: FutureProducer<KafkaContext>) {
+        let Some((code, reason)) = used.client().fatal_error() else {
+            return;
+        };
+        let mut current = self.shared.client.write().unwrap_or_else(PoisonError::into_inner);
+        if current.client().native_ptr() != used.client().native_ptr() {
+            // Replaced already; this may be the old client's last handle.
+            tokio::task::spawn_blocking(move || drop(used));
+            return;
+        }
+        match self.shared.config.create_with_context(self.shared.context.clone()) {
+            Ok(fresh) => {
+                let old = std::mem::replace(&mut *current, fresh);
+                drop(current);
+                tracing::error!(
+                    ?code,
+                    reason,
+                    "fatal producer error; replaced the client (the records it had not delivered fail and are sent again)"
+                );
+                *self.shared.fatal.lock().unwrap_or_else(PoisonError::into_inner) = Some(format!("{code:?}: {reason}"));
+                tokio::task::spawn_blocking(move || drop((old, used)));
+            }
+            Err(error) => tracing::error!(%error, reason, "fatal producer error, and no new client could be made"),
+        }
+    }
+
+    /// Records a delivery: the client works, whatever came before.
+    fn delivered(&self) {
+        let mut fatal = self.shared.fatal.lock().unwrap_or_else(PoisonError::into_inner);
+        if fatal.take().is_some() {
+            tracing::info!("producer delivering again after a fatal error");
+        }
     }
 
     /// Publishes `envelope` to `topic`, keyed by its subject, and waits for
@@ -122,28 +202,51 @@ impl EventProducer {
         envelope: &Envelope,
         extra: &[(&str, String)],
     ) -> Result<impl Future<Output = Result<Delivery, ProduceError>> + Send + 'static, ProduceError> {
-        let delivery = self
-            .producer
-            .send_result(envelope_record(topic, envelope, extra))
-            .map_err(|(source, _)| ProduceError::Delivery {
-                topic: topic.to_owned(),
-                source,
-            })?;
+        let client = self.client();
+        let delivery = match client.send_result(envelope_record(topic, envelope, extra)) {
+            Ok(delivery) => delivery,
+            Err((source, _)) => {
+                self.recover(client);
+                return Err(ProduceError::Delivery {
+                    topic: topic.to_owned(),
+                    source,
+                });
+            }
+        };
         let topic = topic.to_owned();
+        let producer = self.clone();
         Ok(async move {
-            match delivery.await {
+            let report = match delivery.await {
                 Ok(Ok(delivery)) => Ok(Delivery {
                     partition: delivery.partition,
                     offset: delivery.offset,
                 }),
-                Ok(Err((source, _))) => Err(ProduceError::Delivery { topic, source }),
+                Ok(Err((source, _))) => Err(source),
                 // The client was destroyed before it reported.
-                Err(_canceled) => Err(ProduceError::Delivery {
-                    topic,
-                    source: KafkaError::Canceled,
-                }),
-            }
+                Err(_canceled) => Err(KafkaError::Canceled),
+            };
+            producer.reported(client, topic, report)
         })
+    }
+
+    /// `report`, for a record sent on `used`: counts a delivery, or looks
+    /// for a fatal error after a failure.
+    fn reported(
+        &self,
+        used: FutureProducer<KafkaContext>,
+        topic: String,
+        report: Result<Delivery, KafkaError>,
+    ) -> Result<Delivery, ProduceError> {
+        match report {
+            Ok(delivery) => {
+                self.delivered();
+                Ok(delivery)
+            }
+            Err(source) => {
+                self.recover(used);
+                Err(ProduceError::Delivery { topic, source })
+            }
+        }
     }
 
     /// Publishes `record` to `topic` as it is (the key picks the partition)
@@ -178,16 +281,16 @@ impl EventProducer {
         K: rdkafka::message::ToBytes + ?Sized,
         V: rdkafka::message::ToBytes + ?Sized,
     {
-        match self.producer.send(record, Timeout::After(QUEUE_FULL_WAIT)).await {
-            Ok(delivery) => Ok(Delivery {
+        let client = self.client();
+        let report = client
+            .send(record, Timeout::After(QUEUE_FULL_WAIT))
+            .await
+            .map(|delivery| Delivery {
                 partition: delivery.partition,
                 offset: delivery.offset,
-            }),
-            Err((source, _)) => Err(ProduceError::Delivery {
-                topic: topic.to_owned(),
-                source,
-            }),
-        }
+            })
+            .map_err(|(source, _)| source);
+        self.reported(client, topic.to_owned(), report)
     }
 
     /// Checks that a broker answers a metadata request within the request
@@ -197,7 +300,7 @@ impl EventProducer {
     ///
     /// [`ProduceError::Unreachable`] when none does.
     pub async fn ping(&self) -> Result<(), ProduceError> {
-        let producer = self.producer.clone();
+        let producer = self.client();
         let timeout = self.request_timeout;
         tokio::task::spawn_blocking(move || producer.client().fetch_metadata(None, timeout).map(drop))
             .await
@@ -208,7 +311,7 @@ impl EventProducer {
     /// Waits up to `timeout` for every queued record's delivery report
     /// (before shutdown).
     pub async fn flush(&self, timeout: Duration) {
-        let producer = self.producer.clone();
+        let producer = self.client();
         let result = tokio::task::spawn_blocking(move || producer.flush(timeout)).await;
         if let Ok(Err(error)) = result {
             tracing::warn!(%error, "producer flush did not complete");

@@ -1,6 +1,8 @@
 //! `GET /health/live`, the producer's `GET /health/ready` and the checks
 //! the consumer's builds on, and the container health check.
 
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
@@ -38,7 +40,14 @@ pub async fn live() -> HttpResponse {
 pub struct BrokerProbe {
     producer: EventProducer,
     reachable: Gauge,
+    /// What the last check found: [`UNKNOWN`], [`REACHABLE`] or
+    /// [`UNREACHABLE`]; a change is logged.
+    last: Arc<AtomicU8>,
 }
+
+const UNKNOWN: u8 = 0;
+const REACHABLE: u8 = 1;
+const UNREACHABLE: u8 = 2;
 
 /// How often [`BrokerProbe::run`] checks the broker.
 pub const BROKER_CHECK_INTERVAL: Duration = Duration::from_secs(10);
@@ -50,6 +59,7 @@ impl BrokerProbe {
         let probe = Self {
             producer,
             reachable: Gauge::default(),
+            last: Arc::new(AtomicU8::new(UNKNOWN)),
         };
         registry.register(
             "kafka_broker_reachable",
@@ -59,17 +69,27 @@ impl BrokerProbe {
         probe
     }
 
-    /// Asks for metadata (within `kafka.request_timeout_ms`); sets the
-    /// gauge and logs a change at `warn` (lost) or `info` (back).
+    /// Asks for metadata (within `kafka.request_timeout_ms`); unreachable
+    /// too while the producer recovers from a fatal error. Sets the gauge
+    /// and logs a change: at `warn` when lost, at `info` when back.
     pub async fn check(&self) -> bool {
-        let answered = self.producer.ping().await;
+        let answered = match self.producer.fatal_error() {
+            Some(fatal) => Err(format!("the producer is recovering from a fatal error: {fatal}")),
+            None => self.producer.ping().await.map_err(|error| format!("{error:#}")),
+        };
         let reachable = answered.is_ok();
-        let was = self.reachable.set(i64::from(reachable)) == 1;
+        self.reachable.set(i64::from(reachable));
+        let before = self
+            .last
+            .swap(if reachable { REACHABLE } else { UNREACHABLE }, Ordering::Relaxed);
         match answered {
-            Err(error) if was || !reachable => {
-                tracing::warn!(%error, "no broker answers; the outbox keeps what is written until one does")
+            Err(error) if before != UNREACHABLE => {
+                tracing::warn!(
+                    error,
+                    "no broker answers; the outbox keeps what is written until one does"
+                )
             }
-            Ok(()) if !was => tracing::info!("a broker answers"),
+            Ok(()) if before == UNREACHABLE => tracing::info!("a broker answers again"),
             _ => {}
         }
         reachable
@@ -131,6 +151,10 @@ pub async fn unavailable(pool: &PgPool, producer: &EventProducer) -> Vec<String>
     if let Err(error) = broker {
         tracing::warn!(%error, "readiness: broker unreachable");
         down.push("broker".to_owned());
+    }
+    if let Some(fatal) = producer.fatal_error() {
+        tracing::warn!(fatal, "readiness: the producer is recovering from a fatal error");
+        down.push("producer (recovering from a fatal error)".to_owned());
     }
     down
 }

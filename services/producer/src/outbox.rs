@@ -510,6 +510,13 @@ impl Relay {
                         // until due, and other keys' rows may be waiting.
                         caught_up = false;
                     }
+                    if let Some(error) = self.producer.fatal_error() {
+                        // The client was replaced: give up the leadership
+                        // and start over with nothing in flight, so every
+                        // row not confirmed goes out again, in order, on
+                        // the new client.
+                        return Err(RelayError::ProducerFatal(error).into());
+                    }
                 }
                 notification = listener.recv(), if caught_up => {
                     self.notified(&mut listener, notification);
@@ -713,10 +720,17 @@ impl Relay {
         let mut delivered = Vec::new();
         let mut failed = Vec::new();
         let mut held_back = 0;
+        // A row that failed because the client hit a fatal error is not to
+        // blame: it is sent again on the new client without backoff.
+        let fatal = self.producer.fatal_error().is_some();
         for result in results {
             in_flight.remove(&result.id);
             match result.sent {
                 Sent::Delivered => delivered.push(result.id),
+                Sent::Failed(_) if fatal => {
+                    blocked.remove(&result.key);
+                    held_back += 1;
+                }
                 Sent::Failed(error) => failed.push((result.id, result.key, format!("{error:#}"))),
                 Sent::HeldBack => held_back += 1,
             }
@@ -813,4 +827,8 @@ enum RelayError {
     Database(#[source] sqlx::Error),
     #[error("outbox database query got no answer within {0:?}; taking the connection for dead")]
     Hung(Duration),
+    #[error(
+        "the Kafka producer hit a fatal error and was replaced ({0}); relaying again from the first unconfirmed row"
+    )]
+    ProducerFatal(String),
 }

@@ -374,3 +374,59 @@ async fn relay_leader(pool: &PgPool) -> Option<i32> {
     .await
     .unwrap()
 }
+
+/// The relay against librdkafka's mock cluster, which answers one produce
+/// request with `OUT_OF_ORDER_SEQUENCE_NUMBER`: fatal for an idempotent
+/// producer, whose client then fails every record for good. The producer
+/// gets a new client, the relay gives up its leadership and starts over
+/// from the first unconfirmed row, and every event, before and after the
+/// fault, is published. (Before, the relay kept the lock and every send
+/// failed from then on.)
+#[tokio::test]
+async fn the_relay_recovers_from_a_fatal_producer_error() {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+    let cluster = MockCluster::new(1).unwrap();
+    let context = TestContext::with_broker(cluster.bootstrap_servers());
+    for topic in Topic::ALL {
+        cluster.create_topic(context.topics.name(topic), 8, 1).unwrap();
+    }
+    let producer = context.spawn_producer().await;
+    let client = Client::new();
+    let kafka = context.kafka();
+    let mut users = vec![create_user(&client, &producer.url(), "fatal").await];
+    records_of(&kafka, Topic::NewUserCreated, &users[0], 1).await;
+
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER],
+    );
+    for _ in 0..5 {
+        users.push(create_user(&client, &producer.url(), "fatal").await);
+    }
+    let pool = context.producer_pool().await;
+    eventually(Duration::from_secs(30), "every row published", || async {
+        let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        (pending == 0).then_some(())
+    })
+    .await;
+    for user in &users {
+        let created = records_of(&kafka, Topic::NewUserCreated, user, 1).await;
+        assert_eq!(created[0].subject, user.id.to_string());
+    }
+    let failing: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE attempts > 0")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        failing, 0,
+        "rows failed by the fatal error are not counted against them"
+    );
+    pool.close().await;
+    producer.stop().await.unwrap();
+    context.drop_databases().await;
+}
