@@ -70,9 +70,25 @@ pub struct RetrySettings {
     pub topic_multiplier: u32,
     /// Longest wait before a round, in milliseconds.
     pub topic_max_delay_ms: u64,
+    /// How long past its due time a parked record's copy may stay away from
+    /// the consumer before it counts as lost (retention, a recreated retry
+    /// topic, a reset group) and the record is copied again, in
+    /// milliseconds. Default: `topic_max_delay_ms` plus 5 min: a copy waits
+    /// at most that long behind the records ahead of it on its retry
+    /// partition (each due at most `topic_max_delay_ms` after it was
+    /// written), with room for clocks that differ.
+    #[serde(default)]
+    pub orphan_after_ms: Option<u64>,
 }
 
 impl RetrySettings {
+    /// [`orphan_after_ms`](Self::orphan_after_ms), or its default.
+    pub fn orphan_after(&self) -> Duration {
+        self.orphan_after_ms
+            .map(Duration::from_millis)
+            .unwrap_or(Duration::from_millis(self.topic_max_delay_ms) + crate::delivery::DUE_TIME_MARGIN)
+    }
+
     /// The wait before retry round `round` (1-based):
     /// `topic_initial_delay_ms * topic_multiplier^(round-1)`, at most
     /// `topic_max_delay_ms`.

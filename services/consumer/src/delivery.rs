@@ -42,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::configuration::RetrySettings;
-use crate::parking::{Parking, Position};
+use crate::parking::{Parking, Position, Schedule};
 use crate::processing::{Handler, Outcome, ProcessError};
 
 /// How far past the retry schedule's longest wait a retry copy's
@@ -367,20 +367,33 @@ impl Delivery {
                 // key, same partition). The delay keeps a key whose head is
                 // not on the retry topic yet (its source is being redelivered
                 // after a crash) from spinning.
+                let schedule = Schedule {
+                    round: state.round,
+                    attempts: state.attempts,
+                    due_at: Utc::now() + self.policy.round_delay(1).min(Duration::from_secs(1)),
+                };
+                let reason = format!("parked behind {head}");
                 let copy = failure::retry_copy(
                     record,
                     origin,
-                    state.round,
-                    state.attempts,
-                    Utc::now() + self.policy.round_delay(1).min(Duration::from_secs(1)),
-                    &format!("parked behind {head}"),
+                    schedule.round,
+                    schedule.attempts,
+                    schedule.due_at,
+                    &reason,
                 );
-                let copy = Step::Produce {
-                    origin: origin.clone(),
-                    copy,
-                    kind: CopyKind::Requeued { head },
-                };
-                return Ok(Finish::counted("requeued", [copy]));
+                let steps = [
+                    Step::Reschedule {
+                        origin: origin.clone(),
+                        schedule,
+                        reason: None,
+                    },
+                    Step::Produce {
+                        origin: origin.clone(),
+                        copy,
+                        kind: CopyKind::Requeued { head },
+                    },
+                ];
+                return Ok(Finish::counted("requeued", steps));
             }
         }
         Ok(match self.try_in_place(record, origin, cancel).await? {
@@ -403,20 +416,25 @@ impl Delivery {
                 let round = state.round + 1;
                 let delay = self.policy.round_delay(round);
                 tracing::warn!(%origin, round, delay_ms = delay.as_millis(), error, "retry round failed; scheduled again");
-                let copy = failure::retry_copy(
-                    record,
-                    origin,
+                let schedule = Schedule {
                     round,
-                    state.attempts + tries,
-                    Utc::now() + delay,
-                    &error,
-                );
-                let copy = Step::Produce {
-                    origin: origin.clone(),
-                    copy,
-                    kind: CopyKind::Parked { round, delay },
+                    attempts: state.attempts + tries,
+                    due_at: Utc::now() + delay,
                 };
-                Finish::counted("parked", [copy])
+                let copy = failure::retry_copy(record, origin, round, schedule.attempts, schedule.due_at, &error);
+                let steps = [
+                    Step::Reschedule {
+                        origin: origin.clone(),
+                        schedule,
+                        reason: Some(error),
+                    },
+                    Step::Produce {
+                        origin: origin.clone(),
+                        copy,
+                        kind: CopyKind::Parked { round, delay },
+                    },
+                ];
+                Finish::counted("parked", steps)
             }
         })
     }
@@ -482,12 +500,18 @@ impl Delivery {
         delay: Duration,
         reason: &str,
     ) -> Finish {
-        let copy = failure::retry_copy(record, &origin, round, attempts, Utc::now() + delay, reason);
+        let schedule = Schedule {
+            round,
+            attempts,
+            due_at: Utc::now() + delay,
+        };
+        let copy = failure::retry_copy(record, &origin, round, attempts, schedule.due_at, reason);
         Finish::counted(
             "parked",
             [
                 Step::Park {
                     origin: origin.clone(),
+                    schedule,
                     reason: reason.to_owned(),
                 },
                 Step::Produce {
@@ -533,7 +557,16 @@ impl Delivery {
     async fn finish(&self, record: &Record, finish: &mut Finish) -> Result<(), Interrupted> {
         while let Some(step) = finish.0.front() {
             match step {
-                Step::Park { origin, reason } => self.parking.park(origin, record.key.as_deref(), reason).await?,
+                Step::Park {
+                    origin,
+                    schedule,
+                    reason,
+                } => self.parking.park(origin, record, *schedule, reason).await?,
+                Step::Reschedule {
+                    origin,
+                    schedule,
+                    reason,
+                } => self.parking.reschedule(origin, *schedule, reason.as_deref()).await?,
                 Step::Produce { origin, copy, kind } => {
                     let topic = match kind {
                         CopyKind::DeadLettered { .. } => &self.dead_letter_topic,
@@ -569,8 +602,20 @@ impl Finish {
 
 #[derive(Debug)]
 enum Step {
-    /// Record `origin` in `parked_records`, behind its key's earlier ones.
-    Park { origin: Origin, reason: String },
+    /// Record `origin` in `parked_records`, behind its key's earlier ones,
+    /// with what it takes to copy it again.
+    Park {
+        origin: Origin,
+        schedule: Schedule,
+        reason: String,
+    },
+    /// Record in `parked_records` that `origin` has a new copy on the retry
+    /// topic (and, when given, a new reason).
+    Reschedule {
+        origin: Origin,
+        schedule: Schedule,
+        reason: Option<String>,
+    },
     /// Produce `copy` of the record from `origin` to the topic `kind` says.
     Produce {
         origin: Origin,

@@ -31,5 +31,6 @@ pub mod parking;
 pub mod processing;
 pub mod producer_client;
 pub mod read_model;
+pub mod recovery;
 pub mod routes;
 pub mod startup;

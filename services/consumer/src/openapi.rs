@@ -5,7 +5,7 @@
 use service_common::openapi::BearerAuth;
 use utoipa::OpenApi;
 
-use crate::routes::{dead_letters, events, health, users};
+use crate::routes::{dead_letters, events, health, parked, users};
 
 /// The document.
 #[derive(OpenApi)]
@@ -22,6 +22,9 @@ use crate::routes::{dead_letters, events, health, users};
         users::get_user,
         dead_letters::list,
         dead_letters::redrive,
+        parked::list,
+        parked::release,
+        parked::dead_letter,
         events::stream,
         health::live,
         health::ready,
@@ -31,6 +34,7 @@ use crate::routes::{dead_letters, events, health, users};
     tags(
         (name = "users", description = "The read model"),
         (name = "dead letters", description = "Operating the dead-letter topic (service credential)"),
+        (name = "parked", description = "Records parked on the retry topic: list, release, dead-letter (service credential)"),
         (name = "events", description = "The live feed of applied events"),
         (name = "health", description = "Liveness and readiness"),
         (name = "operations", description = "Metrics"),

@@ -8,8 +8,11 @@
 //! that user waits, parked, for the user to be known.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
-use kafka_service::failure::Origin;
+use chrono::{DateTime, Utc};
+use kafka_service::failure::{self, Origin};
+use kafka_service::Record;
 use sqlx::PgPool;
 
 /// Where a record read from the retry topic stands among its key's parked
@@ -25,6 +28,102 @@ pub enum Position {
     /// committing its source).
     Resolved,
 }
+
+/// A parked record as `parked_records` keeps it.
+#[derive(Debug, Clone)]
+pub struct Parked {
+    /// Where it was consumed first.
+    pub origin: Origin,
+    /// Its key.
+    pub key: Option<Vec<u8>>,
+    /// The record as it was consumed there, without failure headers; `None`
+    /// for a row parked before records were kept.
+    pub record: Option<Record>,
+    /// The retry round of its latest copy (0: parked behind an earlier
+    /// record of its key).
+    pub round: u32,
+    /// Processing attempts so far.
+    pub attempts: u32,
+    /// Why it is parked: the last error.
+    pub reason: String,
+    /// When it was parked.
+    pub parked_at: DateTime<Utc>,
+    /// When its latest copy on the retry topic is due.
+    pub due_at: DateTime<Utc>,
+    /// Parked records of its topic and key, itself included.
+    pub records_of_key: i64,
+}
+
+/// The retry state a record is parked or rescheduled with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schedule {
+    /// The retry round of the copy.
+    pub round: u32,
+    /// Processing attempts so far.
+    pub attempts: u32,
+    /// When the copy is due.
+    pub due_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct ParkedRow {
+    record_key: Option<Vec<u8>>,
+    origin_topic: String,
+    origin_partition: i32,
+    origin_offset: i64,
+    reason: String,
+    parked_at: DateTime<Utc>,
+    record_value: Option<Vec<u8>>,
+    header_names: Vec<String>,
+    header_values: Vec<Option<Vec<u8>>>,
+    round: i32,
+    attempts: i32,
+    due_at: DateTime<Utc>,
+    records_of_key: i64,
+}
+
+impl From<ParkedRow> for Parked {
+    fn from(row: ParkedRow) -> Self {
+        let origin = Origin {
+            topic: row.origin_topic,
+            partition: row.origin_partition,
+            offset: row.origin_offset,
+        };
+        let record = row.record_value.map(|value| Record {
+            topic: origin.topic.clone(),
+            partition: origin.partition,
+            offset: origin.offset,
+            key: row.record_key.clone(),
+            headers: row.header_names.into_iter().zip(row.header_values).collect(),
+            value: Some(value),
+            timestamp_ms: None,
+        });
+        Parked {
+            origin,
+            key: row.record_key,
+            record,
+            round: u32::try_from(row.round).unwrap_or_default(),
+            attempts: u32::try_from(row.attempts).unwrap_or_default(),
+            reason: row.reason,
+            parked_at: row.parked_at,
+            due_at: row.due_at,
+            records_of_key: row.records_of_key,
+        }
+    }
+}
+
+/// The columns of a [`ParkedRow`], from `parked_records parked`.
+const PARKED_ROW: &str = "parked.record_key, parked.origin_topic, parked.origin_partition, parked.origin_offset, \
+    parked.reason, parked.parked_at, parked.record_value, parked.header_names, parked.header_values, \
+    parked.round, parked.attempts, parked.due_at, \
+    (SELECT count(*) FROM parked_records same WHERE same.origin_topic = parked.origin_topic \
+       AND same.record_key IS NOT DISTINCT FROM parked.record_key) AS records_of_key";
+
+/// Only the oldest parked record of each topic and key, of
+/// `parked_records parked`.
+const HEAD_OF_KEY: &str = "NOT EXISTS (SELECT 1 FROM parked_records older \
+    WHERE older.origin_topic = parked.origin_topic AND older.record_key = parked.record_key \
+    AND older.id < parked.id)";
 
 /// The `parked_records` table.
 #[derive(Clone)]
@@ -73,26 +172,129 @@ impl Parking {
         Ok(parked.into_iter().collect())
     }
 
-    /// Parks the record from `origin`, behind every record of its topic with
-    /// `key` parked before it. Parking a record again keeps its place.
+    /// Parks `record`, consumed at `origin`, behind every record of its
+    /// topic with its key parked before it, keeping the record (without
+    /// failure headers) and `schedule` so that it can be copied again.
+    /// Parking a record again keeps its place.
     ///
     /// # Errors
     ///
     /// When the database fails.
-    pub async fn park(&self, origin: &Origin, key: Option<&[u8]>, reason: &str) -> sqlx::Result<()> {
+    pub async fn park(&self, origin: &Origin, record: &Record, schedule: Schedule, reason: &str) -> sqlx::Result<()> {
+        let kept = failure::original(record);
+        let (names, values): (Vec<String>, Vec<Option<Vec<u8>>>) = kept.headers.into_iter().unzip();
         sqlx::query(
-            "INSERT INTO parked_records (record_key, origin_topic, origin_partition, origin_offset, reason) \
-             VALUES ($1, $2, $3, $4, $5) \
+            "INSERT INTO parked_records (record_key, origin_topic, origin_partition, origin_offset, reason, \
+               record_value, header_names, header_values, round, attempts, due_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
              ON CONFLICT (origin_topic, origin_partition, origin_offset) DO NOTHING",
         )
-        .bind(key)
+        .bind(kept.key)
         .bind(&origin.topic)
         .bind(origin.partition)
         .bind(origin.offset)
         .bind(reason)
+        .bind(kept.value)
+        .bind(names)
+        .bind(values)
+        .bind(i32::try_from(schedule.round).unwrap_or(i32::MAX))
+        .bind(i32::try_from(schedule.attempts).unwrap_or(i32::MAX))
+        .bind(schedule.due_at)
         .execute(&self.pool)
         .await
         .map(drop)
+    }
+
+    /// Records that the record from `origin` has a new copy on the retry
+    /// topic, with `schedule`, and, when given, a new `reason`.
+    ///
+    /// # Errors
+    ///
+    /// When the database fails.
+    pub async fn reschedule(&self, origin: &Origin, schedule: Schedule, reason: Option<&str>) -> sqlx::Result<()> {
+        sqlx::query(
+            "UPDATE parked_records SET round = $4, attempts = $5, due_at = $6, reason = COALESCE($7, reason) \
+             WHERE origin_topic = $1 AND origin_partition = $2 AND origin_offset = $3",
+        )
+        .bind(&origin.topic)
+        .bind(origin.partition)
+        .bind(origin.offset)
+        .bind(i32::try_from(schedule.round).unwrap_or(i32::MAX))
+        .bind(i32::try_from(schedule.attempts).unwrap_or(i32::MAX))
+        .bind(schedule.due_at)
+        .bind(reason)
+        .execute(&self.pool)
+        .await
+        .map(drop)
+    }
+
+    /// The parked record from `origin`, if it is parked.
+    ///
+    /// # Errors
+    ///
+    /// When the database fails.
+    pub async fn get(&self, origin: &Origin) -> sqlx::Result<Option<Parked>> {
+        let query = format!(
+            "SELECT {PARKED_ROW} FROM parked_records parked \
+             WHERE origin_topic = $1 AND origin_partition = $2 AND origin_offset = $3"
+        );
+        let row: Option<ParkedRow> = sqlx::query_as(&query)
+            .bind(&origin.topic)
+            .bind(origin.partition)
+            .bind(origin.offset)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(Parked::from))
+    }
+
+    /// The oldest parked record of each topic and key, oldest first, at
+    /// most `limit`.
+    ///
+    /// # Errors
+    ///
+    /// When the database fails.
+    pub async fn heads(&self, limit: i64) -> sqlx::Result<Vec<Parked>> {
+        let query =
+            format!("SELECT {PARKED_ROW} FROM parked_records parked WHERE {HEAD_OF_KEY} ORDER BY parked.id LIMIT $1");
+        let rows: Vec<ParkedRow> = sqlx::query_as(&query).bind(limit).fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().map(Parked::from).collect())
+    }
+
+    /// Heads of their key whose latest copy was due more than `after` ago
+    /// and has not come back (it would have unparked or rescheduled them):
+    /// copies lost to retention, a recreated retry topic or a reset group.
+    /// Only rows that keep their record, at most `limit`.
+    ///
+    /// # Errors
+    ///
+    /// When the database fails.
+    pub async fn orphans(&self, after: Duration, limit: i64) -> sqlx::Result<Vec<Parked>> {
+        let query = format!(
+            "SELECT {PARKED_ROW} FROM parked_records parked \
+             WHERE {HEAD_OF_KEY} AND parked.record_value IS NOT NULL \
+               AND parked.due_at < now() - make_interval(secs => $1) \
+             ORDER BY parked.id LIMIT $2"
+        );
+        let rows: Vec<ParkedRow> = sqlx::query_as(&query)
+            .bind(after.as_secs_f64())
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.into_iter().map(Parked::from).collect())
+    }
+
+    /// How many records are parked, and how long ago the oldest was, in
+    /// seconds (0 when none).
+    ///
+    /// # Errors
+    ///
+    /// When the database fails.
+    pub async fn stats(&self) -> sqlx::Result<(i64, f64)> {
+        let (count, oldest): (i64, Option<f64>) =
+            sqlx::query_as("SELECT count(*), EXTRACT(EPOCH FROM now() - min(parked_at))::float8 FROM parked_records")
+                .fetch_one(&self.pool)
+                .await?;
+        Ok((count, oldest.unwrap_or(0.0).max(0.0)))
     }
 
     /// Where the record from `origin` stands among the parked records of

@@ -20,9 +20,10 @@ use crate::openapi;
 use crate::parking::Parking;
 use crate::processing::Handler;
 use crate::producer_client::ProducerClient;
+use crate::recovery::Recovery;
 use crate::routes::events::{self, StreamsClosed};
 use crate::routes::health::{self, StallCheck};
-use crate::routes::{dead_letters, users};
+use crate::routes::{dead_letters, parked, users};
 
 /// The consumer: HTTP server and processing loop, ready to run.
 pub struct Application {
@@ -32,6 +33,8 @@ pub struct Application {
     streams_closed: CancellationToken,
     settings: Settings,
     delivery: Delivery,
+    /// Copies again parked records whose copy was lost; measures parking.
+    recovery: Recovery,
     producer: EventProducer,
     monitor: GroupMonitor,
 }
@@ -61,6 +64,13 @@ impl Application {
         let mut registry = Registry::default();
         let monitor = GroupMonitor::new(&mut registry);
         let delivery_metrics = DeliveryMetrics::new(&mut registry);
+        let recovery = Recovery::new(
+            Parking::new(pool.clone()),
+            producer.clone(),
+            &settings.kafka.topics,
+            &settings.retry,
+            &mut registry,
+        );
         let metrics = Metrics::new(registry);
         let topics = &settings.kafka.topics;
         let stall = StallCheck {
@@ -83,6 +93,7 @@ impl Application {
                 producer: producer.clone(),
                 kafka: settings.kafka.clone(),
                 stall,
+                recovery: recovery.clone(),
                 feed: feed.clone(),
                 streams_closed: StreamsClosed(streams_closed.clone()),
             },
@@ -103,6 +114,7 @@ impl Application {
             streams_closed,
             settings,
             delivery,
+            recovery,
             producer,
             monitor,
         })
@@ -129,6 +141,7 @@ impl Application {
         let server_handle = self.server.handle();
         let mut server = tokio::spawn(self.server);
         let mut consumer = tokio::spawn(consume(self.settings, self.delivery, self.monitor, shutdown.clone()));
+        tokio::spawn(self.recovery.run(shutdown.clone()));
         let outcome = tokio::select! {
             () = shutdown.cancelled() => Ok(()),
             result = &mut server => result.context("http server panicked")?.context("http server failed"),
@@ -215,6 +228,7 @@ struct AppData {
     producer: EventProducer,
     kafka: KafkaSettings,
     stall: StallCheck,
+    recovery: Recovery,
 }
 
 fn run_server(listener: TcpListener, metrics: Metrics, data: AppData) -> std::io::Result<Server> {
@@ -224,6 +238,7 @@ fn run_server(listener: TcpListener, metrics: Metrics, data: AppData) -> std::io
     let producer = web::Data::new(data.producer);
     let kafka = web::Data::new(data.kafka);
     let stall = web::Data::new(data.stall);
+    let recovery = web::Data::new(data.recovery);
     let feed = web::Data::new(data.feed);
     let streams_closed = web::Data::new(data.streams_closed);
     service_common::http::serve(listener, metrics, move |config| {
@@ -233,6 +248,7 @@ fn run_server(listener: TcpListener, metrics: Metrics, data: AppData) -> std::io
             .app_data(producer_client.clone())
             .app_data(producer.clone())
             .app_data(kafka.clone())
+            .app_data(recovery.clone())
             .app_data(stall.clone())
             .app_data(feed.clone())
             .app_data(streams_closed.clone())
@@ -241,6 +257,9 @@ fn run_server(listener: TcpListener, metrics: Metrics, data: AppData) -> std::io
             .route("/users/{id}", web::get().to(users::get_user))
             .route("/dead-letters", web::get().to(dead_letters::list))
             .route("/dead-letters/redrive", web::post().to(dead_letters::redrive))
+            .route("/parked", web::get().to(parked::list))
+            .route("/parked/release", web::post().to(parked::release))
+            .route("/parked/dead-letter", web::post().to(parked::dead_letter))
             .route("/events/stream", web::get().to(events::stream))
             .route("/feed", web::get().to(events::page))
             .route("/feed.js", web::get().to(events::script))

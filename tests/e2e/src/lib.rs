@@ -345,5 +345,6 @@ pub fn fast_retries() -> consumer::configuration::RetrySettings {
         topic_initial_delay_ms: 200,
         topic_multiplier: 2,
         topic_max_delay_ms: 2_000,
+        orphan_after_ms: None,
     }
 }

@@ -3,4 +3,5 @@
 pub mod dead_letters;
 pub mod events;
 pub mod health;
+pub mod parked;
 pub mod users;

@@ -14,6 +14,7 @@
 mod crashes;
 mod dead_letters;
 mod outages;
+mod parked;
 mod rebalances;
 mod reruns;
 
