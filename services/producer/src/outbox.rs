@@ -419,9 +419,15 @@ impl Relay {
         }
         let mut backoff = backoff();
         while !shutdown.is_cancelled() {
+            let started = std::time::Instant::now();
             match self.lead(&shutdown).await {
                 Ok(()) => return Ok(()),
                 Err(error) => {
+                    // An interruption after a long run starts the backoff
+                    // over rather than where the last one left it.
+                    if started.elapsed() > Duration::from_secs(60) {
+                        backoff = service_common::retry::backoff();
+                    }
                     tracing::warn!(error = format!("{error:#}"), "outbox relay interrupted; retrying");
                     if !sleep_or_cancel(&mut backoff, &shutdown).await {
                         break;
@@ -434,7 +440,8 @@ impl Relay {
 
     /// Becomes the leader, then publishes until shutdown. Returns `Ok` on
     /// shutdown, `Err` when the leadership connection fails or hangs (a
-    /// query outlasts the statement deadline).
+    /// query outlasts the statement deadline) or the producer's client was
+    /// replaced after a fatal error.
     async fn lead(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
         let options = (*self.pool.connect_options())
             .clone()
@@ -807,6 +814,7 @@ impl Relay {
         .fetch_one(&mut *connection)
         .await
         .map_err(RelayError::Database)?;
+        tracing::debug!(pending, failing, "outbox pending rows measured");
         self.metrics.pending.set(pending);
         self.metrics.oldest_age.set(oldest_age.unwrap_or(0.0).max(0.0));
         self.metrics.failing.set(failing);

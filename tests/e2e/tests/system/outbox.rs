@@ -325,14 +325,7 @@ async fn a_standby_relay_takes_over_when_the_leaders_connection_is_terminated() 
     println!("relay lock held again {took_over:?} after the leader's connection ended (backend {successor})");
     assert!(took_over < Duration::from_millis(1200), "took {took_over:?}");
 
-    eventually(Duration::from_secs(30), "every row published", || async {
-        let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        (pending == 0).then_some(())
-    })
-    .await;
+    all_published(&pool, Duration::from_secs(30)).await;
     let kafka = context.kafka();
     for user in &users {
         let outbox: Vec<(Uuid, String)> =
@@ -406,14 +399,7 @@ async fn the_relay_recovers_from_a_fatal_producer_error() {
         users.push(create_user(&client, &producer.url(), "fatal").await);
     }
     let pool = context.producer_pool().await;
-    eventually(Duration::from_secs(30), "every row published", || async {
-        let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        (pending == 0).then_some(())
-    })
-    .await;
+    all_published(&pool, Duration::from_secs(30)).await;
     for user in &users {
         let created = records_of(&kafka, Topic::NewUserCreated, user, 1).await;
         assert_eq!(created[0].subject, user.id.to_string());
@@ -429,4 +415,58 @@ async fn the_relay_recovers_from_a_fatal_producer_error() {
     pool.close().await;
     producer.stop().await.unwrap();
     context.drop_databases().await;
+}
+
+/// A backlog of 6000 rows, read 100 at a time (60 reads): the relay counts
+/// the pending rows at most about once a second while it catches up, not
+/// after every read (counting a large backlog costs more than reading a
+/// batch of it). Counted from its `outbox pending rows measured` lines.
+#[tokio::test]
+async fn catching_up_on_a_backlog_counts_pending_rows_about_once_a_second() {
+    let context = TestContext::new();
+    // The first run creates the database and its tables.
+    context.spawn_producer().await.stop().await.unwrap();
+    let pool = context.producer_pool().await;
+    sqlx::query(
+        "INSERT INTO outbox (event_id, event_type, subject, occurred_at, data) \
+         SELECT gen_random_uuid(), 'user.token_issued.v1', subject::text, now(), \
+                json_build_object('user_id', subject, 'token_id', gen_random_uuid(), \
+                  'issued_at', now(), 'expires_at', now() + interval '15 minutes') \
+         FROM (SELECT gen_random_uuid() AS subject FROM generate_series(1, 6000)) AS users",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    let started = std::time::Instant::now();
+    let producer = context
+        .start_producer_process_with(&[
+            ("RUST_LOG", "info,producer::outbox=debug"),
+            ("APP_OUTBOX__BATCH_SIZE", "100"),
+        ])
+        .await;
+    all_published(&pool, Duration::from_secs(60)).await;
+    let took = started.elapsed();
+    let log = std::fs::read_to_string(&producer.log).unwrap();
+    let measured = log.matches("outbox pending rows measured").count();
+    println!("caught up on 6000 rows in {took:?}, counting the pending rows {measured} times");
+    assert!(
+        measured as u64 <= took.as_secs() + 3 && measured < 30,
+        "counted {measured} times in {took:?} for 60 reads"
+    );
+    producer.kill().await;
+    pool.close().await;
+    context.drop_databases().await;
+}
+
+/// Waits up to `timeout` for every outbox row to be marked published.
+async fn all_published(pool: &PgPool, timeout: Duration) {
+    eventually(timeout, "every outbox row published", || async {
+        let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        (pending == 0).then_some(())
+    })
+    .await;
 }
