@@ -158,8 +158,8 @@ impl RecordHandler for Panicky {
 
 /// A handler that panics on one record: the other partition flows on, the
 /// panicking partition handles nothing past that record (its offset is
-/// never committed past it), and readiness reports the panic with the
-/// record's coordinates so the task gets replaced.
+/// never committed past it), and readiness and liveness report the panic
+/// with the record's coordinates so the task gets replaced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_that_panics_stops_its_partition_and_fails_readiness() {
     let cluster = MockCluster::new(1).unwrap();
@@ -203,6 +203,8 @@ async fn a_worker_that_panics_stops_its_partition_and_fails_readiness() {
         reason.contains("panicked") && reason.contains("events[0]@5"),
         "the reason names the record: {reason}"
     );
+    // What the consumer's liveness (its container health check) reports.
+    assert_eq!(monitor.failure().as_deref(), Some(reason.as_str()));
     shutdown.cancel();
     run.await.unwrap().unwrap();
 
