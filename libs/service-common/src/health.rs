@@ -31,11 +31,14 @@ pub async fn live() -> HttpResponse {
     HttpResponse::Ok().json(json!({ "status": "ok" }))
 }
 
-/// Whether a broker answers, for readiness and the gauge
-/// `kafka_broker_reachable` (1 when the last check found one, 0 when it
-/// did not, or before the first). Checked by every readiness request and,
-/// so that the gauge moves when nobody asks, every
-/// [`BROKER_CHECK_INTERVAL`] by [`BrokerProbe::run`].
+/// Whether a broker answers, checked every [`BROKER_CHECK_INTERVAL`] in
+/// the background by [`BrokerProbe::run`]: what the producer's readiness
+/// reports, and the gauge `kafka_broker_reachable` (1 when the last check
+/// found one, 0 when it did not, or before the first). Readiness reads the
+/// last check rather than asking the broker itself: a check waits up to
+/// `kafka.request_timeout_ms` (5 s) for an absent broker, as long as the
+/// load balancer waits for an answer, which would then count a broker
+/// outage against the task after all.
 #[derive(Clone)]
 pub struct BrokerProbe {
     producer: EventProducer,
@@ -72,7 +75,7 @@ impl BrokerProbe {
     /// Asks for metadata (within `kafka.request_timeout_ms`); unreachable
     /// too while the producer recovers from a fatal error. Sets the gauge
     /// and logs a change: at `warn` when lost, at `info` when back.
-    pub async fn check(&self) -> bool {
+    async fn check(&self) -> bool {
         let answered = match self.producer.fatal_error() {
             Some(fatal) => Err(format!("the producer is recovering from a fatal error: {fatal}")),
             None => self.producer.ping().await.map_err(|error| format!("{error:#}")),
@@ -95,6 +98,16 @@ impl BrokerProbe {
         reachable
     }
 
+    /// What the last check found: `reachable`, `unreachable`, or `unknown`
+    /// before the first check has answered.
+    pub fn state(&self) -> &'static str {
+        match self.last.load(Ordering::Relaxed) {
+            REACHABLE => "reachable",
+            UNREACHABLE => "unreachable",
+            _ => "unknown",
+        }
+    }
+
     /// Checks every [`BROKER_CHECK_INTERVAL`] until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
         while shutdown
@@ -109,27 +122,27 @@ impl BrokerProbe {
 }
 
 /// The producer's readiness, what its load balancer checks: `200` when its
-/// database answers (all it needs to take requests: the outbox keeps
-/// events while no broker answers), with the broker's state in the body,
-/// `{"status":"ready","broker":"reachable"}` or `"unreachable"`; `503
-/// not_ready` naming `database` otherwise. Needs `web::Data<PgPool>` and
-/// `web::Data<BrokerProbe>` in the app data.
+/// database answers within 2 s (all it needs to take requests: the outbox
+/// keeps events while no broker answers), with the broker's state as of
+/// the last background check in the body,
+/// `{"status":"ready","broker":"reachable"}`, `"unreachable"` or
+/// `"unknown"` (before the first check); `503 not_ready` naming `database`
+/// otherwise. Needs `web::Data<PgPool>` and `web::Data<BrokerProbe>` in
+/// the app data.
 #[utoipa::path(
     get,
     path = "/health/ready",
     tag = "health",
     responses(
-        (status = 200, description = "The database answers; `broker` says whether a broker does", body = crate::openapi::Readiness),
+        (status = 200, description = "The database answers; `broker` says whether a broker did at the last check", body = crate::openapi::Readiness),
         (status = 503, description = "`not_ready`: the database does not answer", body = crate::http::ErrorBody),
     )
 )]
 pub async fn ready(pool: web::Data<PgPool>, broker: web::Data<BrokerProbe>) -> HttpResponse {
-    let (database, broker) = tokio::join!(database_answers(&pool), broker.check());
-    if !database {
+    if !database_answers(&pool).await {
         return readiness(vec!["database".to_owned()]);
     }
-    let broker = if broker { "reachable" } else { "unreachable" };
-    HttpResponse::Ok().json(json!({ "status": "ready", "broker": broker }))
+    HttpResponse::Ok().json(json!({ "status": "ready", "broker": broker.state() }))
 }
 
 /// Whether `SELECT 1` answers within [`DATABASE_TIMEOUT`].

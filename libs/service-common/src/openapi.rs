@@ -51,9 +51,10 @@ pub struct Status {
 pub struct Readiness {
     /// `ready`.
     pub status: String,
-    /// `reachable` or `unreachable`: whether a broker answered a metadata
-    /// request within `kafka.request_timeout_ms`. Unreachable does not make
-    /// the producer unready: its outbox keeps the events until one answers.
+    /// `reachable`, `unreachable` or `unknown` (before the first check):
+    /// whether a broker answered the last metadata request, made every 10 s
+    /// (within `kafka.request_timeout_ms`). Unreachable does not make the
+    /// producer unready: its outbox keeps the events until one answers.
     pub broker: String,
 }
 

@@ -45,17 +45,18 @@ async fn both_services_work_over_tls_and_a_wrong_ca_is_refused_with_a_clear_erro
         },
     )
     .await;
-    let ready = client
-        .get(format!("{}/health/ready", wrong.url()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), 200, "ready: its outbox keeps the events");
-    let ready: serde_json::Value = ready.json().await.unwrap();
-    assert_eq!(
-        ready["broker"], "unreachable",
-        "readiness reports the broker unreachable"
-    );
+    let url = format!("{}/health/ready", wrong.url());
+    eventually(
+        Duration::from_secs(20),
+        "readiness reporting the broker unreachable",
+        || async {
+            let ready = client.get(&url).send().await.ok()?;
+            assert_eq!(ready.status(), 200, "ready: its outbox keeps the events");
+            let ready: serde_json::Value = ready.json().await.ok()?;
+            (ready["broker"] == "unreachable").then_some(())
+        },
+    )
+    .await;
 
     wrong.kill().await;
     consumer.kill().await;
