@@ -281,6 +281,28 @@ where
     }
 }
 
+/// Waits up to 20 s (two of the producer's background broker checks) for
+/// the producer at `producer` to report the broker unreachable, asserting
+/// that it stays ready meanwhile: its outbox keeps what is written.
+pub async fn wait_until_ready_without_broker(client: &reqwest::Client, producer: &str) {
+    let url = format!("{producer}/health/ready");
+    eventually(
+        Duration::from_secs(20),
+        "readiness reporting the broker unreachable",
+        || async {
+            let ready = client.get(&url).send().await.ok()?;
+            assert_eq!(
+                ready.status(),
+                200,
+                "ready without a broker: the outbox keeps what is written"
+            );
+            let ready: serde_json::Value = ready.json().await.ok()?;
+            (ready["broker"] == "unreachable").then_some(())
+        },
+    )
+    .await;
+}
+
 /// A user created through the producer's API.
 #[derive(Debug, Clone)]
 pub struct CreatedUser {
