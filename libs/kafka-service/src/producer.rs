@@ -163,26 +163,11 @@ impl EventProducer {
     /// until then; by default forever, so while the broker is down this
     /// waits).
     pub async fn send(&self, topic: &str, envelope: &Envelope) -> Result<Delivery, ProduceError> {
-        self.send_with_headers(topic, envelope, &[]).await
+        self.deliver(topic, envelope_record(topic, envelope, &[])).await
     }
 
-    /// As [`send`](Self::send), with `extra` headers after the envelope's
-    /// (a `traceparent`, say).
-    ///
-    /// # Errors
-    ///
-    /// As [`send`](Self::send).
-    pub async fn send_with_headers(
-        &self,
-        topic: &str,
-        envelope: &Envelope,
-        extra: &[(&str, String)],
-    ) -> Result<Delivery, ProduceError> {
-        self.deliver(topic, envelope_record(topic, envelope, extra)).await
-    }
-
-    /// Hands `envelope` (with `extra` headers, as in
-    /// [`send_with_headers`](Self::send_with_headers)) to the client's queue
+    /// Hands `envelope`, with `extra` headers after its own (a
+    /// `traceparent`, say), to the client's queue
     /// and returns a future of its delivery report that need not be polled
     /// for the record to go out. Records enqueued one after another keep
     /// that order within their partition, so a caller can keep many records

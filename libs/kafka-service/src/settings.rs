@@ -64,7 +64,7 @@ pub enum Security {
     /// Amazon MSK IAM access control: TLS plus SASL/OAUTHBEARER
     /// (`security.protocol=sasl_ssl`, `sasl.mechanism=OAUTHBEARER`, MSK's
     /// port 9098), with tokens signed by the task's IAM role (see
-    /// [`crate::auth`]).
+    /// [`crate::context`]).
     MskIam {
         /// The AWS region of the cluster, e.g. `eu-west-1` (the token is a
         /// SigV4 presigned URL for `kafka.<region>.amazonaws.com`).

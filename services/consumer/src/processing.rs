@@ -68,9 +68,9 @@ impl Handler {
     /// a valid envelope, an unknown event type, invalid data, a user the
     /// producer does not know).
     pub async fn handle(&self, record: &Record, origin: &Origin) -> Result<Outcome, ProcessError> {
-        let envelope = Envelope::decode(record).map_err(|e| ProcessError::Permanent(error_chain(&e)))?;
+        let envelope = Envelope::decode(record).map_err(permanent)?;
         tracing::Span::current().record("event_id", tracing::field::display(envelope.id));
-        let event = UserEvent::from_envelope(&envelope).map_err(|e| ProcessError::Permanent(error_chain(&e)))?;
+        let event = UserEvent::from_envelope(&envelope).map_err(permanent)?;
         let applied = Applied::of(origin, &envelope, &event);
         match event {
             UserEvent::Created(data) => self.user_created(&applied, &data).await,
@@ -298,18 +298,12 @@ async fn claim_all(tx: &mut sqlx::PgConnection, events: &[Applied<'_>]) -> Resul
     Ok(claimed.into_iter().collect())
 }
 
-fn transient(error: sqlx::Error) -> ProcessError {
-    ProcessError::Transient(anyhow::Error::new(error).context("database"))
+/// A record that can never be applied, because of `error`: its whole cause
+/// chain (`error: cause: …`) goes to the logs and the failure headers.
+fn permanent(error: impl std::error::Error + Send + Sync + 'static) -> ProcessError {
+    ProcessError::Permanent(format!("{:#}", anyhow::Error::new(error)))
 }
 
-/// `error: cause: cause ...`, for logs and failure headers.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
+fn transient(error: sqlx::Error) -> ProcessError {
+    ProcessError::Transient(anyhow::Error::new(error).context("database"))
 }
