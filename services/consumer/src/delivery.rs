@@ -32,7 +32,9 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::Utc;
 use kafka_service::failure::{self, FailureClass, Origin, RetryState};
-use kafka_service::{Disposition, EventProducer, OutgoingRecord, PartitionLease, Record, RecordHandler};
+use kafka_service::{
+    Disposition, EventProducer, OutgoingRecord, PartitionLease, Record, RecordHandler, Topic, TopicRegistry,
+};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -57,8 +59,9 @@ pub struct Delivery {
     handler: Handler,
     parking: Parking,
     producer: EventProducer,
-    retry_topic: String,
-    dead_letter_topic: String,
+    /// The topics' physical names: where a record came from, and where its
+    /// copies go.
+    topics: TopicRegistry,
     policy: RetrySettings,
     metrics: DeliveryMetrics,
 }
@@ -201,7 +204,7 @@ impl RecordHandler for Delivery {
     /// time, with its retries.
     async fn handle_batch(&self, records: &[Record], lease: &PartitionLease) -> usize {
         let Some(first) = records.first() else { return 0 };
-        if records.len() < 2 || first.topic == self.retry_topic || lease.revoked().is_cancelled() {
+        if records.len() < 2 || self.is_retry(first) || lease.revoked().is_cancelled() {
             return 0;
         }
         let span = tracing::info_span!(
@@ -260,14 +263,14 @@ impl RecordHandler for Delivery {
 }
 
 impl Delivery {
-    /// Applies records with `handler`, parks them on `retry_topic` and
-    /// dead-letters them to `dead_letter_topic` through `producer`.
+    /// Applies records with `handler`, parks them on the retry topic of
+    /// `topics` and dead-letters them to its dead-letter topic through
+    /// `producer`, under `policy`.
     pub fn new(
         handler: Handler,
         parking: Parking,
         producer: EventProducer,
-        retry_topic: String,
-        dead_letter_topic: String,
+        topics: TopicRegistry,
         policy: RetrySettings,
         metrics: DeliveryMetrics,
     ) -> Self {
@@ -275,18 +278,22 @@ impl Delivery {
             handler,
             parking,
             producer,
-            retry_topic,
-            dead_letter_topic,
+            topics,
             policy,
             metrics,
         }
+    }
+
+    /// Whether `record` was read from the retry topic.
+    fn is_retry(&self, record: &Record) -> bool {
+        self.topics.topic_named(&record.topic) == Some(Topic::Retry)
     }
 
     /// Decides what becomes of `record`: applies it when it can (retrying
     /// in place), and returns the writes that finish it (parking, a copy to
     /// the retry or dead-letter topic, unparking), none done yet.
     async fn decide(&self, record: &Record, cancel: &CancellationToken) -> Result<Finish, Interrupted> {
-        if record.topic == self.retry_topic {
+        if self.is_retry(record) {
             return self.decide_retry(record, cancel).await;
         }
         // Failure headers on an event-topic record are not trusted: whoever
@@ -569,8 +576,8 @@ impl Delivery {
                 } => self.parking.reschedule(origin, *schedule, reason.as_deref()).await?,
                 Step::Produce { origin, copy, kind } => {
                     let topic = match kind {
-                        CopyKind::DeadLettered { .. } => &self.dead_letter_topic,
-                        CopyKind::Parked { .. } | CopyKind::Requeued { .. } => &self.retry_topic,
+                        CopyKind::DeadLettered { .. } => self.topics.name(Topic::DeadLetter),
+                        CopyKind::Parked { .. } | CopyKind::Requeued { .. } => self.topics.name(Topic::Retry),
                     };
                     let delivered = self.producer.send_record(topic, copy).await?;
                     kind.log(origin, delivered);

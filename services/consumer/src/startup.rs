@@ -103,8 +103,7 @@ impl Application {
             Handler::new(pool.clone(), producer_client, feed),
             Parking::new(pool),
             producer.clone(),
-            topics.name(Topic::Retry).to_owned(),
-            topics.name(Topic::DeadLetter).to_owned(),
+            topics.clone(),
             settings.retry.clone(),
             delivery_metrics,
         );
