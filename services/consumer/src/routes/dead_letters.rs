@@ -10,11 +10,15 @@ use actix_web::{web, HttpResponse};
 use kafka_service::failure::{self, header, Origin};
 use kafka_service::{EventProducer, KafkaSettings, Record, Topic};
 use serde::{Deserialize, Serialize};
-use service_common::auth::{Authenticated, Principal};
+use service_common::auth::Authenticated;
 use service_common::http::ErrorBody;
 use utoipa::{IntoParams, ToSchema};
 
 use crate::error::ApiError;
+use crate::routes::require_operator;
+
+/// What a user token is told (`403`).
+const NEEDS_SERVICE: &str = "dead letters need a service credential";
 
 /// Most records one request lists or redrives.
 pub const MAX_RECORDS: usize = 500;
@@ -80,6 +84,26 @@ pub struct OriginView {
     pub offset: i64,
 }
 
+impl From<Origin> for OriginView {
+    fn from(origin: Origin) -> Self {
+        Self {
+            topic: origin.topic,
+            partition: origin.partition,
+            offset: origin.offset,
+        }
+    }
+}
+
+impl From<&OriginView> for Origin {
+    fn from(view: &OriginView) -> Self {
+        Self {
+            topic: view.topic.clone(),
+            partition: view.partition,
+            offset: view.offset,
+        }
+    }
+}
+
 /// Lists dead letters in offset order, partition by partition.
 ///
 /// `200 {"records": [...]}`; `401` without a valid token; `403` with a user
@@ -105,7 +129,7 @@ pub async fn list(
     kafka: web::Data<KafkaSettings>,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    require_operator(&caller)?;
+    require_operator(&caller, NEEDS_SERVICE)?;
     if query.from_offset < 0 {
         return Err(ApiError::Validation("from_offset must not be negative".to_owned()));
     }
@@ -221,7 +245,7 @@ pub async fn redrive(
     producer: web::Data<EventProducer>,
     request: web::Json<RedriveRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    require_operator(&caller)?;
+    require_operator(&caller, NEEDS_SERVICE)?;
     let chosen = &request.records;
     if chosen.is_empty() || chosen.len() > MAX_RECORDS {
         return Err(ApiError::Validation(format!(
@@ -315,13 +339,6 @@ pub async fn redrive(
     Ok(HttpResponse::Ok().json(RedriveResponse { redriven }))
 }
 
-fn require_operator(caller: &Authenticated) -> Result<(), ApiError> {
-    match &caller.0 {
-        Principal::Service(_) => Ok(()),
-        Principal::User(_) => Err(ApiError::Forbidden("dead letters need a service credential")),
-    }
-}
-
 /// `partition` when the dead-letter topic, of `count` partitions, has it.
 fn existing_partition(partition: i32, count: i32) -> Result<i32, ApiError> {
     if (0..count).contains(&partition) {
@@ -348,11 +365,7 @@ fn view(record: &Record) -> DeadLetter {
         origin: Origin::of(record)
             .ok()
             .filter(|_| record.header(header::ORIGIN_TOPIC).is_some())
-            .map(|origin| OriginView {
-                topic: origin.topic,
-                partition: origin.partition,
-                offset: origin.offset,
-            }),
+            .map(OriginView::from),
         error_class: header_text(header::ERROR_CLASS),
         error_message: header_text(header::ERROR_MESSAGE),
         attempts: header_text(header::ATTEMPTS),

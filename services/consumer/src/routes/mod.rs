@@ -5,3 +5,17 @@ pub mod events;
 pub mod health;
 pub mod parked;
 pub mod users;
+
+use service_common::auth::{Authenticated, Principal};
+
+use crate::error::ApiError;
+
+/// The operator endpoints' check: a service credential passes, a user
+/// token gets `403 forbidden` saying `needs` (what needs a service
+/// credential).
+fn require_operator(caller: &Authenticated, needs: &'static str) -> Result<(), ApiError> {
+    match &caller.0 {
+        Principal::Service(_) => Ok(()),
+        Principal::User(_) => Err(ApiError::Forbidden(needs)),
+    }
+}

@@ -7,7 +7,7 @@ use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
 use kafka_service::failure::Origin;
 use serde::{Deserialize, Serialize};
-use service_common::auth::{Authenticated, Principal};
+use service_common::auth::Authenticated;
 use service_common::http::ErrorBody;
 use utoipa::{IntoParams, ToSchema};
 
@@ -15,6 +15,10 @@ use crate::error::ApiError;
 use crate::parking::Parked;
 use crate::recovery::{Recovery, RecoveryError};
 use crate::routes::dead_letters::OriginView;
+use crate::routes::require_operator;
+
+/// What a user token is told (`403`).
+const NEEDS_SERVICE: &str = "parked records need a service credential";
 
 /// Most keys one request lists.
 pub const MAX_KEYS: i64 = 500;
@@ -119,7 +123,7 @@ pub async fn list(
     recovery: web::Data<Recovery>,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, ApiError> {
-    require_operator(&caller)?;
+    require_operator(&caller, NEEDS_SERVICE)?;
     let limit = query.limit.unwrap_or(MAX_KEYS).clamp(0, MAX_KEYS);
     let heads = recovery.heads(limit).await.map_err(failed)?;
     let keys = heads.into_iter().map(view).collect();
@@ -157,8 +161,8 @@ pub async fn release(
     recovery: web::Data<Recovery>,
     request: web::Json<ReleaseRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    require_operator(&caller)?;
-    let origin = origin_of(&request.origin);
+    require_operator(&caller, NEEDS_SERVICE)?;
+    let origin = Origin::from(&request.origin);
     let (_, delivered) = recovery
         .release(&origin)
         .await
@@ -198,12 +202,12 @@ pub async fn dead_letter(
     recovery: web::Data<Recovery>,
     request: web::Json<DeadLetterRequest>,
 ) -> Result<HttpResponse, ApiError> {
-    require_operator(&caller)?;
+    require_operator(&caller, NEEDS_SERVICE)?;
     let reason = request.reason.trim();
     if reason.is_empty() || reason.chars().count() > 1000 {
         return Err(ApiError::Validation("reason must be 1 to 1000 characters".to_owned()));
     }
-    let origin = origin_of(&request.origin);
+    let origin = Origin::from(&request.origin);
     let (_, delivered) = recovery
         .dead_letter(&origin, reason)
         .await
@@ -219,11 +223,7 @@ fn view(parked: Parked) -> ParkedKey {
             .as_deref()
             .map(|key| String::from_utf8_lossy(key).into_owned()),
         records: parked.records_of_key,
-        origin: OriginView {
-            topic: parked.origin.topic,
-            partition: parked.origin.partition,
-            offset: parked.origin.offset,
-        },
+        origin: parked.origin.into(),
         round: parked.round,
         attempts: parked.attempts,
         reason: parked.reason,
@@ -233,21 +233,9 @@ fn view(parked: Parked) -> ParkedKey {
     }
 }
 
-fn origin_of(view: &OriginView) -> Origin {
-    Origin {
-        topic: view.topic.clone(),
-        partition: view.partition,
-        offset: view.offset,
-    }
-}
-
 fn copied(origin: Origin, topic: &str, delivered: kafka_service::Delivery) -> Copied {
     Copied {
-        origin: OriginView {
-            topic: origin.topic,
-            partition: origin.partition,
-            offset: origin.offset,
-        },
+        origin: origin.into(),
         topic: topic.to_owned(),
         partition: delivered.partition,
         offset: delivered.offset,
@@ -259,12 +247,5 @@ fn failed(error: RecoveryError) -> ApiError {
         RecoveryError::NotKept => ApiError::Validation(error.to_string()),
         RecoveryError::Broker(error) => ApiError::BrokerUnavailable(error.into()),
         RecoveryError::Database(error) => ApiError::Unexpected(anyhow::Error::new(error).context("parking (database)")),
-    }
-}
-
-fn require_operator(caller: &Authenticated) -> Result<(), ApiError> {
-    match &caller.0 {
-        Principal::Service(_) => Ok(()),
-        Principal::User(_) => Err(ApiError::Forbidden("parked records need a service credential")),
     }
 }
