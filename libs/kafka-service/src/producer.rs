@@ -1,6 +1,7 @@
 //! An idempotent producer whose `send` resolves on the delivery report.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -64,6 +65,9 @@ struct Shared {
     /// The fatal error the client was last replaced for, until a record is
     /// delivered again.
     fatal: Mutex<Option<String>>,
+    /// Whether `fatal` is set, so that a delivery, the common case, need
+    /// not take its lock.
+    recovering: AtomicBool,
 }
 
 impl EventProducer {
@@ -96,6 +100,7 @@ impl EventProducer {
                 config,
                 context,
                 fatal: Mutex::new(None),
+                recovering: AtomicBool::new(false),
             }),
             request_timeout: settings.request_timeout(),
         })
@@ -138,7 +143,10 @@ impl EventProducer {
                     reason,
                     "fatal producer error; replaced the client (the records it had not delivered fail and are sent again)"
                 );
-                *self.shared.fatal.lock().unwrap_or_else(PoisonError::into_inner) = Some(format!("{code:?}: {reason}"));
+                let mut fatal = self.shared.fatal.lock().unwrap_or_else(PoisonError::into_inner);
+                *fatal = Some(format!("{code:?}: {reason}"));
+                self.shared.recovering.store(true, Ordering::Release);
+                drop(fatal);
                 tokio::task::spawn_blocking(move || drop((old, used)));
             }
             Err(error) => tracing::error!(%error, reason, "fatal producer error, and no new client could be made"),
@@ -147,7 +155,11 @@ impl EventProducer {
 
     /// Records a delivery: the client works, whatever came before.
     fn delivered(&self) {
+        if !self.shared.recovering.load(Ordering::Acquire) {
+            return;
+        }
         let mut fatal = self.shared.fatal.lock().unwrap_or_else(PoisonError::into_inner);
+        self.shared.recovering.store(false, Ordering::Release);
         if fatal.take().is_some() {
             tracing::info!("producer delivering again after a fatal error");
         }
