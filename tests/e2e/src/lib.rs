@@ -36,6 +36,12 @@ use uuid::Uuid;
 
 /// The signing key the test services share.
 pub const JWT_SECRET: &str = "test-signing-key-0123456789abcdef-0123456789";
+
+/// The signing keys of every service the tests start (from [`JWT_SECRET`]):
+/// `token_keys().service_token("operator")` is an operator's credential.
+pub fn token_keys() -> service_common::auth::TokenKeys {
+    service_common::auth::TokenKeys::new(&SecretString::from(JWT_SECRET.to_owned())).expect("a valid test key")
+}
 /// The password of every test user.
 pub const PASSWORD: &str = "correct horse battery";
 

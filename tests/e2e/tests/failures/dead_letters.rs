@@ -9,32 +9,15 @@ use e2e::load::{
 };
 use e2e::process::NO_PRODUCER;
 use e2e::proxy::{FaultProxy, Mode};
-use e2e::{eventually, TestContext, JWT_SECRET};
+use e2e::{eventually, TestContext};
 use kafka_service::failure::header;
-use kafka_service::{EventProducer, OutgoingRecord, Record, Topic};
+use kafka_service::{EventProducer, Topic};
 use reqwest::Client;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use serde_json::{json, Value};
-use service_common::auth::TokenKeys;
 
 use crate::outages::users_the_consumer_has_not_seen;
-
-/// The record `envelope` would be, with its headers as bytes.
-fn outgoing(envelope: &kafka_service::Envelope) -> OutgoingRecord {
-    OutgoingRecord {
-        key: Some(envelope.key().to_vec()),
-        value: Some(envelope.data.clone()),
-        headers: envelope
-            .headers()
-            .into_iter()
-            .map(|(name, value)| (name.to_owned(), Some(value.into_bytes())))
-            .collect(),
-    }
-}
-
-fn header_text<'r>(record: &'r Record, name: &str) -> &'r str {
-    std::str::from_utf8(record.header(name).unwrap_or_default()).unwrap()
-}
+use crate::{header_text, outgoing};
 
 /// Produced straight to `issued-token`: a good token for user A, then 15
 /// hostile records (a value that is not JSON, of the wrong shape, 256 KiB
@@ -213,7 +196,7 @@ async fn exhausted_records_are_dead_lettered_in_order_and_an_operator_redrives_t
     }
 
     let client = Client::new();
-    let keys = TokenKeys::new(&SecretString::from(JWT_SECRET.to_owned())).unwrap();
+    let keys = e2e::token_keys();
     let operator = keys.service_token("operator");
     let user_token = keys.issue_user_token(users[0], chrono::Duration::minutes(5));
     let list = format!("{}/dead-letters", consumer.url());
@@ -404,7 +387,7 @@ async fn a_redrive_the_broker_does_not_confirm_answers_in_bounded_time_and_says_
         RDKafkaApiKey::Produce,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 1000],
     );
-    let keys = TokenKeys::new(&SecretString::from(JWT_SECRET.to_owned())).unwrap();
+    let keys = e2e::token_keys();
     let operator = keys.service_token("operator");
     let started = std::time::Instant::now();
     let response = Client::new()

@@ -5,17 +5,45 @@ use std::time::Duration;
 
 use e2e::load::{dead_letters, new_users, publish, tokens_for};
 use e2e::process::NO_PRODUCER;
-use e2e::{eventually, TestContext, JWT_SECRET};
+use e2e::{eventually, TestContext};
 use kafka_service::failure::header;
-use kafka_service::{Record, Topic};
+use kafka_service::Topic;
 use reqwest::{Client, StatusCode};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use serde_json::{json, Value};
-use service_common::auth::TokenKeys;
 use sqlx::PgPool;
 
-fn header_text<'r>(record: &'r Record, name: &str) -> &'r str {
-    std::str::from_utf8(record.header(name).unwrap_or_default()).unwrap()
+use crate::header_text;
+
+/// Parks one token of each of `users` (nobody can be asked about them)
+/// with a consumer on `settings`, due in 3 s; stops it before the copies
+/// are due and starts one on a new, empty retry topic, as after the topic
+/// was recreated: the copies are lost. The new consumer, its settings and
+/// the new retry topic's name.
+async fn park_then_lose_the_copies(
+    context: &TestContext,
+    mut settings: consumer::configuration::Settings,
+    users: &[uuid::Uuid],
+) -> (e2e::Service, consumer::configuration::Settings, String) {
+    settings.retry.topic_initial_delay_ms = 3_000;
+    settings.retry.topic_max_delay_ms = 3_000;
+    let consumer = context.spawn_consumer_with(settings.clone()).await;
+    let pool = context.consumer_pool().await;
+    publish(context, &tokens_for(users, 1)).await;
+    eventually(Duration::from_secs(30), "the tokens parked", || async {
+        (parked_count(&pool).await == users.len() as i64).then_some(())
+    })
+    .await;
+    pool.close().await;
+    consumer.stop().await.unwrap();
+    let new_retry_topic = format!("{}-recreated", context.topics.name(Topic::Retry));
+    settings.kafka.topics = settings
+        .kafka
+        .topics
+        .clone()
+        .with_name(Topic::Retry, new_retry_topic.clone());
+    let consumer = context.spawn_consumer_with(settings.clone()).await;
+    (consumer, settings, new_retry_topic)
 }
 
 async fn parked_count(pool: &PgPool) -> i64 {
@@ -37,26 +65,10 @@ async fn parked_count(pool: &PgPool) -> i64 {
 async fn a_parked_record_whose_copy_is_lost_is_copied_again_and_applied() {
     let context = TestContext::new();
     let mut settings = context.consumer_settings(NO_PRODUCER);
-    settings.retry.topic_initial_delay_ms = 3_000;
-    settings.retry.topic_max_delay_ms = 3_000;
     settings.retry.orphan_after_ms = Some(1_000);
-    let consumer = context.spawn_consumer_with(settings.clone()).await;
-    let pool = context.consumer_pool().await;
     let (users, created) = new_users(1);
-    publish(&context, &tokens_for(&users, 1)).await;
-    eventually(Duration::from_secs(30), "the token parked", || async {
-        (parked_count(&pool).await == 1).then_some(())
-    })
-    .await;
-    consumer.stop().await.unwrap();
-
-    let new_retry_topic = format!("{}-recreated", context.topics.name(Topic::Retry));
-    settings.kafka.topics = settings
-        .kafka
-        .topics
-        .clone()
-        .with_name(Topic::Retry, new_retry_topic.clone());
-    let consumer = context.spawn_consumer_with(settings.clone()).await;
+    let (consumer, settings, new_retry_topic) = park_then_lose_the_copies(&context, settings, &users).await;
+    let pool = context.consumer_pool().await;
     publish(&context, &created).await;
     eventually(Duration::from_secs(40), "the token applied", || async {
         let counts = e2e::read_model_token_counts(&pool).await;
@@ -87,25 +99,14 @@ async fn a_parked_record_whose_copy_is_lost_is_copied_again_and_applied() {
 #[tokio::test]
 async fn an_operator_lists_releases_and_dead_letters_parked_records() {
     let context = TestContext::new();
-    let mut settings = context.consumer_settings(NO_PRODUCER);
-    settings.retry.topic_initial_delay_ms = 3_000;
-    settings.retry.topic_max_delay_ms = 3_000;
-    let consumer = context.spawn_consumer_with(settings.clone()).await;
-    let pool = context.consumer_pool().await;
     let (users, created) = new_users(2);
-    publish(&context, &tokens_for(&users, 1)).await;
-    eventually(Duration::from_secs(30), "both tokens parked", || async {
-        (parked_count(&pool).await == 2).then_some(())
-    })
-    .await;
-    consumer.stop().await.unwrap();
-    let new_retry_topic = format!("{}-recreated", context.topics.name(Topic::Retry));
-    settings.kafka.topics = settings.kafka.topics.clone().with_name(Topic::Retry, new_retry_topic);
-    let consumer = context.spawn_consumer_with(settings).await;
+    let settings = context.consumer_settings(NO_PRODUCER);
+    let (consumer, _, _) = park_then_lose_the_copies(&context, settings, &users).await;
+    let pool = context.consumer_pool().await;
 
     let client = Client::new();
     let url = consumer.url();
-    let keys = TokenKeys::new(&SecretString::from(JWT_SECRET.to_owned())).unwrap();
+    let keys = e2e::token_keys();
     let operator = keys.service_token("operator");
     let operator = operator.expose_secret();
     let list = || async {

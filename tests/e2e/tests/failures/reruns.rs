@@ -9,11 +9,9 @@ use e2e::load::{dead_letters, envelope_of, new_users, token_issued};
 use e2e::process::NO_PRODUCER;
 use e2e::{eventually, TestContext};
 use kafka_service::failure::header;
-use kafka_service::{EventProducer, OutgoingRecord, Record, Topic};
+use kafka_service::{EventProducer, Topic};
 
-fn header_text<'r>(record: &'r Record, name: &str) -> &'r str {
-    std::str::from_utf8(record.header(name).unwrap_or_default()).unwrap()
-}
+use crate::{header_text, outgoing};
 
 /// A token for a user the producer cannot be asked about (nothing listens
 /// where it should be): three tries in place, then parked for round 1. The
@@ -101,16 +99,8 @@ async fn a_dead_letter_whose_unparking_fails_once_is_written_once() {
     .unwrap();
     let kafka = context.kafka();
     let (users, created) = new_users(1);
-    let envelope = envelope_of(&token_issued(users[0]));
-    let not_json = OutgoingRecord {
-        key: Some(envelope.key().to_vec()),
-        value: Some(b"{not json".to_vec()),
-        headers: envelope
-            .headers()
-            .into_iter()
-            .map(|(name, value)| (name.to_owned(), Some(value.into_bytes())))
-            .collect(),
-    };
+    let mut not_json = outgoing(&envelope_of(&token_issued(users[0])));
+    not_json.value = Some(b"{not json".to_vec());
     e2e::load::publish(&context, &created).await;
     EventProducer::new(&kafka, "test")
         .unwrap()

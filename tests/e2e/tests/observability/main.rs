@@ -5,8 +5,7 @@ use std::time::Duration;
 
 use e2e::{create_user, issue_token, TestContext, JWT_SECRET, PASSWORD};
 use reqwest::Client;
-use secrecy::{ExposeSecret, SecretString};
-use service_common::auth::TokenKeys;
+use secrecy::ExposeSecret;
 
 /// Creates a user, issues a token, reads the user from both services and
 /// lists dead letters, then reads both processes' logs: no password, hash,
@@ -36,9 +35,7 @@ async fn logs_never_contain_passwords_hashes_keys_or_tokens() {
         .await
         .unwrap();
     assert_eq!(bad_login.status(), 401);
-    let operator = TokenKeys::new(&SecretString::from(JWT_SECRET.to_owned()))
-        .unwrap()
-        .service_token("operator");
+    let operator = e2e::token_keys().service_token("operator");
     let listed = client
         .get(format!("{}/dead-letters", consumer.url()))
         .bearer_auth(operator.expose_secret())

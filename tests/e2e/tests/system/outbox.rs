@@ -183,8 +183,7 @@ async fn a_failing_row_retried_after_a_fix_goes_out_before_the_rows_it_held_back
 }
 
 fn operator_token() -> String {
-    let keys = service_common::auth::TokenKeys::new(&e2e::JWT_SECRET.to_owned().into()).unwrap();
-    keys.service_token("operator").expose_secret().to_owned()
+    e2e::token_keys().service_token("operator").expose_secret().to_owned()
 }
 
 /// Appends a row as a newer or misbehaving writer would: any type and data.
