@@ -11,6 +11,11 @@
 //!   registry's defaults, the production replication factors,
 //!   `docs/config/server.properties`, the compose file and the CI broker.
 //! - Images: the binaries link only libraries the runtime image has.
+//! - Deploys: CI gates them; what is deployed is decided against the
+//!   commit each environment last received (`scripts/should-deploy.sh`);
+//!   production gets test's image by digest; every deploy's CloudFormation
+//!   passes cfn-lint; HTTPS on both load balancers; the Copilot installer
+//!   checks its signature.
 //!
 //! No broker or database needed.
 
@@ -594,39 +599,300 @@ fn each_service_and_environment_deploys_in_a_concurrency_group_of_its_own() {
     );
 }
 
-/// A service deploys when anything that changes what is deployed changes:
-/// its code, the shared code, the build's inputs and the deploy's own
-/// machinery.
+/// Runs `git` in `dir`, returning its standard output.
+fn git(dir: &Path, args: &[&str]) -> String {
+    let output = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=test", "-c", "user.email=test@example.invalid"])
+        .args(args)
+        .output()
+        .expect("git runs");
+    assert!(
+        output.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+/// Writes `path` in the scratch repository `dir` and commits it; returns
+/// the commit.
+fn commit_file(dir: &Path, path: &str) -> String {
+    let file = dir.join(path);
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    let previous = std::fs::read_to_string(&file).unwrap_or_default();
+    std::fs::write(&file, format!("{previous}x\n")).unwrap();
+    git(dir, &["add", "--all"]);
+    git(dir, &["commit", "--quiet", "--message", path]);
+    git(dir, &["rev-parse", "HEAD"])
+}
+
+/// `scripts/should-deploy.sh SERVICE DEPLOYED COMMIT`, run in the scratch
+/// repository: its exit status (0 deploy, 1 skip, 2 error) and its reason.
+fn should_deploy(dir: &Path, service: &str, deployed: &str, commit: &str) -> (i32, String) {
+    let output = std::process::Command::new(dir.join("scripts/should-deploy.sh"))
+        .args([service, deployed, commit])
+        .output()
+        .expect("should-deploy.sh runs");
+    (
+        output.status.code().expect("exited"),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// A service deploys when anything that changes what is deployed changed
+/// since the commit its environment last received (the service's code, the
+/// shared code, the build's inputs and the deploy's own machinery), and
+/// never otherwise: not when only the other service or the docs changed,
+/// and not when the environment already runs a newer commit (a late run
+/// must not put older code back). A deploy that was cancelled or failed
+/// records nothing, so its changes count again at the next commit.
 #[test]
-fn deploy_path_filters_cover_everything_that_changes_a_deploy() {
+fn a_service_deploys_what_changed_since_its_last_deploy_and_never_older_code() {
+    let dir = std::env::temp_dir().join(format!("should-deploy-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("scripts")).unwrap();
+    std::fs::copy(
+        root().join("scripts/should-deploy.sh"),
+        dir.join("scripts/should-deploy.sh"),
+    )
+    .unwrap();
+    git(&dir, &["init", "--quiet"]);
     for service in SERVICES {
-        let file = format!(".github/workflows/deploy-{service}.yml");
-        let workflow = yaml(&file);
-        let paths: BTreeSet<String> = strings(&workflow["on"]["push"]["paths"]).into_iter().collect();
-        for needed in [
-            format!("services/{service}/**"),
-            "libs/**".to_owned(),
+        commit_file(&dir, &format!("services/{service}/src/main.rs"));
+    }
+    let base = commit_file(&dir, "README.md");
+
+    assert_eq!(should_deploy(&dir, "producer", "none", &base).0, 0, "nothing recorded");
+    let (status, reason) = should_deploy(&dir, "producer", &base, &base);
+    assert_eq!(status, 1, "already deployed: {reason}");
+
+    for service in SERVICES {
+        for path in [
+            format!("services/{service}/Dockerfile"),
+            "libs/kafka-service/src/lib.rs".to_owned(),
             "Cargo.lock".to_owned(),
             "Cargo.toml".to_owned(),
             ".dockerignore".to_owned(),
+            format!("deploy/copilot/{service}/manifest.yml"),
+            "deploy/copilot/.workspace".to_owned(),
+            "deploy/keys/amazon-ecs.asc".to_owned(),
             "scripts/install-copilot.sh".to_owned(),
-            "deploy/keys/**".to_owned(),
+            "scripts/should-deploy.sh".to_owned(),
             ".github/workflows/deploy-service.yml".to_owned(),
-            file.clone(),
-            format!("deploy/copilot/{service}/**"),
         ] {
-            assert!(
-                paths.contains(&needed),
-                "{file}: `{needed}` is not among its paths {paths:?}"
-            );
+            let deployed = git(&dir, &["rev-parse", "HEAD"]);
+            let commit = commit_file(&dir, &path);
+            let (status, reason) = should_deploy(&dir, service, &deployed, &commit);
+            assert_eq!(status, 0, "{service} after a change to {path}: {reason}");
+            assert!(reason.contains(&path), "{reason}");
         }
     }
+
+    let deployed = git(&dir, &["rev-parse", "HEAD"]);
+    let consumer_only = commit_file(&dir, "services/consumer/src/feed.rs");
+    let docs = commit_file(&dir, "docs/operations.md");
+    let (status, reason) = should_deploy(&dir, "producer", &deployed, &docs);
+    assert_eq!(status, 1, "only the consumer and docs changed: {reason}");
+    // The consumer's deploy of `consumer_only` was cancelled, so the record
+    // is still `deployed`: the next commit deploys its change.
+    let (status, reason) = should_deploy(&dir, "consumer", &deployed, &docs);
+    assert_eq!(status, 0, "{reason}");
+    assert!(reason.contains("services/consumer/src/feed.rs"), "{reason}");
+    // A newer change to the consumer is deployed; the run for the older
+    // `consumer_only` ends late and must not put its older code back.
+    let newer = commit_file(&dir, "services/consumer/src/feed.rs");
+    let (status, reason) = should_deploy(&dir, "consumer", &newer, &consumer_only);
+    assert_eq!(status, 1, "a newer commit is deployed: {reason}");
+    assert!(reason.contains("already contains"), "{reason}");
+
+    // A file moved out of the service still changes it.
+    let deployed = git(&dir, &["rev-parse", "HEAD"]);
+    git(&dir, &["mv", "services/producer/src/main.rs", "docs/main.rs"]);
+    git(&dir, &["commit", "--quiet", "--message", "move"]);
+    let moved = git(&dir, &["rev-parse", "HEAD"]);
+    assert_eq!(should_deploy(&dir, "producer", &deployed, &moved).0, 0);
+
+    assert_eq!(should_deploy(&dir, "producer", &base, &"0".repeat(40)).0, 2);
+    assert_eq!(should_deploy(&dir, "no-such-service", &base, &moved).0, 2);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Nothing deploys that failed CI: the only caller of the deploy workflow
+/// is CI itself, in jobs that need every check, on main only; no workflow
+/// deploys on a push of its own. Production gets the image that test
+/// deployed, by digest, and never builds one.
+#[test]
+fn deploys_wait_for_ci_and_production_runs_the_image_test_ran() {
+    let ci = yaml(".github/workflows/ci.yml");
+    let checks: BTreeSet<String> = ci["jobs"]
+        .as_hash()
+        .expect("jobs")
+        .iter()
+        .filter(|(_, job)| job["uses"].is_badvalue())
+        .map(|(name, _)| text(name, "job").to_owned())
+        .collect();
+    assert!(checks.contains("test") && checks.contains("lint"), "{checks:?}");
+    let mut deployed = BTreeSet::new();
+    for entry in std::fs::read_dir(root().join(".github/workflows")).unwrap() {
+        let file = entry.unwrap().path();
+        let name = file.file_name().unwrap().to_string_lossy().into_owned();
+        let workflow = yaml(&format!(".github/workflows/{name}"));
+        for (job_name, job) in workflow["jobs"].as_hash().expect("jobs") {
+            let job_name = text(job_name, "job");
+            if job["uses"].as_str() != Some("./.github/workflows/deploy-service.yml") {
+                continue;
+            }
+            assert_eq!(name, "ci.yml", "{name}: job {job_name} deploys outside CI");
+            let needs: BTreeSet<String> = strings(&job["needs"]).into_iter().collect();
+            assert_eq!(needs, checks, "job {job_name} must need every check");
+            let condition = text(&job["if"], "if");
+            assert!(
+                condition.contains("refs/heads/main") && condition.contains("pull_request"),
+                "job {job_name} deploys only main: {condition}"
+            );
+            deployed.insert(text(&job["with"]["service"], "service").to_owned());
+        }
+    }
+    assert_eq!(
+        deployed,
+        SERVICES.iter().map(|s| s.to_string()).collect(),
+        "CI deploys each service"
+    );
+
+    let deploy = yaml(".github/workflows/deploy-service.yml");
+    assert!(
+        deploy["on"]["push"].is_badvalue(),
+        "deploy-service.yml runs only when called"
+    );
+    let test = &deploy["jobs"]["test"];
+    let prod = &deploy["jobs"]["prod"];
+    assert_eq!(text(&prod["needs"], "prod.needs"), "test");
+    assert_eq!(
+        text(&prod["env"]["IMAGE"], "prod.env.IMAGE"),
+        "${{ needs.test.outputs.image }}"
+    );
+    assert!(text(&test["outputs"]["image"], "test.outputs.image").contains("steps.image.outputs.image"),);
+    let runs = |job: &Yaml| -> Vec<String> {
+        job["steps"]
+            .as_vec()
+            .expect("steps")
+            .iter()
+            .filter_map(|step| step["run"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let prod_runs = runs(prod).join("\n");
+    let deploy_at = prod_runs.find("copilot svc deploy").expect("prod deploys");
+    let pin_at = prod_runs
+        .find("del(.image.build) | .image.location = strenv(IMAGE)")
+        .expect("prod replaces the build with the tested image");
+    assert!(pin_at < deploy_at, "the image is pinned before the deploy");
+    assert!(prod_runs.contains("*@sha256:*"), "prod refuses anything but a digest");
+    let test_runs = runs(test).join("\n");
+    assert!(
+        test_runs.contains("--tag \"$GITHUB_SHA\""),
+        "test tags the image it builds"
+    );
+    assert!(
+        test_runs.contains("imageTag=$GITHUB_SHA"),
+        "and reads that image's digest"
+    );
+    for (name, job) in [("test", test), ("prod", prod)] {
+        let runs = runs(job);
+        let plan = runs.iter().position(|run| run.contains("deploy-record.sh plan"));
+        let record = runs.iter().position(|run| run.contains("deploy-record.sh record"));
+        let package = runs.iter().position(|run| run.contains("package-cloudformation.sh"));
+        assert!(
+            matches!((plan, package, record), (Some(p), Some(k), Some(r)) if p < k && k < r),
+            "{name}: plans first, packages the deployed stack, records last: {runs:#?}"
+        );
+    }
+}
+
+/// The CloudFormation of each deploy is written out and must pass cfn-lint:
+/// `package-cloudformation.sh` fails on a template cfn-lint rejects. A
+/// stand-in `copilot` writes the templates (the real one needs AWS).
+#[test]
+fn the_packaged_cloudformation_must_pass_cfn_lint() {
+    let validators = root().join(".run/validators/bin");
+    assert!(
+        validators.join("cfn-lint").exists(),
+        "cfn-lint is installed by scripts/validate.sh (scripts/test.sh runs it first)"
+    );
+    let work = std::env::temp_dir().join(format!("package-cfn-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    let bin = work.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let copilot = bin.join("copilot");
+    // Writes $TEMPLATE as <service>-<env>.stack.yml into --output-dir, as
+    // `copilot svc package` names its output.
+    std::fs::write(
+        &copilot,
+        "#!/bin/sh\nwhile [ $# -gt 0 ]; do\n  case $1 in\n    --name) name=$2; shift ;;\n    --env) env=$2; shift ;;\n    --output-dir) dir=$2; shift ;;\n  esac\n  shift\ndone\nprintf '%s\\n' \"$TEMPLATE\" > \"$dir/$name-$env.stack.yml\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&copilot, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let package = |template: &str| {
+        std::process::Command::new(root().join("scripts/package-cloudformation.sh"))
+            .args(["producer", "prod"])
+            .arg(work.join("out"))
+            .env(
+                "PATH",
+                format!(
+                    "{}:{}:{}",
+                    bin.display(),
+                    validators.display(),
+                    std::env::var("PATH").unwrap()
+                ),
+            )
+            .env("TEMPLATE", template)
+            .output()
+            .expect("the script runs")
+    };
+    let output = package("Resources:\n  Topic:\n    Type: AWS::SNS::Topic\n");
+    assert!(
+        output.status.success(),
+        "a valid template: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(work.join("out/prod/producer-prod.stack.yml").exists());
+    let output = package("Resources:\n  Topic:\n    Type: AWS::SNS::NoSuchThing\n");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "cfn-lint passed a bad template: {stdout}");
+    assert!(stdout.contains("NoSuchThing"), "cfn-lint names the problem: {stdout}");
+    std::fs::remove_dir_all(&work).unwrap();
+}
+
+/// Production traffic is HTTPS only: the consumer's Network Load Balancer
+/// terminates TLS, the producer's Application Load Balancer keeps
+/// Copilot's HTTP-to-HTTPS redirect, and the documented first deployment
+/// gives the application the domain both certificates come from.
+#[test]
+fn the_load_balancers_serve_https_from_the_applications_domain() {
+    let consumer = yaml("deploy/copilot/consumer/manifest.yml");
+    let port = text(&consumer["nlb"]["port"], "nlb.port");
+    assert!(port.ends_with("/tls"), "the consumer's NLB listens on {port}");
+    for service in SERVICES {
+        let manifest = yaml(&format!("deploy/copilot/{service}/manifest.yml"));
+        assert_ne!(
+            manifest["http"]["redirect_to_https"],
+            Yaml::Boolean(false),
+            "{service} turns off the redirect to HTTPS"
+        );
+    }
+    let readme = read("deploy/README.md");
+    let init = readme
+        .lines()
+        .find(|line| line.starts_with("copilot app init"))
+        .expect("deploy/README.md shows `copilot app init`");
+    assert!(init.contains("--domain"), "{init}");
 }
 
 /// The Docker build context leaves out build output, fuzzing state and
 /// test caches wherever they are (a pattern without `**/` matches only at
 /// the context root), and CI cancels superseded runs of a pull request but
-/// never an earlier commit's run on `main`.
+/// never an earlier commit's run on `main`, running or pending.
 #[test]
 fn the_build_context_and_ci_cancel_only_what_they_should() {
     let ignored: BTreeSet<String> = read(".dockerignore")
@@ -639,6 +905,11 @@ fn the_build_context_and_ci_cancel_only_what_they_should() {
         assert!(ignored.contains(needed), ".dockerignore lacks `{needed}`: {ignored:?}");
     }
     let ci = yaml(".github/workflows/ci.yml");
+    let group = text(&ci["concurrency"]["group"], "concurrency group");
+    assert!(
+        group.contains("github.sha"),
+        "main commits share the group `{group}`, so GitHub cancels their pending runs"
+    );
     let cancel = &ci["concurrency"]["cancel-in-progress"];
     assert_ne!(
         cancel,
