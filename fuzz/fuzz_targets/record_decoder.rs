@@ -10,7 +10,7 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
-use kafka_service::failure::{self, Origin, RetryState};
+use kafka_service::failure::{self, DeadLetterHeaders, Origin, RetryHeaders};
 use kafka_service::{envelope, Envelope, Record};
 use libfuzzer_sys::fuzz_target;
 
@@ -118,7 +118,8 @@ fuzz_target!(|input: Input| {
     }
 
     let _ = Origin::of(&received);
-    let _ = RetryState::of(&received);
+    let _ = RetryHeaders::of(&received);
+    let _ = DeadLetterHeaders::of(&received);
     let decoded = Envelope::decode(&received);
     assert!(!untouched || decoded.is_ok(), "the valid record decodes: {decoded:?}");
     let Ok(envelope) = decoded else {

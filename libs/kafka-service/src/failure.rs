@@ -106,9 +106,11 @@ impl std::fmt::Display for Origin {
     }
 }
 
-/// The retry headers of a record read from the retry topic.
+/// The failure headers of a retry copy, one shape both ways: a copy is
+/// written from it ([`RetryHeaders::copy`]) and read back into it
+/// ([`RetryHeaders::of`]), so what is written is what is read.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RetryState {
+pub struct RetryHeaders {
     /// Where the record came from.
     pub origin: Origin,
     /// `0` when the record was parked behind another and never tried;
@@ -116,11 +118,14 @@ pub struct RetryState {
     pub round: u32,
     /// Processing attempts so far, in-place retries included.
     pub attempts: u32,
-    /// Earliest time of the next attempt.
+    /// Earliest time of the next attempt (written with millisecond
+    /// precision).
     pub not_before: DateTime<Utc>,
+    /// The last error, with its causes.
+    pub error: String,
 }
 
-impl RetryState {
+impl RetryHeaders {
     /// Reads the retry headers of `record`.
     ///
     /// # Errors
@@ -131,15 +136,80 @@ impl RetryState {
         if record.header(header::ORIGIN_TOPIC).is_none() {
             return Err(FailureHeaderError::Missing(header::ORIGIN_TOPIC));
         }
-        let not_before = text(record, header::RETRY_NOT_BEFORE)?;
         Ok(Self {
             origin: Origin::of(record)?,
             round: number(record, header::RETRY_ROUND)?,
             attempts: number(record, header::ATTEMPTS)?,
-            not_before: DateTime::parse_from_rfc3339(not_before)
-                .map_err(|_| FailureHeaderError::Malformed(header::RETRY_NOT_BEFORE))?
-                .with_timezone(&Utc),
+            not_before: time(record, header::RETRY_NOT_BEFORE)?,
+            error: text(record, header::ERROR_MESSAGE)?.to_owned(),
         })
+    }
+
+    /// A copy of `record` for the retry topic, carrying these headers.
+    pub fn copy(&self, record: &Record) -> OutgoingRecord {
+        copy(
+            record,
+            &self.origin,
+            [
+                (header::ATTEMPTS, self.attempts.to_string()),
+                (header::RETRY_ROUND, self.round.to_string()),
+                (header::RETRY_NOT_BEFORE, rfc3339(self.not_before)),
+                (header::ERROR_MESSAGE, self.error.clone()),
+            ],
+        )
+    }
+}
+
+/// The failure headers of a dead-letter copy, one shape both ways, as
+/// [`RetryHeaders`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterHeaders {
+    /// Where the record came from.
+    pub origin: Origin,
+    /// Why it was dead-lettered.
+    pub class: FailureClass,
+    /// Processing attempts, in-place retries included.
+    pub attempts: u32,
+    /// The last error, with its causes.
+    pub error: String,
+    /// When it was dead-lettered (written with millisecond precision).
+    pub failed_at: DateTime<Utc>,
+}
+
+impl DeadLetterHeaders {
+    /// Reads the dead-letter headers of `record`.
+    ///
+    /// # Errors
+    ///
+    /// [`FailureHeaderError`] when a dead-letter header is missing or
+    /// malformed (a record put on the dead-letter topic by something else).
+    pub fn of(record: &Record) -> Result<Self, FailureHeaderError> {
+        if record.header(header::ORIGIN_TOPIC).is_none() {
+            return Err(FailureHeaderError::Missing(header::ORIGIN_TOPIC));
+        }
+        Ok(Self {
+            origin: Origin::of(record)?,
+            class: text(record, header::ERROR_CLASS)?
+                .parse()
+                .map_err(|_| FailureHeaderError::Malformed(header::ERROR_CLASS))?,
+            attempts: number(record, header::ATTEMPTS)?,
+            error: text(record, header::ERROR_MESSAGE)?.to_owned(),
+            failed_at: time(record, header::FAILED_AT)?,
+        })
+    }
+
+    /// A copy of `record` for the dead-letter topic, carrying these headers.
+    pub fn copy(&self, record: &Record) -> OutgoingRecord {
+        copy(
+            record,
+            &self.origin,
+            [
+                (header::ATTEMPTS, self.attempts.to_string()),
+                (header::ERROR_CLASS, self.class.as_str().to_owned()),
+                (header::ERROR_MESSAGE, self.error.clone()),
+                (header::FAILED_AT, rfc3339(self.failed_at)),
+            ],
+        )
     }
 }
 
@@ -163,46 +233,17 @@ impl FailureClass {
     }
 }
 
-/// A copy of `record` for the retry topic.
-pub fn retry_copy(
-    record: &Record,
-    origin: &Origin,
-    round: u32,
-    attempts: u32,
-    not_before: DateTime<Utc>,
-    error: &str,
-) -> OutgoingRecord {
-    copy(
-        record,
-        origin,
-        [
-            (header::ATTEMPTS, attempts.to_string()),
-            (header::RETRY_ROUND, round.to_string()),
-            (header::RETRY_NOT_BEFORE, rfc3339(not_before)),
-            (header::ERROR_MESSAGE, error.to_owned()),
-        ],
-    )
-}
+impl std::str::FromStr for FailureClass {
+    type Err = ();
 
-/// A copy of `record` for the dead-letter topic.
-pub fn dead_letter_copy(
-    record: &Record,
-    origin: &Origin,
-    class: FailureClass,
-    attempts: u32,
-    error: &str,
-    failed_at: DateTime<Utc>,
-) -> OutgoingRecord {
-    copy(
-        record,
-        origin,
-        [
-            (header::ATTEMPTS, attempts.to_string()),
-            (header::ERROR_CLASS, class.as_str().to_owned()),
-            (header::ERROR_MESSAGE, error.to_owned()),
-            (header::FAILED_AT, rfc3339(failed_at)),
-        ],
-    )
+    /// The class an `error-class` header value names.
+    fn from_str(value: &str) -> Result<Self, ()> {
+        match value {
+            "permanent" => Ok(FailureClass::Permanent),
+            "exhausted" => Ok(FailureClass::Exhausted),
+            _ => Err(()),
+        }
+    }
 }
 
 /// `record` as it was before it failed: original key, value and headers,
@@ -250,6 +291,12 @@ fn rfc3339(time: DateTime<Utc>) -> String {
 fn text<'r>(record: &'r Record, name: &'static str) -> Result<&'r str, FailureHeaderError> {
     let value = record.header(name).ok_or(FailureHeaderError::Missing(name))?;
     std::str::from_utf8(value).map_err(|_| FailureHeaderError::Malformed(name))
+}
+
+fn time(record: &Record, name: &'static str) -> Result<DateTime<Utc>, FailureHeaderError> {
+    DateTime::parse_from_rfc3339(text(record, name)?)
+        .map(|time| time.with_timezone(&Utc))
+        .map_err(|_| FailureHeaderError::Malformed(name))
 }
 
 fn number<T: std::str::FromStr>(record: &Record, name: &'static str) -> Result<T, FailureHeaderError> {
@@ -303,42 +350,68 @@ mod tests {
         assert_eq!(origin.to_string(), "issued-token[3]@41");
     }
 
+    fn at(time: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(time).unwrap().with_timezone(&Utc)
+    }
+
+    fn retry(origin: &Origin, round: u32, attempts: u32, error: &str) -> RetryHeaders {
+        RetryHeaders {
+            origin: origin.clone(),
+            round,
+            attempts,
+            not_before: at("2026-11-22T10:00:00.250Z"),
+            error: error.to_owned(),
+        }
+    }
+
     #[test]
-    fn a_retry_copy_keeps_key_value_and_headers_and_round_trips_its_state() {
+    fn a_retry_copy_keeps_key_value_and_headers_and_round_trips_its_headers() {
         let original = record();
         let origin = Origin::of(&original).unwrap();
-        let not_before = DateTime::parse_from_rfc3339("2026-11-22T10:00:00.250Z")
-            .unwrap()
-            .with_timezone(&Utc);
-        let copy = consumed("retry", retry_copy(&original, &origin, 2, 7, not_before, "timed out"));
+        let headers = retry(&origin, 2, 7, "timed out");
+        let copy = consumed("retry", headers.copy(&original));
 
         assert_eq!(copy.key, original.key);
         assert_eq!(copy.value, original.value);
         assert_eq!(copy.header("ce_type"), Some(&b"user.token_issued.v1"[..]));
-        let state = RetryState::of(&copy).unwrap();
-        assert_eq!(
-            state,
-            RetryState {
-                origin,
-                round: 2,
-                attempts: 7,
-                not_before
-            }
-        );
+        assert_eq!(RetryHeaders::of(&copy).unwrap(), headers);
         assert_eq!(copy.header(header::ERROR_MESSAGE), Some(&b"timed out"[..]));
+    }
+
+    #[test]
+    fn a_dead_letter_copy_round_trips_its_headers() {
+        let original = record();
+        let headers = DeadLetterHeaders {
+            origin: Origin::of(&original).unwrap(),
+            class: FailureClass::Permanent,
+            attempts: 4,
+            error: "invalid data: missing field `email`".to_owned(),
+            failed_at: at("2026-11-22T10:00:01.500Z"),
+        };
+        let dead = consumed("dead", headers.copy(&original));
+        assert_eq!(DeadLetterHeaders::of(&dead).unwrap(), headers);
+        assert_eq!(dead.header(header::ERROR_CLASS), Some(&b"permanent"[..]));
+        assert_eq!(
+            DeadLetterHeaders::of(&original),
+            Err(FailureHeaderError::Missing(header::ORIGIN_TOPIC))
+        );
     }
 
     #[test]
     fn copying_a_copy_replaces_failure_headers_instead_of_repeating_them() {
         let original = record();
         let origin = Origin::of(&original).unwrap();
-        let first = consumed("retry", retry_copy(&original, &origin, 1, 3, Utc::now(), "first"));
+        let first = consumed("retry", retry(&origin, 1, 3, "first").copy(&original));
         // The copy's origin is still the original record, not the retry topic.
         assert_eq!(Origin::of(&first).unwrap(), origin);
-        let dead = consumed(
-            "dead",
-            dead_letter_copy(&first, &origin, FailureClass::Exhausted, 9, "last", Utc::now()),
-        );
+        let dead = DeadLetterHeaders {
+            origin: origin.clone(),
+            class: FailureClass::Exhausted,
+            attempts: 9,
+            error: "last".to_owned(),
+            failed_at: Utc::now(),
+        };
+        let dead = consumed("dead", dead.copy(&first));
 
         let count = |name: &str| dead.headers.iter().filter(|(key, _)| key == name).count();
         assert_eq!(count(header::ERROR_MESSAGE), 1);
@@ -352,19 +425,17 @@ mod tests {
     }
 
     #[test]
-    fn a_record_without_retry_headers_has_no_retry_state() {
+    fn a_record_without_retry_headers_has_no_retry_headers() {
         assert_eq!(
-            RetryState::of(&record()),
+            RetryHeaders::of(&record()),
             Err(FailureHeaderError::Missing(header::ORIGIN_TOPIC))
         );
-        let mut bad = consumed(
-            "retry",
-            retry_copy(&record(), &Origin::of(&record()).unwrap(), 1, 1, Utc::now(), "x"),
-        );
+        let origin = Origin::of(&record()).unwrap();
+        let mut bad = consumed("retry", retry(&origin, 1, 1, "x").copy(&record()));
         bad.headers
             .push((header::RETRY_ROUND.to_owned(), Some(b"one".to_vec())));
         assert_eq!(
-            RetryState::of(&bad),
+            RetryHeaders::of(&bad),
             Err(FailureHeaderError::Malformed(header::RETRY_ROUND))
         );
     }

@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::Utc;
-use kafka_service::failure::{self, FailureClass, Origin, RetryState};
+use kafka_service::failure::{self, DeadLetterHeaders, FailureClass, Origin, RetryHeaders};
 use kafka_service::{
     Disposition, EventProducer, OutgoingRecord, PartitionLease, Record, RecordHandler, Topic, TopicRegistry,
 };
@@ -302,7 +302,12 @@ impl Delivery {
         if self.parking.is_parked(&record.topic, record.key.as_deref()).await? {
             tracing::info!("an earlier record with this key is parked; parking this one behind it");
             let reason = "parked behind an earlier record with the same key";
-            return Ok(self.parked(record, origin, 0, 0, Duration::ZERO, reason));
+            let schedule = Schedule {
+                round: 0,
+                attempts: 0,
+                due_at: Utc::now(),
+            };
+            return Ok(self.parked(record, origin, schedule, Duration::ZERO, reason));
         }
         Ok(match self.try_in_place(record, &origin, cancel).await? {
             Tried::Succeeded(outcome) => {
@@ -317,13 +322,18 @@ impl Delivery {
             }
             Tried::Exhausted { error, tries } => {
                 let delay = self.policy.round_delay(1);
-                self.parked(record, origin, 1, tries, delay, &error)
+                let schedule = Schedule {
+                    round: 1,
+                    attempts: tries,
+                    due_at: Utc::now() + delay,
+                };
+                self.parked(record, origin, schedule, delay, &error)
             }
         })
     }
 
     async fn decide_retry(&self, record: &Record, cancel: &CancellationToken) -> Result<Finish, Interrupted> {
-        let state = match RetryState::of(record) {
+        let state = match RetryHeaders::of(record) {
             Ok(state) => state,
             Err(error) => {
                 let reason = format!("not a retry record: {error}");
@@ -379,15 +389,7 @@ impl Delivery {
                     attempts: state.attempts,
                     due_at: Utc::now() + self.policy.round_delay(1).min(Duration::from_secs(1)),
                 };
-                let reason = format!("parked behind {head}");
-                let copy = failure::retry_copy(
-                    record,
-                    origin,
-                    schedule.round,
-                    schedule.attempts,
-                    schedule.due_at,
-                    &reason,
-                );
+                let copy = schedule.headers(origin, &format!("parked behind {head}")).copy(record);
                 let steps = [
                     Step::Reschedule {
                         origin: origin.clone(),
@@ -428,7 +430,7 @@ impl Delivery {
                     attempts: state.attempts + tries,
                     due_at: Utc::now() + delay,
                 };
-                let copy = failure::retry_copy(record, origin, round, schedule.attempts, schedule.due_at, &error);
+                let copy = schedule.headers(origin, &error).copy(record);
                 let steps = [
                     Step::Reschedule {
                         origin: origin.clone(),
@@ -497,22 +499,10 @@ impl Delivery {
     }
 
     /// Parking `record`: record it in `parked_records`, then copy it to the
-    /// retry topic for round `round`, due after `delay`.
-    fn parked(
-        &self,
-        record: &Record,
-        origin: Origin,
-        round: u32,
-        attempts: u32,
-        delay: Duration,
-        reason: &str,
-    ) -> Finish {
-        let schedule = Schedule {
-            round,
-            attempts,
-            due_at: Utc::now() + delay,
-        };
-        let copy = failure::retry_copy(record, &origin, round, attempts, schedule.due_at, reason);
+    /// retry topic on `schedule`, due after `delay`.
+    fn parked(&self, record: &Record, origin: Origin, schedule: Schedule, delay: Duration, reason: &str) -> Finish {
+        let round = schedule.round;
+        let copy = schedule.headers(&origin, reason).copy(record);
         Finish::counted(
             "parked",
             [
@@ -540,7 +530,14 @@ impl Delivery {
         attempts: u32,
         reason: String,
     ) -> Finish {
-        let copy = failure::dead_letter_copy(record, &origin, class, attempts, &reason, Utc::now());
+        let copy = DeadLetterHeaders {
+            origin: origin.clone(),
+            class,
+            attempts,
+            error: reason.clone(),
+            failed_at: Utc::now(),
+        }
+        .copy(record);
         Finish::counted(
             "dead_lettered",
             [

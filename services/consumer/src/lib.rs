@@ -13,6 +13,9 @@
 //! - [`delivery`]: what happens to each record: applied, retried in place,
 //!   parked on the retry topic, or dead-lettered;
 //! - [`parking`]: which records are parked, per key, in order;
+//! - [`recovery`]: parked records whose copies were lost, and the
+//!   operator's actions on parked records;
+//! - [`dead_letters`]: reading and redriving dead letters;
 //! - [`processing`]: the event handlers (one attempt at applying a record);
 //! - [`read_model`]: the read model's queries;
 //! - [`feed`]: the live feed of applied events (Server-Sent Events);
@@ -23,6 +26,7 @@
 #![warn(missing_docs)]
 
 pub mod configuration;
+pub mod dead_letters;
 pub mod delivery;
 pub mod error;
 pub mod feed;

@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use kafka_service::failure::{self, Origin};
+use kafka_service::failure::{self, Origin, RetryHeaders};
 use kafka_service::Record;
 use sqlx::PgPool;
 
@@ -63,6 +63,20 @@ pub struct Schedule {
     pub attempts: u32,
     /// When the copy is due.
     pub due_at: DateTime<Utc>,
+}
+
+impl Schedule {
+    /// The headers of the retry copy of `origin`'s record on this schedule,
+    /// `reason` being its last error.
+    pub fn headers(self, origin: &Origin, reason: &str) -> RetryHeaders {
+        RetryHeaders {
+            origin: origin.clone(),
+            round: self.round,
+            attempts: self.attempts,
+            not_before: self.due_at,
+            error: reason.to_owned(),
+        }
+    }
 }
 
 #[derive(sqlx::FromRow)]

@@ -20,7 +20,7 @@ use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use chrono::Utc;
-use kafka_service::failure::{self, FailureClass, Origin};
+use kafka_service::failure::{DeadLetterHeaders, FailureClass, Origin};
 use kafka_service::{Delivery, EventProducer, Record, Topic, TopicRegistry};
 use prometheus_client::metrics::gauge::Gauge;
 use service_common::metrics::Registry;
@@ -208,14 +208,14 @@ impl Recovery {
             timestamp_ms: None,
         });
         let error = format!("dead-lettered by an operator: {reason}");
-        let copy = failure::dead_letter_copy(
-            &record,
-            origin,
-            FailureClass::Permanent,
-            parked.attempts,
-            &error,
-            Utc::now(),
-        );
+        let copy = DeadLetterHeaders {
+            origin: origin.clone(),
+            class: FailureClass::Permanent,
+            attempts: parked.attempts,
+            error,
+            failed_at: Utc::now(),
+        }
+        .copy(&record);
         let delivered = self.producer.send_record(&self.dead_letter_topic, &copy).await?;
         self.parking.unpark(origin).await?;
         tracing::error!(%origin, reason, "parked record dead-lettered by an operator");
@@ -231,14 +231,7 @@ impl Recovery {
             attempts: parked.attempts,
             due_at: Utc::now(),
         };
-        let copy = failure::retry_copy(
-            record,
-            &parked.origin,
-            schedule.round,
-            schedule.attempts,
-            schedule.due_at,
-            &parked.reason,
-        );
+        let copy = schedule.headers(&parked.origin, &parked.reason).copy(record);
         self.parking.reschedule(&parked.origin, schedule, None).await?;
         Ok(self.producer.send_record(&self.retry_topic, &copy).await?)
     }

@@ -1,19 +1,18 @@
 //! Operator endpoints for the dead-letter topic: list dead letters, and
 //! redrive chosen ones to their origin topic. Both need a service
 //! credential (`consumer service-token` prints one); user tokens get `403`.
-//!
-//! Redriving is safe: effects are idempotent (each event id is applied at
-//! most once), so a record redriven twice, or one that had in fact been
-//! applied, changes nothing the second time.
+//! The work is [`crate::dead_letters`]'s.
 
 use actix_web::{web, HttpResponse};
-use kafka_service::failure::{self, header, Origin};
-use kafka_service::{EventProducer, KafkaSettings, Record, Topic};
+use chrono::{DateTime, Utc};
+use kafka_service::failure::{DeadLetterHeaders, Origin};
+use kafka_service::{EventProducer, KafkaSettings, Record};
 use serde::{Deserialize, Serialize};
 use service_common::auth::Authenticated;
 use service_common::http::ErrorBody;
 use utoipa::{IntoParams, ToSchema};
 
+use crate::dead_letters::{self, DeadLetterError, Position};
 use crate::error::ApiError;
 use crate::routes::require_operator;
 
@@ -56,16 +55,19 @@ pub struct DeadLetter {
     pub offset: i64,
     /// The record key (the user id), lossily as text.
     pub key: Option<String>,
-    /// Where the record was first consumed from, if its headers say.
+    /// Where the record was first consumed from. This and the four fields
+    /// below come from its dead-letter headers, and are all absent when
+    /// one of those is missing or malformed (a record this service did not
+    /// write).
     pub origin: Option<OriginView>,
     /// `permanent` or `exhausted`.
     pub error_class: Option<String>,
     /// The last error.
     pub error_message: Option<String>,
     /// Processing attempts, in-place retries included.
-    pub attempts: Option<String>,
-    /// When it was dead-lettered (RFC 3339).
-    pub failed_at: Option<String>,
+    pub attempts: Option<u32>,
+    /// When it was dead-lettered.
+    pub failed_at: Option<DateTime<Utc>>,
     /// Every header as `[name, value]`, values lossily as text.
     #[schema(value_type = Vec<Vec<Option<String>>>)]
     pub headers: Vec<(String, Option<String>)>,
@@ -134,24 +136,12 @@ pub async fn list(
         return Err(ApiError::Validation("from_offset must not be negative".to_owned()));
     }
     let limit = query.limit.unwrap_or(MAX_RECORDS).min(MAX_RECORDS);
-    let topic = kafka.topics.name(Topic::DeadLetter);
-    let count = kafka_service::partition_count(&kafka, topic).await.map_err(broker)?;
-    let partitions = match query.partition {
-        Some(partition) => vec![existing_partition(partition, count)?],
-        None => (0..count).collect(),
-    };
-    let mut records = Vec::new();
-    for partition in partitions {
-        let left = limit - records.len();
-        if left == 0 {
-            break;
-        }
-        let read = kafka_service::reader::read_partition(&kafka, topic, partition, query.from_offset, left)
-            .await
-            .map_err(broker)?;
-        records.extend(read.iter().map(view));
-    }
-    Ok(HttpResponse::Ok().json(DeadLetterList { records }))
+    let records = dead_letters::list(&kafka, query.partition, query.from_offset, limit)
+        .await
+        .map_err(failed)?;
+    Ok(HttpResponse::Ok().json(DeadLetterList {
+        records: records.iter().map(view).collect(),
+    }))
 }
 
 /// `POST /dead-letters/redrive` body.
@@ -173,6 +163,24 @@ pub struct RecordRef {
     /// Offset in that partition.
     #[schema(minimum = 0)]
     pub offset: i64,
+}
+
+impl From<RecordRef> for Position {
+    fn from(record: RecordRef) -> Self {
+        Self {
+            partition: record.partition,
+            offset: record.offset,
+        }
+    }
+}
+
+impl From<Position> for RecordRef {
+    fn from(position: Position) -> Self {
+        Self {
+            partition: position.partition,
+            offset: position.offset,
+        }
+    }
 }
 
 /// `POST /dead-letters/redrive` answer.
@@ -246,130 +254,64 @@ pub async fn redrive(
     request: web::Json<RedriveRequest>,
 ) -> Result<HttpResponse, ApiError> {
     require_operator(&caller, NEEDS_SERVICE)?;
-    let chosen = &request.records;
-    if chosen.is_empty() || chosen.len() > MAX_RECORDS {
+    let wanted = &request.records;
+    if wanted.is_empty() || wanted.len() > MAX_RECORDS {
         return Err(ApiError::Validation(format!(
             "records must list between 1 and {MAX_RECORDS} dead letters"
         )));
     }
-    let dead_letter_topic = kafka.topics.name(Topic::DeadLetter);
-    let event_topics: Vec<&str> = Topic::EVENTS.iter().map(|&topic| kafka.topics.name(topic)).collect();
-    let count = kafka_service::partition_count(&kafka, dead_letter_topic)
-        .await
-        .map_err(broker)?;
-    let mut found = Vec::with_capacity(chosen.len());
-    for &wanted in chosen {
-        existing_partition(wanted.partition, count)?;
-        if wanted.offset < 0 {
-            return Err(ApiError::Validation(format!("offset {} is negative", wanted.offset)));
-        }
-        let read = kafka_service::reader::read_partition(&kafka, dead_letter_topic, wanted.partition, wanted.offset, 1)
-            .await
-            .map_err(broker)?;
-        let record = read
-            .into_iter()
-            .find(|record| record.offset == wanted.offset)
-            .ok_or_else(|| {
-                ApiError::Validation(format!(
-                    "no dead letter at partition {} offset {}",
-                    wanted.partition, wanted.offset
-                ))
-            })?;
-        let origin = Origin::of(&record)
-            .ok()
-            .filter(|origin| event_topics.contains(&origin.topic.as_str()))
-            .ok_or_else(|| {
-                ApiError::Validation(format!(
-                    "the dead letter at partition {} offset {} has no event topic as its origin",
-                    wanted.partition, wanted.offset
-                ))
-            })?;
-        found.push((wanted, origin, record));
-    }
-    let mut redriven = Vec::with_capacity(found.len());
-    let wait = std::time::Duration::from_millis(kafka.request_timeout_ms);
-    for (index, (wanted, origin, record)) in found.into_iter().enumerate() {
-        let sent = tokio::time::timeout(wait, producer.send_record(&origin.topic, &failure::original(&record))).await;
-        let delivery = match sent {
-            Ok(Ok(delivery)) => delivery,
-            failed => {
-                let why = match failed {
-                    Ok(Err(error)) => format!("{:#}", anyhow::Error::from(error)),
-                    _ => format!("not confirmed within {} ms", wait.as_millis()),
-                };
-                tracing::warn!(
-                    dead_letter_partition = wanted.partition,
-                    dead_letter_offset = wanted.offset,
-                    error = why,
-                    redriven = redriven.len(),
-                    "redrive stopped: the broker did not confirm a record"
-                );
-                return Ok(HttpResponse::ServiceUnavailable().json(RedriveIncomplete {
-                    error: service_common::http::ErrorDetail {
-                        code: "broker_unavailable".to_owned(),
-                        message: format!(
-                            "the broker did not confirm the dead letter at partition {} offset {} ({why}); \
-                             {} of {} redriven",
-                            wanted.partition,
-                            wanted.offset,
-                            redriven.len(),
-                            chosen.len()
-                        ),
-                    },
-                    redriven,
-                    not_confirmed: chosen[index..].to_vec(),
-                }));
-            }
-        };
-        tracing::info!(
-            dead_letter_partition = wanted.partition,
-            dead_letter_offset = wanted.offset,
-            %origin,
-            partition = delivery.partition,
-            offset = delivery.offset,
-            "dead letter redriven"
-        );
-        redriven.push(Redriven {
-            dead_letter: wanted,
-            topic: origin.topic,
-            partition: delivery.partition,
-            offset: delivery.offset,
-        });
-    }
-    Ok(HttpResponse::Ok().json(RedriveResponse { redriven }))
+    let positions: Vec<Position> = wanted.iter().copied().map(Position::from).collect();
+    let chosen = dead_letters::choose(&kafka, &positions).await.map_err(failed)?;
+    let outcome = dead_letters::redrive(&kafka, &producer, chosen).await;
+    let redriven: Vec<Redriven> = outcome
+        .redriven
+        .into_iter()
+        .map(|redriven| Redriven {
+            dead_letter: redriven.position.into(),
+            topic: redriven.topic,
+            partition: redriven.delivery.partition,
+            offset: redriven.delivery.offset,
+        })
+        .collect();
+    let Some((index, why)) = outcome.stopped else {
+        return Ok(HttpResponse::Ok().json(RedriveResponse { redriven }));
+    };
+    let at = wanted[index];
+    Ok(HttpResponse::ServiceUnavailable().json(RedriveIncomplete {
+        error: service_common::http::ErrorDetail {
+            code: "broker_unavailable".to_owned(),
+            message: format!(
+                "the broker did not confirm the dead letter at partition {} offset {} ({why}); {} of {} redriven",
+                at.partition,
+                at.offset,
+                redriven.len(),
+                wanted.len()
+            ),
+        },
+        redriven,
+        not_confirmed: wanted[index..].to_vec(),
+    }))
 }
 
-/// `partition` when the dead-letter topic, of `count` partitions, has it.
-fn existing_partition(partition: i32, count: i32) -> Result<i32, ApiError> {
-    if (0..count).contains(&partition) {
-        Ok(partition)
-    } else {
-        Err(ApiError::Validation(format!(
-            "the dead-letter topic has partitions 0 to {}; there is no partition {partition}",
-            count - 1
-        )))
+fn failed(error: DeadLetterError) -> ApiError {
+    match error {
+        DeadLetterError::Broker(error) => ApiError::BrokerUnavailable(error.into()),
+        invalid => ApiError::Validation(invalid.to_string()),
     }
-}
-
-fn broker(error: kafka_service::AdminError) -> ApiError {
-    ApiError::BrokerUnavailable(error.into())
 }
 
 fn view(record: &Record) -> DeadLetter {
     let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
-    let header_text = |name| record.header(name).map(text);
+    let failure = DeadLetterHeaders::of(record).ok();
     DeadLetter {
         partition: record.partition,
         offset: record.offset,
         key: record.key.as_deref().map(text),
-        origin: Origin::of(record)
-            .ok()
-            .filter(|_| record.header(header::ORIGIN_TOPIC).is_some())
-            .map(OriginView::from),
-        error_class: header_text(header::ERROR_CLASS),
-        error_message: header_text(header::ERROR_MESSAGE),
-        attempts: header_text(header::ATTEMPTS),
-        failed_at: header_text(header::FAILED_AT),
+        error_class: failure.as_ref().map(|failure| failure.class.as_str().to_owned()),
+        error_message: failure.as_ref().map(|failure| failure.error.clone()),
+        attempts: failure.as_ref().map(|failure| failure.attempts),
+        failed_at: failure.as_ref().map(|failure| failure.failed_at),
+        origin: failure.map(|failure| OriginView::from(failure.origin)),
         headers: record
             .headers
             .iter()
