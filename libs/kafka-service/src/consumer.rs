@@ -195,7 +195,7 @@ impl EventConsumer {
                     ("group.id", consumer.group_id.clone()),
                     ("enable.auto.commit", "false".to_owned()),
                     ("enable.auto.offset.store", "false".to_owned()),
-                    ("auto.offset.reset", consumer.auto_offset_reset.clone()),
+                    ("auto.offset.reset", consumer.auto_offset_reset.as_str().to_owned()),
                     ("session.timeout.ms", consumer.session_timeout_ms.to_string()),
                     ("fetch.wait.max.ms", consumer.fetch_wait_max_ms.to_string()),
                     ("partition.assignment.strategy", "cooperative-sticky".to_owned()),

@@ -101,8 +101,8 @@ pub struct ConsumerSettings {
     pub group_id: String,
     /// Where a partition with no committed offset starts (`auto.offset.reset`):
     /// `earliest` (the default, so no event is skipped) or `latest`.
-    #[serde(default = "default_auto_offset_reset")]
-    pub auto_offset_reset: String,
+    #[serde(default)]
+    pub auto_offset_reset: AutoOffsetReset,
     /// How long the group coordinator waits for a heartbeat before it removes
     /// this member and rebalances, in milliseconds (`session.timeout.ms`).
     #[serde(default = "default_session_timeout_ms")]
@@ -176,12 +176,45 @@ impl KafkaSettings {
     }
 }
 
+/// Where a partition with no committed offset starts: librdkafka's
+/// `auto.offset.reset`, of which these are the two values that do not
+/// fail the partition.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AutoOffsetReset {
+    /// The partition's first record still kept: nothing is skipped.
+    #[default]
+    Earliest,
+    /// The partition's end: only records produced from now on.
+    Latest,
+}
+
+impl AutoOffsetReset {
+    /// The librdkafka property value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AutoOffsetReset::Earliest => "earliest",
+            AutoOffsetReset::Latest => "latest",
+        }
+    }
+}
+
 impl ConsumerSettings {
+    /// The dispatcher's settings ([`crate::dispatch`]) from these, workers
+    /// getting `drain_timeout` at shutdown to finish the record in hand.
+    pub fn dispatch(&self, drain_timeout: std::time::Duration) -> crate::dispatch::DispatchSettings {
+        crate::dispatch::DispatchSettings {
+            queue_capacity: self.partition_queue_capacity,
+            max_batch_records: self.max_batch_records,
+            drain_timeout,
+        }
+    }
+
     /// Settings for group `group_id` with every other field at its default.
     pub fn new(group_id: impl Into<String>) -> Self {
         Self {
             group_id: group_id.into(),
-            auto_offset_reset: default_auto_offset_reset(),
+            auto_offset_reset: AutoOffsetReset::default(),
             session_timeout_ms: default_session_timeout_ms(),
             commit_batch_size: default_commit_batch_size(),
             commit_interval_ms: default_commit_interval_ms(),
@@ -198,10 +231,6 @@ fn default_request_timeout_ms() -> u64 {
 
 fn default_message_timeout_ms() -> u64 {
     0
-}
-
-fn default_auto_offset_reset() -> String {
-    "earliest".to_owned()
 }
 
 /// librdkafka's default since 2.0 (KIP-735).

@@ -126,12 +126,22 @@ pub struct AuthSettings {
 struct Raw {
     http: HttpSettings,
     database: DatabaseSettings,
-    kafka: serde_json::Value,
+    kafka: RawKafka,
     producer: RawProducer,
     auth: AuthSettings,
     retry: RetrySettings,
     shutdown: ShutdownSettings,
     readiness: ReadinessSettings,
+}
+
+/// `kafka.*` holds the connection's settings and the group member's side
+/// by side.
+#[derive(Deserialize)]
+struct RawKafka {
+    #[serde(flatten)]
+    connection: KafkaSettings,
+    #[serde(flatten)]
+    consumer: ConsumerSettings,
 }
 
 #[derive(Deserialize)]
@@ -161,9 +171,6 @@ impl Settings {
     }
 
     fn resolve(raw: Raw, discovery_endpoint: Option<&str>) -> Result<Self, ConfigurationError> {
-        let kafka_key = |error: serde_json::Error| ConfigurationError(format!("kafka: {error}"));
-        let kafka: KafkaSettings = serde_json::from_value(raw.kafka.clone()).map_err(kafka_key)?;
-        let consumer: ConsumerSettings = serde_json::from_value(raw.kafka).map_err(kafka_key)?;
         let base_url = match (raw.producer.base_url, discovery_endpoint) {
             (Some(url), _) => url,
             (None, Some(endpoint)) => producer_url_from_discovery(endpoint),
@@ -177,8 +184,8 @@ impl Settings {
         Ok(Self {
             http: raw.http,
             database: raw.database,
-            kafka,
-            consumer,
+            kafka: raw.kafka.connection,
+            consumer: raw.kafka.consumer,
             producer: ProducerSettings {
                 base_url,
                 timeout_ms: raw.producer.timeout_ms,
@@ -199,6 +206,8 @@ pub fn producer_url_from_discovery(endpoint: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use kafka_service::AutoOffsetReset;
+
     use super::*;
 
     fn raw(base_url: Option<&str>) -> Raw {
@@ -225,7 +234,7 @@ mod tests {
         assert_eq!(settings.kafka.bootstrap_servers, "127.0.0.1:9092");
         assert_eq!(settings.consumer.group_id, "g");
         assert_eq!(settings.consumer.commit_batch_size, 10);
-        assert_eq!(settings.consumer.auto_offset_reset, "earliest");
+        assert_eq!(settings.consumer.auto_offset_reset, AutoOffsetReset::Earliest);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 use actix_web::dev::Server;
 use actix_web::web;
 use anyhow::Context;
-use kafka_service::dispatch::{self, DispatchSettings};
+use kafka_service::dispatch;
 use kafka_service::{EventConsumer, EventProducer, GroupMonitor, KafkaSettings, Topic};
 use service_common::auth::TokenKeys;
 use service_common::metrics::{Metrics, Registry};
@@ -203,15 +203,12 @@ async fn consume(
     )
     .context("invalid configuration: kafka")?;
     tracing::info!(group_id = settings.consumer.group_id, topics = ?names, "subscribed");
-    let dispatch_settings = DispatchSettings {
-        queue_capacity: settings.consumer.partition_queue_capacity,
-        max_batch_records: settings.consumer.max_batch_records,
-        drain_timeout: settings
-            .shutdown
-            .timeout()
-            .saturating_sub(COMMIT_RESERVE)
-            .max(Duration::from_secs(1)),
-    };
+    let drain_timeout = settings
+        .shutdown
+        .timeout()
+        .saturating_sub(COMMIT_RESERVE)
+        .max(Duration::from_secs(1));
+    let dispatch_settings = settings.consumer.dispatch(drain_timeout);
     dispatch::run(consumer, delivery, dispatch_settings, shutdown)
         .await
         .context("final offset commit failed")
