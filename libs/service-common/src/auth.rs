@@ -44,9 +44,11 @@ pub const LOCAL_DEVELOPMENT_SECRET: &str = "local-development-signing-key-not-fo
 /// `auth.jwt_secret`. Exit status 2, with the reason on stderr, when the
 /// configuration did not load or the key is invalid.
 pub fn print_service_token(service: &str, secret: Result<SecretString, ConfigurationError>) -> std::process::ExitCode {
-    let keys = secret.map_err(|error| error.to_string()).and_then(|secret| {
-        TokenKeys::new(&secret).map_err(|error| format!("invalid configuration: auth.jwt_secret: {error}"))
-    });
+    let keys = secret
+        .map_err(|error| format!("{:#}", anyhow::Error::from(error)))
+        .and_then(|secret| {
+            TokenKeys::new(&secret).map_err(|error| format!("invalid configuration: auth.jwt_secret: {error}"))
+        });
     match keys {
         Ok(keys) => {
             println!("{}", keys.service_token("operator").expose_secret());
@@ -71,13 +73,13 @@ pub fn check_production_secret(environment: Environment, secret: &SecretString) 
     }
     let secret = secret.expose_secret();
     if secret == LOCAL_DEVELOPMENT_SECRET {
-        return Err(ConfigurationError(
+        return Err(ConfigurationError::Invalid(
             "auth.jwt_secret is the public local development key; set APP_AUTH__JWT_SECRET to a secret of your own"
                 .to_owned(),
         ));
     }
     if secret.len() < MIN_SECRET_BYTES {
-        return Err(ConfigurationError(format!(
+        return Err(ConfigurationError::Invalid(format!(
             "auth.jwt_secret must be at least {MIN_SECRET_BYTES} bytes"
         )));
     }

@@ -45,9 +45,7 @@ impl Environment {
         {
             Err(_) | Ok("local") => Ok(Environment::Local),
             Ok("production") => Ok(Environment::Production),
-            Ok(other) => Err(ConfigurationError(format!(
-                "APP_ENVIRONMENT: `{other}` is not a supported environment; use `local` or `production`"
-            ))),
+            Ok(other) => Err(ConfigurationError::UnknownEnvironment(other.to_owned())),
         }
     }
 }
@@ -63,10 +61,23 @@ pub struct Files {
     pub production: &'static str,
 }
 
-/// A configuration error, as one line that names the key at fault.
+/// A configuration error. With its source (`{:#}`), one line that names
+/// the key at fault.
 #[derive(Debug, thiserror::Error)]
-#[error("invalid configuration: {0}")]
-pub struct ConfigurationError(pub String);
+pub enum ConfigurationError {
+    /// `APP_ENVIRONMENT` names no environment.
+    #[error(
+        "invalid configuration: APP_ENVIRONMENT: `{0}` is not a supported environment; use `local` or `production`"
+    )]
+    UnknownEnvironment(String),
+    /// A file does not parse, a required key is missing or a value has the
+    /// wrong type; the source names the key.
+    #[error("invalid configuration")]
+    Load(#[source] config::ConfigError),
+    /// A value of the right type that the service refuses: the key and why.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
 
 /// Builds the service's settings from `files` and the process environment.
 ///
@@ -91,7 +102,7 @@ pub fn load<T: DeserializeOwned>(files: Files) -> Result<(Environment, T), Confi
         )
         .build()
         .and_then(config::Config::try_deserialize::<T>)
-        .map_err(|error| ConfigurationError(error.to_string()))?;
+        .map_err(ConfigurationError::Load)?;
     Ok((environment, settings))
 }
 
@@ -235,6 +246,7 @@ mod tests {
     fn msk_iam_without_a_region_is_a_configuration_error() {
         let error =
             kafka_from("kafka:\n  bootstrap_servers: b-1:9098\n  security:\n    protocol: msk_iam\n").unwrap_err();
-        assert!(error.to_string().contains("region"), "{error}");
+        let error = format!("{:#}", anyhow::Error::from(error));
+        assert!(error.contains("region"), "{error}");
     }
 }

@@ -1,16 +1,35 @@
 //! The service's own PostgreSQL database.
 
+use std::str::FromStr;
 use std::time::Duration;
 
-use std::str::FromStr;
-
-use anyhow::Context;
 use secrecy::ExposeSecret;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 
 use crate::configuration::DatabaseSettings;
+
+/// Why [`connect`] failed. No message contains the URL or the password.
+#[derive(Debug, thiserror::Error)]
+pub enum DatabaseError {
+    /// `database.url` is not a PostgreSQL URL.
+    #[error("invalid configuration: database.url does not parse")]
+    InvalidUrl,
+    /// The server did not answer, or refused TLS that `sslmode` requires,
+    /// when asked whether the database exists.
+    #[error("could not reach the database server (database.url)")]
+    Unreachable(#[source] sqlx::Error),
+    /// The database was missing and could not be created.
+    #[error("could not create the database")]
+    Create(#[source] sqlx::Error),
+    /// A connection to the database failed.
+    #[error("could not connect to the database (database.url)")]
+    Connect(#[source] sqlx::Error),
+    /// A migration failed.
+    #[error("database migration failed")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+}
 
 /// Connects a pool of `database.max_connections` to `database.url` (with
 /// `database.password` when set), creating the database first when
@@ -21,13 +40,12 @@ use crate::configuration::DatabaseSettings;
 ///
 /// # Errors
 ///
-/// When the URL does not parse, the server is unreachable (within 5 s) or
-/// refuses TLS that `sslmode` requires, the database cannot be created, or a
-/// migration fails. Messages never contain the URL or the password.
-pub async fn connect(database: &DatabaseSettings, migrations: &Migrator) -> anyhow::Result<PgPool> {
+/// [`DatabaseError`]: the URL does not parse, the server is unreachable
+/// (within 5 s) or refuses TLS that `sslmode` requires, the database cannot
+/// be created, or a migration fails.
+pub async fn connect(database: &DatabaseSettings, migrations: &Migrator) -> Result<PgPool, DatabaseError> {
     let url = database.url.expose_secret();
-    let mut options = PgConnectOptions::from_str(url)
-        .map_err(|_| anyhow::anyhow!("invalid configuration: database.url does not parse"))?;
+    let mut options = PgConnectOptions::from_str(url).map_err(|_| DatabaseError::InvalidUrl)?;
     if let Some(password) = &database.password {
         options = options.password(password.expose_secret());
     }
@@ -37,12 +55,12 @@ pub async fn connect(database: &DatabaseSettings, migrations: &Migrator) -> anyh
         let name = options.get_database().unwrap_or("postgres").to_owned();
         let mut connection = PgConnection::connect_with(&server)
             .await
-            .context("could not reach the database server (database.url)")?;
+            .map_err(DatabaseError::Unreachable)?;
         let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
             .bind(&name)
             .fetch_one(&mut connection)
             .await
-            .context("could not reach the database server (database.url)")?;
+            .map_err(DatabaseError::Unreachable)?;
         if !exists {
             // Identifiers cannot be bound parameters; quote it instead.
             let created = sqlx::query(&format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\"")))
@@ -57,7 +75,7 @@ pub async fn connect(database: &DatabaseSettings, migrations: &Migrator) -> anyh
                 Err(sqlx::Error::Database(error)) if matches!(error.code().as_deref(), Some("42P04" | "23505")) => {
                     tracing::info!(database = name, "database created by another instance meanwhile");
                 }
-                Err(error) => return Err(error).context("could not create the database"),
+                Err(error) => return Err(DatabaseError::Create(error)),
             }
         }
     }
@@ -69,17 +87,17 @@ pub async fn connect(database: &DatabaseSettings, migrations: &Migrator) -> anyh
     ]);
     let mut migrating = PgConnection::connect_with(&session)
         .await
-        .context("could not connect to the database (database.url)")?;
-    migrations
-        .run(&mut migrating)
+        .map_err(DatabaseError::Connect)?;
+    migrations.run(&mut migrating).await.map_err(DatabaseError::Migrate)?;
+    migrating
+        .close()
         .await
-        .context("database migration failed")?;
-    migrating.close().await.context("database migration failed")?;
+        .map_err(|error| DatabaseError::Migrate(error.into()))?;
     let pool = PgPoolOptions::new()
         .max_connections(database.max_connections)
         .acquire_timeout(Duration::from_secs(5))
         .connect_with(session.options([("statement_timeout", database.statement_timeout_ms.to_string())]))
         .await
-        .context("could not connect to the database (database.url)")?;
+        .map_err(DatabaseError::Connect)?;
     Ok(pool)
 }

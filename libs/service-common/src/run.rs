@@ -15,7 +15,7 @@ use crate::configuration::{ConfigurationError, Environment};
 pub const DEFAULT_LOG_FILTER: &str = "info,actix_http::h1::dispatcher=off";
 
 /// Loads the settings with `load` (a configuration error prints one line to
-/// stderr and exits with status 2), installs telemetry and the signal
+/// stderr, with its cause, and exits with status 2), installs telemetry and the signal
 /// handlers, then runs `run` until it returns: status 0 after a clean
 /// shutdown, 1 after an error, which is logged with its cause chain.
 pub async fn main<S, F>(
@@ -29,7 +29,7 @@ where
     let (environment, settings) = match load() {
         Ok(loaded) => loaded,
         Err(error) => {
-            eprintln!("{service}: {error}");
+            eprintln!("{service}: {:#}", anyhow::Error::from(error));
             return ExitCode::from(2);
         }
     };

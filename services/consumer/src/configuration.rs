@@ -175,7 +175,7 @@ impl Settings {
             (Some(url), _) => url,
             (None, Some(endpoint)) => producer_url_from_discovery(endpoint),
             (None, None) => {
-                return Err(ConfigurationError(format!(
+                return Err(ConfigurationError::Invalid(format!(
                     "missing configuration key `producer.base_url` (APP_PRODUCER__BASE_URL), \
                      and {SERVICE_DISCOVERY_ENDPOINT_VAR} is not set to derive it"
                 )))

@@ -470,7 +470,10 @@ impl Delivery {
             tries += 1;
             match self.handler.handle(record, origin).await {
                 Ok(outcome) => return Ok(Tried::Succeeded(outcome)),
-                Err(ProcessError::Permanent(reason)) => return Ok(Tried::Rejected { reason, tries }),
+                Err(ProcessError::Permanent(error)) => {
+                    let reason = format!("{error:#}");
+                    return Ok(Tried::Rejected { reason, tries });
+                }
                 Err(ProcessError::Transient(error)) => {
                     let error = format!("{error:#}");
                     let Some(delay) = delays.next() else {

@@ -36,9 +36,10 @@ pub enum ProcessError {
     /// Retrying later may succeed.
     #[error("transient failure")]
     Transient(#[source] anyhow::Error),
-    /// Retrying cannot help.
-    #[error("{0}")]
-    Permanent(String),
+    /// Retrying cannot help. The record is dead-lettered with this error's
+    /// whole cause chain (`{:#}`) as its reason.
+    #[error("permanent failure")]
+    Permanent(#[source] anyhow::Error),
 }
 
 /// Applies events to the read model.
@@ -104,7 +105,9 @@ impl Handler {
                 .get_user(data.user_id)
                 .await
                 .map_err(|e| ProcessError::Transient(e.into()))?
-                .ok_or_else(|| ProcessError::Permanent(format!("the producer does not know user {}", data.user_id)))?;
+                .ok_or_else(|| {
+                    ProcessError::Permanent(anyhow::anyhow!("the producer does not know user {}", data.user_id))
+                })?;
             read_model::insert_user(&mut connection, user.id, &user.username, &user.email, user.created_at)
                 .await
                 .map_err(transient)?;
@@ -298,10 +301,9 @@ async fn claim_all(tx: &mut sqlx::PgConnection, events: &[Applied<'_>]) -> Resul
     Ok(claimed.into_iter().collect())
 }
 
-/// A record that can never be applied, because of `error`: its whole cause
-/// chain (`error: cause: …`) goes to the logs and the failure headers.
+/// A record that can never be applied, because of `error`.
 fn permanent(error: impl std::error::Error + Send + Sync + 'static) -> ProcessError {
-    ProcessError::Permanent(format!("{:#}", anyhow::Error::new(error)))
+    ProcessError::Permanent(anyhow::Error::new(error))
 }
 
 fn transient(error: sqlx::Error) -> ProcessError {

@@ -255,7 +255,7 @@ async fn a_malformed_record_or_unknown_user_is_a_permanent_failure() {
         ("user unknown to the producer", &unknown_user),
     ] {
         match handler.handle(record, &origin(record)).await {
-            Err(ProcessError::Permanent(reason)) => assert!(!reason.is_empty(), "{case}"),
+            Err(ProcessError::Permanent(error)) => assert!(!format!("{error:#}").is_empty(), "{case}"),
             other => panic!("{case}: expected a permanent failure, got {other:?}"),
         }
     }
