@@ -204,6 +204,14 @@ impl ShutdownSettings {
     pub fn timeout(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.timeout_ms)
     }
+
+    /// How long HTTP requests in flight may finish once shutdown begins:
+    /// half of [`timeout`](Self::timeout), leaving the other half to what
+    /// stops after the server (the outbox relay's last batches, the
+    /// consumer's final commits).
+    pub fn http_drain(&self) -> std::time::Duration {
+        self.timeout() / 2
+    }
 }
 
 #[cfg(test)]

@@ -1,25 +1,15 @@
-//! The JSON error body and extractor settings.
+//! The JSON error body, and extractor settings that answer malformed input
+//! with it.
 //!
 //! Every 4xx and 5xx answer has the body
 //! `{"error": {"code": "<machine-readable>", "message": "<for humans>"}}`.
 //! Messages of 5xx answers never carry internal details.
 
-use std::net::TcpListener;
-
-use actix_web::dev::Server;
 use actix_web::error::{InternalError, JsonPayloadError, PathError, QueryPayloadError};
 use actix_web::http::StatusCode;
-use actix_web::middleware::from_fn;
-use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
-use tracing_actix_web::TracingLogger;
 use utoipa::ToSchema;
-
-use crate::health;
-use crate::metrics::{self, Metrics};
-
-/// How long in-flight requests may finish once shutdown begins, in seconds.
-pub const SHUTDOWN_TIMEOUT_SECS: u64 = 10;
 
 /// Largest JSON request body accepted, in bytes.
 pub const MAX_JSON_BODY_BYTES: usize = 16 * 1024;
@@ -93,39 +83,4 @@ pub fn query_config() -> web::QueryConfig {
 /// error body.
 pub async fn not_found() -> HttpResponse {
     error_response(StatusCode::NOT_FOUND, "not_found", "no such resource")
-}
-
-/// An HTTP server on `listener` with what every service has: a tracing span
-/// per request, request metrics and `GET /metrics` (from `metrics`), the
-/// JSON extractor settings, `/health/live`, and JSON `404`s; plus the
-/// service's own routes (including `/health/ready`) and app data from
-/// `configure`. Signals are left to the caller, which stops the server
-/// through its handle.
-///
-/// # Errors
-///
-/// When the listener cannot be used.
-pub fn serve<F>(listener: TcpListener, metrics: Metrics, configure: F) -> std::io::Result<Server>
-where
-    F: Fn(&mut web::ServiceConfig) + Clone + Send + 'static,
-{
-    let metrics = web::Data::new(metrics);
-    let server = HttpServer::new(move || {
-        App::new()
-            .wrap(from_fn(metrics::record_request))
-            .wrap(TracingLogger::default())
-            .app_data(metrics.clone())
-            .app_data(json_config())
-            .app_data(path_config())
-            .app_data(query_config())
-            .configure(configure.clone())
-            .route("/health/live", web::get().to(health::live))
-            .route("/metrics", web::get().to(metrics::endpoint))
-            .default_service(web::to(not_found))
-    })
-    .listen(listener)?
-    .disable_signals()
-    .shutdown_timeout(SHUTDOWN_TIMEOUT_SECS)
-    .run();
-    Ok(server)
 }

@@ -10,6 +10,8 @@
 //!   and the service credential the consumer presents to the producer.
 //! - [`http`]: the JSON error body every 4xx/5xx carries, and actix-web
 //!   extractor settings that answer malformed input with it.
+//! - [`server`]: the HTTP server around each service's routes: tracing,
+//!   metrics, `/health/live`, JSON `404`s.
 //! - [`shutdown`]: SIGTERM/SIGINT as a cancellation token.
 //! - [`database`]: the pool, database creation and migrations.
 //! - [`health`]: the liveness and readiness handlers.
@@ -28,5 +30,6 @@ pub mod metrics;
 pub mod openapi;
 pub mod retry;
 pub mod run;
+pub mod server;
 pub mod shutdown;
 pub mod telemetry;

@@ -86,6 +86,7 @@ impl Application {
         let server = run_server(
             listener,
             metrics,
+            settings.shutdown.http_drain(),
             AppData {
                 pool: pool.clone(),
                 keys,
@@ -227,7 +228,7 @@ struct AppData {
     recovery: Recovery,
 }
 
-fn run_server(listener: TcpListener, metrics: Metrics, data: AppData) -> std::io::Result<Server> {
+fn run_server(listener: TcpListener, metrics: Metrics, drain: Duration, data: AppData) -> std::io::Result<Server> {
     let pool = web::Data::new(data.pool);
     let keys = web::Data::new(data.keys);
     let producer_client = web::Data::new(data.producer_client);
@@ -237,7 +238,7 @@ fn run_server(listener: TcpListener, metrics: Metrics, data: AppData) -> std::io
     let recovery = web::Data::new(data.recovery);
     let feed = web::Data::new(data.feed);
     let streams_closed = web::Data::new(data.streams_closed);
-    service_common::http::serve(listener, metrics, move |config| {
+    service_common::server::serve(listener, metrics, drain, move |config| {
         config
             .app_data(pool.clone())
             .app_data(keys.clone())

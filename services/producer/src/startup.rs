@@ -57,7 +57,15 @@ impl Application {
         let broker = BrokerProbe::new(producer.clone(), &mut registry);
         let metrics = Metrics::new(registry);
         let limiter = LoginLimiter::new(&settings.login_limit);
-        let server = run_server(listener, metrics, pool.clone(), keys, ttl, limiter, broker.clone())?;
+        let drain = settings.shutdown.http_drain();
+        let data = AppData {
+            pool: pool.clone(),
+            keys,
+            ttl,
+            limiter,
+            broker: broker.clone(),
+        };
+        let server = run_server(listener, metrics, drain, data)?;
         let relay = Relay::new(pool, producer.clone(), &settings, relay_metrics);
         tracing::info!(%address, port, "producer listening");
         Ok(Self {
@@ -107,21 +115,22 @@ impl Application {
     }
 }
 
-fn run_server(
-    listener: TcpListener,
-    metrics: Metrics,
+/// What the HTTP handlers need.
+struct AppData {
     pool: PgPool,
     keys: TokenKeys,
     ttl: TokenTtl,
     limiter: LoginLimiter,
     broker: BrokerProbe,
-) -> std::io::Result<Server> {
-    let limiter = web::Data::new(limiter);
-    let pool = web::Data::new(pool);
-    let keys = web::Data::new(keys);
-    let ttl = web::Data::new(ttl);
-    let broker = web::Data::new(broker);
-    service_common::http::serve(listener, metrics, move |config| {
+}
+
+fn run_server(listener: TcpListener, metrics: Metrics, drain: Duration, data: AppData) -> std::io::Result<Server> {
+    let limiter = web::Data::new(data.limiter);
+    let pool = web::Data::new(data.pool);
+    let keys = web::Data::new(data.keys);
+    let ttl = web::Data::new(data.ttl);
+    let broker = web::Data::new(data.broker);
+    service_common::server::serve(listener, metrics, drain, move |config| {
         config
             .app_data(pool.clone())
             .app_data(keys.clone())

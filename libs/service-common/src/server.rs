@@ -1,0 +1,52 @@
+//! The HTTP server both services run: what every service answers the same
+//! way, around the service's own routes.
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::middleware::from_fn;
+use actix_web::{web, App, HttpServer};
+use tracing_actix_web::TracingLogger;
+
+use crate::health;
+use crate::http::{json_config, not_found, path_config, query_config};
+use crate::metrics::{self, Metrics};
+
+/// An HTTP server on `listener` with what every service has: a tracing span
+/// per request, request metrics and `GET /metrics` (from `metrics`), the
+/// JSON extractor settings, `/health/live`, and JSON `404`s; plus the
+/// service's own routes (including `/health/ready`) and app data from
+/// `configure`. Signals are left to the caller, which stops the server
+/// through its handle; requests in flight then get `drain` to finish
+/// (whole seconds, at least one; [`ShutdownSettings::http_drain`]).
+///
+/// [`ShutdownSettings::http_drain`]: crate::configuration::ShutdownSettings::http_drain
+///
+/// # Errors
+///
+/// When the listener cannot be used.
+pub fn serve<F>(listener: TcpListener, metrics: Metrics, drain: Duration, configure: F) -> std::io::Result<Server>
+where
+    F: Fn(&mut web::ServiceConfig) + Clone + Send + 'static,
+{
+    let metrics = web::Data::new(metrics);
+    let server = HttpServer::new(move || {
+        App::new()
+            .wrap(from_fn(metrics::record_request))
+            .wrap(TracingLogger::default())
+            .app_data(metrics.clone())
+            .app_data(json_config())
+            .app_data(path_config())
+            .app_data(query_config())
+            .configure(configure.clone())
+            .route("/health/live", web::get().to(health::live))
+            .route("/metrics", web::get().to(metrics::endpoint))
+            .default_service(web::to(not_found))
+    })
+    .listen(listener)?
+    .disable_signals()
+    .shutdown_timeout(drain.as_secs().max(1))
+    .run();
+    Ok(server)
+}
