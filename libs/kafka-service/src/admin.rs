@@ -6,11 +6,42 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
 
 use crate::context::KafkaContext;
 use crate::error::AdminError;
 use crate::settings::KafkaSettings;
 use crate::topics::TopicSpec;
+
+/// [`ensure_topics`], retried while the broker is unreachable, pausing for
+/// each of `delays` in turn (30 s once they run out), until it succeeds or
+/// `shutdown` is cancelled. `Ok(false)` means shutdown came first.
+///
+/// # Errors
+///
+/// The first error retrying cannot fix ([`AdminError::is_transient`] is
+/// false): a topic with too few partitions, or one the broker refuses.
+pub async fn provision_topics(
+    settings: &KafkaSettings,
+    specs: &[&TopicSpec],
+    mut delays: impl Iterator<Item = Duration>,
+    shutdown: &CancellationToken,
+) -> Result<bool, AdminError> {
+    loop {
+        match ensure_topics(settings, specs).await {
+            Ok(()) => return Ok(true),
+            Err(error) if error.is_transient() => {
+                let cause = std::error::Error::source(&error).map(ToString::to_string);
+                tracing::warn!(%error, cause, "topic provisioning failed; retrying");
+                let delay = delays.next().unwrap_or(Duration::from_secs(30));
+                if shutdown.run_until_cancelled(tokio::time::sleep(delay)).await.is_none() {
+                    return Ok(false);
+                }
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
 
 /// Creates every topic in `specs` that does not exist, then checks that each
 /// has at least its configured number of partitions.

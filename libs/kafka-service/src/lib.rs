@@ -46,7 +46,7 @@ pub mod reader;
 pub mod settings;
 pub mod topics;
 
-pub use admin::{ensure_topics, group_offsets, partition_count, PartitionOffsets};
+pub use admin::{ensure_topics, group_offsets, partition_count, provision_topics, PartitionOffsets};
 pub use consumer::{EventConsumer, PartitionLease, Record};
 pub use dispatch::{Disposition, RecordHandler};
 pub use envelope::{Envelope, EnvelopeError};

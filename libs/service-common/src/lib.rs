@@ -18,7 +18,7 @@
 //! - [`openapi`]: what both services' OpenAPI documents share.
 //! - [`metrics`]: the Prometheus registry, HTTP metrics and `GET /metrics`.
 //! - [`run`]: the shape of `main`.
-//! - [`retry`]: the backoff policy, and topic provisioning under it.
+//! - [`retry`]: the backoff policy for transient failures.
 #![warn(missing_docs)]
 
 pub mod auth;

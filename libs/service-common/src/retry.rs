@@ -1,10 +1,8 @@
-//! The retry policy both services use for transient failures, and topic
-//! provisioning under it.
+//! The retry policy both services use for transient failures.
 
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
-use kafka_service::{AdminError, KafkaSettings, TopicSpec};
 use tokio_util::sync::CancellationToken;
 
 /// Longest pause between attempts.
@@ -26,37 +24,5 @@ pub fn backoff() -> ExponentialBackoff {
 /// first.
 pub async fn sleep_or_cancel(delays: &mut ExponentialBackoff, shutdown: &CancellationToken) -> bool {
     let delay = delays.next().unwrap_or(MAX_DELAY);
-    tokio::select! {
-        () = shutdown.cancelled() => false,
-        () = tokio::time::sleep(delay) => true,
-    }
-}
-
-/// [`kafka_service::ensure_topics`], retried under [`backoff`] while the
-/// broker is unreachable, until it succeeds or `shutdown` is cancelled.
-/// `Ok(false)` means shutdown came first.
-///
-/// # Errors
-///
-/// The first error retrying cannot fix ([`AdminError::is_transient`] is
-/// false): a topic with too few partitions, or one the broker refuses.
-pub async fn provision_topics(
-    settings: &KafkaSettings,
-    specs: &[&TopicSpec],
-    shutdown: &CancellationToken,
-) -> Result<bool, AdminError> {
-    let mut delays = backoff();
-    loop {
-        match kafka_service::ensure_topics(settings, specs).await {
-            Ok(()) => return Ok(true),
-            Err(error) if error.is_transient() => {
-                let cause = std::error::Error::source(&error).map(ToString::to_string);
-                tracing::warn!(%error, cause, "topic provisioning failed; retrying");
-                if !sleep_or_cancel(&mut delays, shutdown).await {
-                    return Ok(false);
-                }
-            }
-            Err(error) => return Err(error),
-        }
-    }
+    shutdown.run_until_cancelled(tokio::time::sleep(delay)).await.is_some()
 }

@@ -365,9 +365,8 @@ impl Delivery {
                     round = state.round,
                     "waiting for the retry's due time"
                 );
-                tokio::select! {
-                    () = cancel.cancelled() => return Err(Interrupted::Cancelled),
-                    () = tokio::time::sleep(wait) => {}
+                if cancel.run_until_cancelled(tokio::time::sleep(wait)).await.is_none() {
+                    return Err(Interrupted::Cancelled);
                 }
                 // Its key's parked records may have moved on meanwhile.
                 position = self.parking.position(origin, record.key.as_deref()).await?;
@@ -492,9 +491,8 @@ impl Delivery {
                             topic: record.topic.clone(),
                         })
                         .inc();
-                    tokio::select! {
-                        () = cancel.cancelled() => return Err(Interrupted::Cancelled),
-                        () = tokio::time::sleep(delay) => {}
+                    if cancel.run_until_cancelled(tokio::time::sleep(delay)).await.is_none() {
+                        return Err(Interrupted::Cancelled);
                     }
                 }
             }

@@ -183,7 +183,8 @@ async fn consume(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let topics = &settings.kafka.topics;
-    if !service_common::retry::provision_topics(&settings.kafka, &topics.specs(&Topic::ALL), &shutdown)
+    let specs = topics.specs(&Topic::ALL);
+    if !kafka_service::provision_topics(&settings.kafka, &specs, service_common::retry::backoff(), &shutdown)
         .await
         .context("topic provisioning failed")?
     {

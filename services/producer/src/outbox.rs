@@ -411,7 +411,7 @@ impl Relay {
     /// than configured, or a topic the broker refuses to create.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let specs = self.kafka.topics.specs(&Topic::EVENTS);
-        if !service_common::retry::provision_topics(&self.kafka, &specs, &shutdown)
+        if !kafka_service::provision_topics(&self.kafka, &specs, backoff(), &shutdown)
             .await
             .context("topic provisioning failed")?
         {
@@ -468,9 +468,12 @@ impl Relay {
                 tracing::info!("another producer instance is relaying the outbox; standing by");
                 waiting_logged = true;
             }
-            tokio::select! {
-                () = shutdown.cancelled() => return Ok(()),
-                () = tokio::time::sleep(self.poll_interval) => {}
+            if shutdown
+                .run_until_cancelled(tokio::time::sleep(self.poll_interval))
+                .await
+                .is_none()
+            {
+                return Ok(());
             }
         }
         tracing::info!("outbox relay elected; publishing");
