@@ -20,6 +20,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 /// How often librdkafka reports statistics (and so lag), in milliseconds.
@@ -39,6 +40,12 @@ pub struct PartitionLabels {
 pub struct TopicLabels {
     /// The physical topic name.
     pub topic: String,
+}
+
+/// Histogram buckets for durations, in seconds: 0.5 ms doubling to about
+/// 16 s.
+pub fn seconds_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

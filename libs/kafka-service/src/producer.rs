@@ -3,8 +3,13 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -13,6 +18,7 @@ use rdkafka::util::Timeout;
 use crate::context::KafkaContext;
 use crate::envelope::Envelope;
 use crate::error::ProduceError;
+use crate::monitor::{seconds_histogram, TopicLabels};
 use crate::settings::KafkaSettings;
 
 /// Where the broker stored a record: its delivery report.
@@ -49,11 +55,63 @@ pub struct OutgoingRecord {
 /// [`fatal_error`](Self::fatal_error) says so until a record is delivered
 /// again.
 ///
-/// Cheap to clone: clones share one client.
+/// Every record it sends is counted, whoever sends it (the relay, the
+/// consumer's retry and dead-letter copies, a redrive), once
+/// [`register_metrics`](Self::register_metrics) registered the counts:
+///
+/// - `kafka_records_published_total{topic,result}`: `delivered`, or
+///   `failed` when the client refused the record or its delivery report is
+///   an error;
+/// - `kafka_delivery_duration_seconds{topic}`: from handing a record to the
+///   client to its delivery report, either way.
+///
+/// Cheap to clone: clones share one client and its counts.
 #[derive(Clone)]
 pub struct EventProducer {
+    /// What the clones share.
     shared: Arc<Shared>,
+    /// How long [`ping`](Self::ping)'s metadata request may take
+    /// (`kafka.request_timeout_ms`).
     request_timeout: Duration,
+}
+
+/// The published-records counts, by topic.
+#[derive(Clone)]
+struct ProducerMetrics {
+    published: Family<PublishLabels, Counter>,
+    delivery: Family<TopicLabels, Histogram, fn() -> Histogram>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PublishLabels {
+    topic: String,
+    result: &'static str,
+}
+
+impl ProducerMetrics {
+    fn new() -> Self {
+        Self {
+            published: Family::default(),
+            delivery: Family::new_with_constructor(seconds_histogram),
+        }
+    }
+
+    /// Counts one record's end: `delivered` or `failed`, `started` being
+    /// when it was handed to the client.
+    fn count(&self, topic: &str, delivered: bool, started: Instant) {
+        let result = if delivered { "delivered" } else { "failed" };
+        self.published
+            .get_or_create(&PublishLabels {
+                topic: topic.to_owned(),
+                result,
+            })
+            .inc();
+        self.delivery
+            .get_or_create(&TopicLabels {
+                topic: topic.to_owned(),
+            })
+            .observe(started.elapsed().as_secs_f64());
+    }
 }
 
 struct Shared {
@@ -68,6 +126,8 @@ struct Shared {
     /// Whether `fatal` is set, so that a delivery, the common case, need
     /// not take its lock.
     recovering: AtomicBool,
+    /// Every record's end, by topic.
+    metrics: ProducerMetrics,
 }
 
 impl EventProducer {
@@ -101,9 +161,27 @@ impl EventProducer {
                 context,
                 fatal: Mutex::new(None),
                 recovering: AtomicBool::new(false),
+                metrics: ProducerMetrics::new(),
             }),
             request_timeout: settings.request_timeout(),
         })
+    }
+
+    /// Registers the published-records counts in `registry` (see the type's
+    /// documentation). Register one producer per registry: the names are
+    /// the same for every producer.
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        let metrics = &self.shared.metrics;
+        registry.register(
+            "kafka_records_published",
+            "Records handed to Kafka, by topic and delivery result",
+            metrics.published.clone(),
+        );
+        registry.register(
+            "kafka_delivery_duration_seconds",
+            "Time from producing a record to its delivery report",
+            metrics.delivery.clone(),
+        );
     }
 
     /// The fatal error the client was replaced for, from the first failure
@@ -200,9 +278,11 @@ impl EventProducer {
         extra: &[(&str, String)],
     ) -> Result<impl Future<Output = Result<Delivery, ProduceError>> + Send + 'static, ProduceError> {
         let client = self.client();
+        let started = Instant::now();
         let delivery = match client.send_result(envelope_record(topic, envelope, extra)) {
             Ok(delivery) => delivery,
             Err((source, _)) => {
+                self.shared.metrics.count(topic, false, started);
                 self.recover(client);
                 return Err(ProduceError::Delivery {
                     topic: topic.to_owned(),
@@ -222,18 +302,20 @@ impl EventProducer {
                 // The client was destroyed before it reported.
                 Err(_canceled) => Err(KafkaError::Canceled),
             };
-            producer.reported(client, topic, report)
+            producer.reported(client, topic, started, report)
         })
     }
 
-    /// `report`, for a record sent on `used`: counts a delivery, or looks
-    /// for a fatal error after a failure.
+    /// `report`, for a record handed to `used` at `started`: counts it, and
+    /// notes a delivery or looks for a fatal error after a failure.
     fn reported(
         &self,
         used: FutureProducer<KafkaContext>,
         topic: String,
+        started: Instant,
         report: Result<Delivery, KafkaError>,
     ) -> Result<Delivery, ProduceError> {
+        self.shared.metrics.count(&topic, report.is_ok(), started);
         match report {
             Ok(delivery) => {
                 self.delivered();
@@ -279,6 +361,7 @@ impl EventProducer {
         V: rdkafka::message::ToBytes + ?Sized,
     {
         let client = self.client();
+        let started = Instant::now();
         let report = client
             .send(record, Timeout::After(QUEUE_FULL_WAIT))
             .await
@@ -287,7 +370,7 @@ impl EventProducer {
                 offset: delivery.offset,
             })
             .map_err(|(source, _)| source);
-        self.reported(client, topic.to_owned(), report)
+        self.reported(client, topic.to_owned(), started, report)
     }
 
     /// Checks that a broker answers a metadata request within the request

@@ -63,6 +63,7 @@ impl Application {
         let producer = EventProducer::new(&settings.kafka, "consumer").context("invalid configuration: kafka")?;
         let mut registry = Registry::default();
         let monitor = GroupMonitor::new(&mut registry);
+        producer.register_metrics(&mut registry);
         let delivery_metrics = DeliveryMetrics::new(&mut registry);
         let recovery = Recovery::new(
             Parking::new(pool.clone()),

@@ -51,13 +51,9 @@ use events::UserEvent;
 use futures::future::{join_all, ready, BoxFuture, Either, FutureExt};
 use futures::stream::{FuturesOrdered, StreamExt};
 use kafka_service::{Delivery, Envelope, EventProducer, KafkaSettings, ProduceError, Topic};
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use serde::Serialize;
-use service_common::metrics::{seconds_histogram, Registry, TopicLabels};
+use service_common::metrics::Registry;
 use service_common::retry::{backoff, sleep_or_cancel};
 use sqlx::postgres::{PgListener, PgNotification};
 use sqlx::{Connection, PgConnection, PgPool};
@@ -315,25 +311,15 @@ struct InFlight<'a> {
 ///   once (each holds back its key's later rows), measured with them;
 /// - `outbox_oldest_failing_age_seconds`: age of the oldest of those (0 when
 ///   none);
-/// - `kafka_records_published_total{topic,result}`: `delivered` or `failed`;
-/// - `kafka_delivery_duration_seconds{topic}`: from handing a record to the
-///   client to its delivery report.
 ///
-/// While no instance is elected (or the database is down) they stand still.
+/// (What it publishes is counted by the [`EventProducer`] itself.) While no
+/// instance is elected (or the database is down) they stand still.
 #[derive(Clone)]
 pub struct RelayMetrics {
     pending: Gauge,
     oldest_age: Gauge<f64, AtomicU64>,
     failing: Gauge,
     oldest_failing_age: Gauge<f64, AtomicU64>,
-    published: Family<PublishLabels, Counter>,
-    delivery: Family<TopicLabels, Histogram, fn() -> Histogram>,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct PublishLabels {
-    topic: String,
-    result: &'static str,
 }
 
 impl RelayMetrics {
@@ -344,8 +330,6 @@ impl RelayMetrics {
             oldest_age: Gauge::default(),
             failing: Gauge::default(),
             oldest_failing_age: Gauge::default(),
-            published: Family::default(),
-            delivery: Family::new_with_constructor(seconds_histogram),
         };
         registry.register(
             "outbox_pending_rows",
@@ -366,16 +350,6 @@ impl RelayMetrics {
             "outbox_oldest_failing_age_seconds",
             "Age of the oldest outbox row whose publishing failed",
             metrics.oldest_failing_age.clone(),
-        );
-        registry.register(
-            "kafka_records_published",
-            "Records handed to Kafka, by topic and delivery result",
-            metrics.published.clone(),
-        );
-        registry.register(
-            "kafka_delivery_duration_seconds",
-            "Time from producing a record to its delivery report",
-            metrics.delivery.clone(),
         );
         metrics
     }
@@ -670,28 +644,18 @@ impl Relay {
             .iter()
             .map(|value| (service_common::telemetry::TRACEPARENT, value.clone()))
             .collect();
-        let delivery = self.producer.enqueue_with_headers(&topic, &envelope, &trace);
-        if delivery.is_err() {
-            self.count_published(&topic, "failed");
-        }
-        Ok((topic, delivery?))
+        let delivery = self.producer.enqueue_with_headers(&topic, &envelope, &trace)?;
+        Ok((topic, delivery))
     }
 
-    /// Awaits `row`'s delivery report, counts and logs it.
+    /// Awaits `row`'s delivery report and logs it.
     async fn delivered(
         &self,
         row: PendingRow,
         topic: String,
         delivery: impl std::future::Future<Output = Result<Delivery, ProduceError>>,
     ) -> DeliveryResult {
-        let started = std::time::Instant::now();
-        let sent = delivery.await;
-        self.count_published(&topic, if sent.is_ok() { "delivered" } else { "failed" });
-        self.metrics
-            .delivery
-            .get_or_create(&TopicLabels { topic: topic.clone() })
-            .observe(started.elapsed().as_secs_f64());
-        let sent = match sent {
+        let sent = match delivery.await {
             Ok(delivery) => {
                 tracing::debug!(topic, partition = delivery.partition, offset = delivery.offset, key = row.subject, event_id = %row.event_id, "event published");
                 Sent::Delivered
@@ -703,16 +667,6 @@ impl Relay {
             key: row.subject,
             sent,
         }
-    }
-
-    fn count_published(&self, topic: &str, result: &'static str) {
-        self.metrics
-            .published
-            .get_or_create(&PublishLabels {
-                topic: topic.to_owned(),
-                result,
-            })
-            .inc();
     }
 
     /// Settles a completed batch: marks its delivered rows published,

@@ -53,6 +53,7 @@ impl Application {
         let port = listener.local_addr()?.port();
         let ttl = TokenTtl(chrono::Duration::seconds(settings.auth.token_ttl_secs as i64));
         let mut registry = Registry::default();
+        producer.register_metrics(&mut registry);
         let relay_metrics = RelayMetrics::new(&mut registry);
         let broker = BrokerProbe::new(producer.clone(), &mut registry);
         let metrics = Metrics::new(registry);
