@@ -70,7 +70,8 @@ pub struct Delivery {
 ///
 /// - `kafka_records_consumed_total{topic,outcome}`: `applied`, `duplicate`
 ///   (applied before), `parked` (moved to the retry topic, first time or
-///   another round), `requeued` (behind an older parked record of its key),
+///   another round), `deferred` (copied to the retry topic again, behind an
+///   older parked record of its key),
 ///   `dead_lettered`, `skipped` (a second copy of a resolved record);
 /// - `kafka_record_retries_total{topic}`: in-place retries;
 /// - `kafka_record_handling_duration_seconds{topic}`: from taking a record
@@ -398,10 +399,10 @@ impl Delivery {
                     Step::Produce {
                         origin: origin.clone(),
                         copy,
-                        kind: CopyKind::Requeued { head },
+                        kind: CopyKind::Deferred { head },
                     },
                 ];
-                return Ok(Finish::counted("requeued", steps));
+                return Ok(Finish::counted("deferred", steps));
             }
         }
         Ok(match self.try_in_place(record, origin, cancel).await? {
@@ -575,7 +576,7 @@ impl Delivery {
                 Step::Produce { origin, copy, kind } => {
                     let topic = match kind {
                         CopyKind::DeadLettered { .. } => self.topics.name(Topic::DeadLetter),
-                        CopyKind::Parked { .. } | CopyKind::Requeued { .. } => self.topics.name(Topic::Retry),
+                        CopyKind::Parked { .. } | CopyKind::Deferred { .. } => self.topics.name(Topic::Retry),
                     };
                     let delivered = self.producer.send_record(topic, copy).await?;
                     kind.log(origin, delivered);
@@ -639,7 +640,7 @@ enum CopyKind {
     Parked { round: u32, delay: Duration },
     /// Back to the end of the retry topic, behind `head`, the oldest parked
     /// record of its key.
-    Requeued { head: String },
+    Deferred { head: String },
     /// To the dead-letter topic.
     DeadLettered {
         class: FailureClass,
@@ -660,8 +661,8 @@ impl CopyKind {
                 retry_offset = delivered.offset,
                 "record parked on the retry topic"
             ),
-            CopyKind::Requeued { head } => {
-                tracing::debug!(%origin, head, "an earlier record with this key is still parked; re-queued behind it")
+            CopyKind::Deferred { head } => {
+                tracing::debug!(%origin, head, "an earlier record with this key is still parked; deferred behind it")
             }
             CopyKind::DeadLettered {
                 class,
