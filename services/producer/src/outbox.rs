@@ -246,10 +246,19 @@ pub struct Relay {
     /// connection (which holds the advisory lock and runs every relay query,
     /// so losing it loses the lock and stops publishing at once).
     pool: PgPool,
+    /// Publishes the rows.
     producer: EventProducer,
+    /// The topic registry (where each event type goes) and what topic
+    /// provisioning needs.
     kafka: KafkaSettings,
+    /// Rows per read and per batch handed to the producer
+    /// (`outbox.batch_size`, at least 1).
     batch_size: u32,
+    /// Batches whose delivery reports may be awaited at once
+    /// (`outbox.batches_in_flight`, at least 1).
     batches_in_flight: usize,
+    /// How often a standby tries the lock, and a caught-up leader reads
+    /// without a NOTIFY (`outbox.poll_interval_ms`).
     poll_interval: Duration,
     /// How long one query on the leadership connection may take before the
     /// connection is taken for dead and leadership given up
@@ -257,6 +266,7 @@ pub struct Relay {
     ///
     /// [`DatabaseSettings::statement_deadline`]: service_common::configuration::DatabaseSettings::statement_deadline
     statement_deadline: Option<Duration>,
+    /// The outbox's gauges.
     metrics: RelayMetrics,
     /// When the pending-rows metrics were last measured: during a catch-up
     /// they are measured at most every [`PENDING_METRICS_INTERVAL`], since
@@ -290,6 +300,7 @@ enum Sent {
 
 /// Outbox rows handed to the producer whose delivery reports are awaited,
 /// as batches that complete in the order they were sent.
+#[derive(Default)]
 struct InFlight<'a> {
     batches: FuturesOrdered<BoxFuture<'a, Vec<DeliveryResult>>>,
     /// The ids of every row in `batches`, which the next read skips.
@@ -423,20 +434,31 @@ impl Relay {
         let mut connection = PgConnection::connect_with(&options)
             .await
             .context("could not open the relay's database connection")?;
+        if !self.elect(&mut connection, shutdown).await? {
+            return Ok(());
+        }
+        tracing::info!("outbox relay elected; publishing");
+        self.publish(&mut connection, shutdown).await
+    }
+
+    /// Tries the relay lock on `connection` every poll interval until this
+    /// instance holds it (`true`) or shutdown comes first (`false`). The
+    /// lock is the session's: it is held until `connection` closes.
+    async fn elect(&self, connection: &mut PgConnection, shutdown: &CancellationToken) -> anyhow::Result<bool> {
         let mut waiting_logged = false;
         loop {
             let elected: bool = self
                 .bounded(async {
                     sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
                         .bind(RELAY_LOCK_KEY)
-                        .fetch_one(&mut connection)
+                        .fetch_one(&mut *connection)
                         .await
                         .map_err(RelayError::Database)
                 })
                 .await
                 .context("could not try the relay lock")?;
             if elected {
-                break;
+                return Ok(true);
             }
             if !waiting_logged {
                 tracing::info!("another producer instance is relaying the outbox; standing by");
@@ -447,31 +469,25 @@ impl Relay {
                 .await
                 .is_none()
             {
-                return Ok(());
+                return Ok(false);
             }
         }
-        tracing::info!("outbox relay elected; publishing");
+    }
 
+    /// The leader's loop: keeps up to `batches_in_flight` batches in
+    /// flight, settles each as its delivery reports arrive, and once caught
+    /// up waits for a commit's NOTIFY or the poll interval. At shutdown it
+    /// drains what is in flight ([`drain`](Self::drain)).
+    async fn publish(&self, connection: &mut PgConnection, shutdown: &CancellationToken) -> anyhow::Result<()> {
         let mut listener = PgListener::connect_with(&self.pool).await.context("could not LISTEN")?;
         listener.listen(CHANNEL).await.context("could not LISTEN")?;
-        let mut in_flight = InFlight {
-            batches: FuturesOrdered::new(),
-            ids: HashSet::new(),
-            blocked: HashSet::new(),
-        };
+        let mut in_flight = InFlight::default();
         // Whether the last read found fewer rows than a batch: then nothing
         // is read again until a NOTIFY, the poll interval or a failed row.
         let mut caught_up = false;
         loop {
-            while !caught_up && in_flight.batches.len() < self.batches_in_flight && !shutdown.is_cancelled() {
-                let rows = self.bounded(self.pending_rows(&mut connection, &in_flight.ids)).await?;
-                caught_up = rows.len() < self.batch_size as usize;
-                if rows.is_empty() {
-                    break;
-                }
-                in_flight.ids.extend(rows.iter().map(|row| row.id));
-                let batch = self.send_batch(rows, &mut in_flight.blocked);
-                in_flight.batches.push_back(batch);
+            if !caught_up {
+                caught_up = self.fill(connection, &mut in_flight, shutdown).await?;
             }
             if in_flight.batches.is_empty() {
                 if shutdown.is_cancelled() {
@@ -488,7 +504,7 @@ impl Relay {
             }
             tokio::select! {
                 Some(results) = in_flight.batches.next() => {
-                    let settled = self.settle(&mut connection, &mut in_flight.ids, &mut in_flight.blocked, results);
+                    let settled = self.settle(connection, &mut in_flight.ids, &mut in_flight.blocked, results);
                     if !self.bounded(settled).await? {
                         // Read again: the rows left behind are skipped
                         // until due, and other keys' rows may be waiting.
@@ -506,26 +522,55 @@ impl Relay {
                     self.notified(&mut listener, notification);
                     caught_up = false;
                 }
-                () = shutdown.cancelled() => {
-                    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-                        while let Some(results) = in_flight.batches.next().await {
-                            let settled = self.settle(&mut connection, &mut in_flight.ids, &mut in_flight.blocked, results);
-                            self.bounded(settled).await?;
-                        }
-                        Ok::<(), RelayError>(())
-                    })
-                    .await;
-                    match drained {
-                        Ok(settled) => settled?,
-                        Err(_) => tracing::warn!(
-                            rows = in_flight.ids.len(),
-                            "shutdown: abandoning undelivered outbox rows; they stay pending"
-                        ),
-                    }
-                    return Ok(());
-                }
+                () = shutdown.cancelled() => return self.drain(connection, in_flight).await,
             }
         }
+    }
+
+    /// Reads pending rows and hands them to the producer, a batch per read,
+    /// until `batches_in_flight` batches are in flight, a read finds fewer
+    /// rows than a batch (returns `true`: caught up), or shutdown begins.
+    async fn fill<'a>(
+        &'a self,
+        connection: &mut PgConnection,
+        in_flight: &mut InFlight<'a>,
+        shutdown: &CancellationToken,
+    ) -> Result<bool, RelayError> {
+        while in_flight.batches.len() < self.batches_in_flight && !shutdown.is_cancelled() {
+            let rows = self.bounded(self.pending_rows(connection, &in_flight.ids)).await?;
+            let caught_up = rows.len() < self.batch_size as usize;
+            if !rows.is_empty() {
+                in_flight.ids.extend(rows.iter().map(|row| row.id));
+                let batch = self.send_batch(rows, &mut in_flight.blocked);
+                in_flight.batches.push_back(batch);
+            }
+            if caught_up {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// At shutdown: settles the batches in flight as their reports arrive,
+    /// for at most [`SHUTDOWN_GRACE`]; rows still unconfirmed then stay
+    /// pending and go out again after the restart.
+    async fn drain(&self, connection: &mut PgConnection, mut in_flight: InFlight<'_>) -> anyhow::Result<()> {
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while let Some(results) = in_flight.batches.next().await {
+                let settled = self.settle(connection, &mut in_flight.ids, &mut in_flight.blocked, results);
+                self.bounded(settled).await?;
+            }
+            Ok::<(), RelayError>(())
+        })
+        .await;
+        match drained {
+            Ok(settled) => settled?,
+            Err(_) => tracing::warn!(
+                rows = in_flight.ids.len(),
+                "shutdown: abandoning undelivered outbox rows; they stay pending"
+            ),
+        }
+        Ok(())
     }
 
     /// Runs `query` on the leadership connection within the statement
