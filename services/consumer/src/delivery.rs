@@ -56,13 +56,20 @@ pub const DUE_TIME_MARGIN: Duration = Duration::from_secs(300);
 /// retry topic). Cheap to clone: one per partition worker.
 #[derive(Clone)]
 pub struct Delivery {
+    /// Applies a record: one try.
     handler: Handler,
+    /// Which records are parked, per topic and key: what makes a record
+    /// wait behind an earlier one, and what a retry copy is checked against.
     parking: Parking,
+    /// Sends the retry and dead-letter copies.
     producer: EventProducer,
     /// The topics' physical names: where a record came from, and where its
     /// copies go.
     topics: TopicRegistry,
+    /// How often and how long to retry, in place and through the retry
+    /// topic (`retry.*`).
     policy: RetrySettings,
+    /// What became of each record, by topic.
     metrics: DeliveryMetrics,
 }
 
@@ -148,9 +155,20 @@ impl From<kafka_service::ProduceError> for Interrupted {
 
 /// The result of a delivery's in-place tries.
 enum Tried {
+    /// Applied, or found applied before.
     Succeeded(Outcome),
+    /// Refused for good: the handler's permanent error, with its causes.
     Rejected { reason: String, tries: u32 },
+    /// Every in-place try failed transiently; `error` is the last one.
     Exhausted { error: String, tries: u32 },
+}
+
+/// Where a retry copy stands once it is due ([`Delivery::when_due`]).
+enum WhenDue {
+    /// Its record's place among its key's parked records.
+    At(Position),
+    /// Its due time is beyond the schedule's longest wait: the reason.
+    TooFar(String),
 }
 
 impl RecordHandler for Delivery {
@@ -333,119 +351,157 @@ impl Delivery {
         })
     }
 
+    /// What becomes of a copy read from the retry topic: dead-lettered when
+    /// its headers are not ours or its due time is beyond the schedule,
+    /// skipped when its record is no longer parked, deferred behind an older
+    /// parked record of its key, otherwise tried once due.
     async fn decide_retry(&self, record: &Record, cancel: &CancellationToken) -> Result<Finish, Interrupted> {
-        let state = match RetryHeaders::of(record) {
-            Ok(state) => state,
+        let headers = match RetryHeaders::of(record) {
+            Ok(headers) => headers,
             Err(error) => {
                 let reason = format!("not a retry record: {error}");
                 let origin = Origin::consumed_at(record);
                 return Ok(self.dead_lettered(record, origin, FailureClass::Permanent, 0, reason));
             }
         };
-        let origin = &state.origin;
-        // A copy whose record is no longer parked is skipped before any wait,
-        // so a stale or forged copy holds up nothing behind it.
-        let mut position = self.parking.position(origin, record.key.as_deref()).await?;
-        if position != Position::Resolved {
-            let wait = (state.not_before - Utc::now()).to_std().unwrap_or_default();
-            let longest = Duration::from_millis(self.policy.topic_max_delay_ms) + DUE_TIME_MARGIN;
-            if wait > longest {
-                let reason = format!(
-                    "{} is {} s away, beyond the retry schedule's longest wait ({} s, retry.topic_max_delay_ms plus {} s)",
-                    failure::header::RETRY_NOT_BEFORE,
-                    wait.as_secs(),
-                    longest.as_secs(),
-                    DUE_TIME_MARGIN.as_secs()
-                );
-                let attempts = state.attempts;
-                return Ok(self.dead_lettered(record, origin.clone(), FailureClass::Permanent, attempts, reason));
+        let origin = &headers.origin;
+        match self.when_due(record, &headers, cancel).await? {
+            WhenDue::TooFar(reason) => {
+                let attempts = headers.attempts;
+                Ok(self.dead_lettered(record, origin.clone(), FailureClass::Permanent, attempts, reason))
             }
-            if !wait.is_zero() {
-                tracing::debug!(
-                    wait_ms = wait.as_millis(),
-                    round = state.round,
-                    "waiting for the retry's due time"
-                );
-                if cancel.run_until_cancelled(tokio::time::sleep(wait)).await.is_none() {
-                    return Err(Interrupted::Cancelled);
-                }
-                // Its key's parked records may have moved on meanwhile.
-                position = self.parking.position(origin, record.key.as_deref()).await?;
-            }
-        }
-        match position {
-            Position::Head => {}
-            Position::Resolved => {
+            WhenDue::At(Position::Resolved) => {
                 tracing::info!(%origin, "second copy of a record already applied or dead-lettered; skipped");
-                return Ok(Finish::counted("skipped", []));
+                Ok(Finish::counted("skipped", []))
             }
-            Position::Behind(head) => {
-                // Back to the end of the retry topic, behind `head` (same
-                // key, same partition). The delay keeps a key whose head is
-                // not on the retry topic yet (its source is being redelivered
-                // after a crash) from spinning.
-                let schedule = Schedule {
-                    round: state.round,
-                    attempts: state.attempts,
-                    due_at: Utc::now() + self.policy.round_delay(1).min(Duration::from_secs(1)),
-                };
-                let copy = schedule.headers(origin, &format!("parked behind {head}")).copy(record);
-                let steps = [
-                    Step::Reschedule {
-                        origin: origin.clone(),
-                        schedule,
-                        reason: None,
-                    },
-                    Step::Produce {
-                        origin: origin.clone(),
-                        copy,
-                        kind: CopyKind::Deferred { head },
-                    },
-                ];
-                return Ok(Finish::counted("deferred", steps));
+            WhenDue::At(Position::Behind(head)) => Ok(self.deferred(record, &headers, head)),
+            WhenDue::At(Position::Head) => {
+                let tried = self.try_in_place(record, origin, cancel).await?;
+                Ok(self.after_retry(record, &headers, tried))
             }
         }
-        Ok(match self.try_in_place(record, origin, cancel).await? {
+    }
+
+    /// Waits until the copy is due, and returns where its record stands
+    /// then. A copy whose record is no longer parked is answered before any
+    /// wait, so a stale or forged copy holds up nothing behind it; a due
+    /// time beyond the retry schedule's longest wait is not waited for.
+    async fn when_due(
+        &self,
+        record: &Record,
+        headers: &RetryHeaders,
+        cancel: &CancellationToken,
+    ) -> Result<WhenDue, Interrupted> {
+        let position = self.parking.position(&headers.origin, record.key.as_deref()).await?;
+        if position == Position::Resolved {
+            return Ok(WhenDue::At(position));
+        }
+        let wait = (headers.not_before - Utc::now()).to_std().unwrap_or_default();
+        let longest = Duration::from_millis(self.policy.topic_max_delay_ms) + DUE_TIME_MARGIN;
+        if wait > longest {
+            return Ok(WhenDue::TooFar(format!(
+                "{} is {} s away, beyond the retry schedule's longest wait ({} s, retry.topic_max_delay_ms plus {} s)",
+                failure::header::RETRY_NOT_BEFORE,
+                wait.as_secs(),
+                longest.as_secs(),
+                DUE_TIME_MARGIN.as_secs()
+            )));
+        }
+        if wait.is_zero() {
+            return Ok(WhenDue::At(position));
+        }
+        tracing::debug!(
+            wait_ms = wait.as_millis(),
+            round = headers.round,
+            "waiting for the retry's due time"
+        );
+        if cancel.run_until_cancelled(tokio::time::sleep(wait)).await.is_none() {
+            return Err(Interrupted::Cancelled);
+        }
+        // Its key's parked records may have moved on meanwhile.
+        Ok(WhenDue::At(
+            self.parking.position(&headers.origin, record.key.as_deref()).await?,
+        ))
+    }
+
+    /// Deferring a copy whose key's head is `head`, an older parked record:
+    /// back to the end of the retry topic (same key, same partition), with
+    /// its round and attempts. The delay keeps a key whose head is not on
+    /// the retry topic yet (its source is being redelivered after a crash)
+    /// from spinning.
+    fn deferred(&self, record: &Record, headers: &RetryHeaders, head: String) -> Finish {
+        let origin = &headers.origin;
+        let schedule = Schedule {
+            round: headers.round,
+            attempts: headers.attempts,
+            due_at: Utc::now() + self.policy.round_delay(1).min(Duration::from_secs(1)),
+        };
+        let copy = schedule.headers(origin, &format!("parked behind {head}")).copy(record);
+        Finish::counted(
+            "deferred",
+            [
+                Step::Reschedule {
+                    origin: origin.clone(),
+                    schedule,
+                    reason: None,
+                },
+                Step::Produce {
+                    origin: origin.clone(),
+                    copy,
+                    kind: CopyKind::Deferred { head },
+                },
+            ],
+        )
+    }
+
+    /// What a retry round's tries come to: unparking after a success,
+    /// dead-lettering after a permanent failure or the last round, or the
+    /// next round.
+    fn after_retry(&self, record: &Record, headers: &RetryHeaders, tried: Tried) -> Finish {
+        let origin = &headers.origin;
+        match tried {
             Tried::Succeeded(outcome) => {
                 self.log_outcome(record, outcome);
-                if state.round > 0 {
-                    tracing::info!(%origin, round = state.round, "record applied on retry");
+                if headers.round > 0 {
+                    tracing::info!(%origin, round = headers.round, "record applied on retry");
                 }
                 Finish(VecDeque::from([Step::Unpark(origin.clone())]), None)
             }
             Tried::Rejected { reason, tries } => {
-                let attempts = state.attempts + tries;
+                let attempts = headers.attempts + tries;
                 self.dead_lettered(record, origin.clone(), FailureClass::Permanent, attempts, reason)
             }
-            Tried::Exhausted { error, tries } if state.round >= self.policy.topic_rounds => {
-                let attempts = state.attempts + tries;
+            Tried::Exhausted { error, tries } if headers.round >= self.policy.topic_rounds => {
+                let attempts = headers.attempts + tries;
                 self.dead_lettered(record, origin.clone(), FailureClass::Exhausted, attempts, error)
             }
             Tried::Exhausted { error, tries } => {
-                let round = state.round + 1;
+                let round = headers.round + 1;
                 let delay = self.policy.round_delay(round);
                 tracing::warn!(%origin, round, delay_ms = delay.as_millis(), error, "retry round failed; scheduled again");
                 let schedule = Schedule {
                     round,
-                    attempts: state.attempts + tries,
+                    attempts: headers.attempts + tries,
                     due_at: Utc::now() + delay,
                 };
                 let copy = schedule.headers(origin, &error).copy(record);
-                let steps = [
-                    Step::Reschedule {
-                        origin: origin.clone(),
-                        schedule,
-                        reason: Some(error),
-                    },
-                    Step::Produce {
-                        origin: origin.clone(),
-                        copy,
-                        kind: CopyKind::Parked { round, delay },
-                    },
-                ];
-                Finish::counted("parked", steps)
+                Finish::counted(
+                    "parked",
+                    [
+                        Step::Reschedule {
+                            origin: origin.clone(),
+                            schedule,
+                            reason: Some(error),
+                        },
+                        Step::Produce {
+                            origin: origin.clone(),
+                            copy,
+                            kind: CopyKind::Parked { round, delay },
+                        },
+                    ],
+                )
             }
-        })
+        }
     }
 
     /// Tries to apply `record` up to `retry.attempts` times, pausing between
