@@ -125,78 +125,115 @@ pub fn stream(
     after: Option<i64>,
     closed: CancellationToken,
 ) -> impl Stream<Item = Result<Bytes, actix_web::Error>> {
-    struct State {
+    let client = Client::new(pool, live, user, after, closed);
+    futures::stream::unfold(client, |mut client| async move {
+        let frame = client.next_frame().await?;
+        Some((Ok(frame), client))
+    })
+}
+
+/// A client's stream in progress: what it has replayed, and the frames
+/// ready for it.
+struct Client {
+    pool: PgPool,
+    live: broadcast::Receiver<FeedEvent>,
+    /// Only this user's events, when set.
+    user: Option<Uuid>,
+    /// `Some(last replayed)` while replaying.
+    replay_after: Option<i64>,
+    /// Sequences the replay sent, so the live part does not repeat them.
+    replayed: HashSet<i64>,
+    heartbeat: tokio::time::Interval,
+    /// Cancelled at shutdown: the stream ends.
+    closed: CancellationToken,
+    /// Frames ready to send, in order.
+    frames: VecDeque<Bytes>,
+    /// No frame is added any more; the stream ends once `frames` is empty.
+    done: bool,
+}
+
+impl Client {
+    fn new(
         pool: PgPool,
         live: broadcast::Receiver<FeedEvent>,
         user: Option<Uuid>,
-        /// `Some(last replayed)` while replaying.
-        replay_after: Option<i64>,
-        /// Sequences the replay sent, so the live part does not repeat them.
-        replayed: HashSet<i64>,
-        heartbeat: tokio::time::Interval,
+        after: Option<i64>,
         closed: CancellationToken,
-        frames: VecDeque<Bytes>,
-        done: bool,
+    ) -> Self {
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        heartbeat.reset();
+        Self {
+            pool,
+            live,
+            user,
+            replay_after: after,
+            replayed: HashSet::new(),
+            heartbeat,
+            closed,
+            // Reconnect after 2 s (the SSE `retry` field), then announce.
+            frames: VecDeque::from([Bytes::from_static(b"retry: 2000\n: connected\n\n")]),
+            done: false,
+        }
     }
-    let mut heartbeat = tokio::time::interval(HEARTBEAT);
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    heartbeat.reset();
-    let state = State {
-        pool,
-        live,
-        user,
-        replay_after: after,
-        replayed: HashSet::new(),
-        heartbeat,
-        closed,
-        // Reconnect after 2 s (the SSE `retry` field), then announce.
-        frames: VecDeque::from([Bytes::from_static(b"retry: 2000\n: connected\n\n")]),
-        done: false,
-    };
-    futures::stream::unfold(state, |mut state| async move {
+
+    /// The next frame, or `None` once the stream is over.
+    async fn next_frame(&mut self) -> Option<Bytes> {
         loop {
-            if let Some(frame) = state.frames.pop_front() {
-                return Some((Ok(frame), state));
+            if let Some(frame) = self.frames.pop_front() {
+                return Some(frame);
             }
-            if state.done {
+            if self.done {
                 return None;
             }
-            if let Some(after) = state.replay_after {
-                match replay(&state.pool, after, state.user, REPLAY_PAGE).await {
-                    Ok(events) => {
-                        state.replay_after =
-                            (events.len() as i64 == REPLAY_PAGE).then(|| events.last().map_or(after, |e| e.sequence));
-                        for event in events {
-                            state.replayed.insert(event.sequence);
-                            state.frames.push_back(frame(&event));
-                        }
-                    }
-                    Err(error) => {
-                        tracing::warn!(%error, "feed: replay failed; closing the stream");
-                        state.done = true;
-                    }
-                }
-                continue;
-            }
-            tokio::select! {
-                () = state.closed.cancelled() => state.done = true,
-                _ = state.heartbeat.tick() => state.frames.push_back(Bytes::from_static(b": heartbeat\n\n")),
-                received = state.live.recv() => match received {
-                    Ok(event) => {
-                        let wanted = state.user.is_none_or(|user| user == event.user_id);
-                        if wanted && !state.replayed.remove(&event.sequence) {
-                            state.frames.push_back(frame(&event));
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Lagged(missed)) => {
-                        tracing::info!(missed, "feed: a client fell behind and is dropped; it may resume");
-                        state.done = true;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => state.done = true,
-                },
+            match self.replay_after {
+                Some(after) => self.replay_page(after).await,
+                None => self.wait_live().await,
             }
         }
-    })
+    }
+
+    /// Replays the next page of events after `after`; a short page ends the
+    /// replay, a database error the stream.
+    async fn replay_page(&mut self, after: i64) {
+        match replay(&self.pool, after, self.user, REPLAY_PAGE).await {
+            Ok(events) => {
+                self.replay_after =
+                    (events.len() as i64 == REPLAY_PAGE).then(|| events.last().map_or(after, |e| e.sequence));
+                for event in events {
+                    self.replayed.insert(event.sequence);
+                    self.frames.push_back(frame(&event));
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "feed: replay failed; closing the stream");
+                self.done = true;
+            }
+        }
+    }
+
+    /// Waits for a live event (queued unless the replay sent it or it is
+    /// another user's), a heartbeat, or the end: shutdown, or the client
+    /// falling a whole ring behind.
+    async fn wait_live(&mut self) {
+        tokio::select! {
+            () = self.closed.cancelled() => self.done = true,
+            _ = self.heartbeat.tick() => self.frames.push_back(Bytes::from_static(b": heartbeat\n\n")),
+            received = self.live.recv() => match received {
+                Ok(event) => {
+                    let wanted = self.user.is_none_or(|user| user == event.user_id);
+                    if wanted && !self.replayed.remove(&event.sequence) {
+                        self.frames.push_back(frame(&event));
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::info!(missed, "feed: a client fell behind and is dropped; it may resume");
+                    self.done = true;
+                }
+                Err(broadcast::error::RecvError::Closed) => self.done = true,
+            },
+        }
+    }
 }
 
 /// `id:`, `event:` and `data:` lines of one event.
