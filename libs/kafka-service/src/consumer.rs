@@ -113,23 +113,32 @@ type PartitionKey = (String, i32);
 /// (which run inside [`EventConsumer::recv`]) and the partitions' workers.
 #[derive(Default)]
 struct Assignment {
+    /// Each held partition's current claim.
     leases: HashMap<PartitionKey, Claim>,
+    /// The generation the next claim gets: a partition lost and assigned
+    /// again gets a new one, so a lease of the old claim is told apart.
     next_generation: u64,
 }
 
+/// One holding of one partition.
 struct Claim {
+    /// Which holding this is (see [`Assignment::next_generation`]).
     generation: u64,
+    /// Cancelled when the partition is revoked or at shutdown.
     revoked: CancellationToken,
 }
 
 /// What the rebalance callbacks and partition leases share.
 struct Shared {
+    /// The partitions held now, with their leases: what a rebalance
+    /// revokes.
     assignment: Mutex<Assignment>,
     /// Parent of every lease's token: cancelled at shutdown.
     shutdown: CancellationToken,
     /// Offsets stored since the last successful commit (or since the one in
     /// flight): what makes a commit due.
     stored: AtomicUsize,
+    /// Receives assignments, progress and errors, for readiness and metrics.
     monitor: GroupMonitor,
 }
 
@@ -157,10 +166,18 @@ impl Shared {
 /// A member of a consumer group with manual, batched offset commits.
 /// See the [module docs](self) for the contract.
 pub struct EventConsumer {
+    /// The group member; shared with the leases, which pause and resume
+    /// their partitions and store their offsets on it.
     consumer: Arc<StreamConsumer<GroupContext>>,
+    /// What the rebalance callbacks and the leases share with it.
     shared: Arc<Shared>,
+    /// A commit is due after this many stored offsets
+    /// (`commit_batch_size`)...
     commit_batch_size: usize,
+    /// ...or this long after the last one, whichever comes first
+    /// (`commit_interval_ms`).
     commit_interval: Duration,
+    /// When the last commit was started.
     last_commit: Instant,
 }
 
