@@ -7,7 +7,7 @@ use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
-use crate::measure::{Progress, Samples};
+use crate::measure::{Progress, ProgressSample, Samples};
 
 const FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 
@@ -72,21 +72,22 @@ pub fn latency(path: &Path, outbox: &Samples, http: &Samples) -> anyhow::Result<
 /// over the last five samples (half a second).
 pub fn throughput(path: &Path, progress: &Progress) -> anyhow::Result<()> {
     register_font()?;
-    let rate = |pick: fn(&(f64, i64, i64, i64)) -> i64| -> Vec<(f64, f64)> {
+    let rate = |pick: fn(&ProgressSample) -> i64| -> Vec<(f64, f64)> {
         progress
+            .samples
             .windows(6)
             .map(|window| {
                 let (first, last) = (&window[0], &window[window.len() - 1]);
                 (
-                    last.0,
-                    (pick(last) - pick(first)) as f64 / (last.0 - first.0).max(f64::EPSILON),
+                    last.seconds,
+                    (pick(last) - pick(first)) as f64 / (last.seconds - first.seconds).max(f64::EPSILON),
                 )
             })
             .collect()
     };
-    let appended = rate(|p| p.1);
-    let published = rate(|p| p.2);
-    let rates = rate(|p| p.3);
+    let appended = rate(|sample| sample.appended);
+    let published = rate(|sample| sample.published);
+    let rates = rate(|sample| sample.applied);
     let max_t = rates.last().map_or(1.0, |(t, _)| *t);
     let max_rate = rates
         .iter()

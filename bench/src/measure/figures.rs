@@ -1,0 +1,341 @@
+//! The figures a run produces, and their markdown: what docs/benchmarks.md
+//! shows.
+
+use serde::Serialize;
+
+/// Everything one run measured.
+#[derive(Debug, Serialize)]
+pub struct Figures {
+    /// The command that produced them.
+    pub command: String,
+    /// CPU cores the machine offers (broker, database, services and this
+    /// program share them).
+    pub cores: usize,
+    /// When the run started (RFC 3339).
+    pub started_at: String,
+    /// Step 1: rdkafka alone.
+    pub raw: Option<RawFigures>,
+    /// Step 2: The consumer alone, draining a backlog.
+    pub drain: Option<DrainFigures>,
+    /// Step 2: The services' pipeline.
+    pub pipeline: Option<PipelineFigures>,
+    /// Step 3: Latency of events appended to the outbox at a steady rate.
+    pub latency_outbox: Option<LatencySummary>,
+    /// Step 3: Latency of users created and tokens issued over HTTP.
+    pub latency_http: Option<LatencySummary>,
+    /// Step 4: argon2id hashes per second on all cores, same parameters.
+    pub argon2_per_second: Option<f64>,
+    /// Step 4: The HTTP API.
+    pub http: Vec<HttpFigures>,
+    /// Step 5: Peak resident memory, KiB: (producer, consumer).
+    pub peak_rss_kib: Option<(u64, u64)>,
+    /// Where the CPU went during the pipeline run: CPU seconds by process,
+    /// and the wall-clock seconds it took.
+    pub pipeline_cpu: Option<CpuProfile>,
+    /// The same during the HTTP runs.
+    pub http_cpu: Option<CpuProfile>,
+}
+
+/// `, N missing` when some of `latency`'s events never arrived.
+fn missing(latency: &LatencySummary) -> String {
+    if latency.missing > 0 {
+        format!(", {} missing", latency.missing)
+    } else {
+        String::new()
+    }
+}
+
+/// CPU seconds per process over a stretch of wall-clock time.
+#[derive(Debug, Clone, Serialize)]
+pub struct CpuProfile {
+    /// Wall-clock seconds.
+    pub wall_seconds: f64,
+    /// (process, CPU seconds), most first.
+    pub by_process: Vec<(String, f64)>,
+}
+
+/// The raw client limit.
+#[derive(Debug, Clone, Serialize)]
+pub struct RawFigures {
+    /// Records per burst.
+    pub records: usize,
+    /// Bytes of value per record (headers come on top).
+    pub value_bytes: usize,
+    /// Records per second produced and acknowledged: the median of
+    /// [`RAW_BURSTS`] bursts of `records`.
+    pub produce_per_s: f64,
+    /// Each burst's produce rate, in order.
+    pub produce_bursts_per_s: Vec<f64>,
+    /// Records per second consumed, all the bursts' records from the
+    /// receipt of the first to that of the last (committing every 1000 and
+    /// at the end). Not per burst: librdkafka fetches ahead, so after the
+    /// first burst's worth the records come from its queue.
+    pub consume_per_s: f64,
+    /// Records per second through both at once: produced while the joined
+    /// consumer reads them, from the first send to the last receive.
+    pub concurrent_per_s: f64,
+    /// Seconds from subscribing to the first record (the group join).
+    pub join_seconds: f64,
+    /// The broker's CPU milliseconds per record: (produce, consume, both
+    /// at once).
+    pub broker_cpu_ms_per_record: (f64, f64, f64),
+    /// Produce-to-consume latency of single records sent at 20 per second
+    /// to the joined consumer: the broker's own floor for end-to-end
+    /// latency at the HTTP latency run's rate.
+    pub latency: LatencySummary,
+    /// The same at the outbox latency run's rate (`--rate`).
+    pub latency_at_rate: LatencySummary,
+}
+
+/// The pipeline's throughput.
+#[derive(Debug, Clone, Serialize)]
+pub struct PipelineFigures {
+    /// Events appended.
+    pub events: usize,
+    /// Seconds from the first append to the last event applied.
+    pub seconds: f64,
+    /// Events per second, first append to last applied.
+    pub per_s: f64,
+    /// Events per second appended to the outbox (the source: one
+    /// transaction per event, 8 connections), first append to last.
+    pub appends_per_s: f64,
+    /// `per_s` over the slower direction of the raw client limit.
+    pub ratio_to_raw: f64,
+}
+
+/// The consumer alone draining a backlog.
+#[derive(Debug, Clone, Serialize)]
+pub struct DrainFigures {
+    /// Events in the backlog.
+    pub events: usize,
+    /// Seconds from the group join to the first event applied.
+    pub join_seconds: f64,
+    /// Events per second applied, from the first applied to the last.
+    pub per_s: f64,
+    /// `per_s` over the raw client's consume rate.
+    pub ratio_to_raw: f64,
+}
+
+/// Latency percentiles, milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencySummary {
+    /// Events per second offered.
+    pub rate_per_s: f64,
+    /// Events timed.
+    pub count: usize,
+    /// Median.
+    pub p50_ms: f64,
+    /// 95th percentile.
+    pub p95_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// Slowest.
+    pub max_ms: f64,
+    /// Events that never arrived within 30 s of the end.
+    pub missing: usize,
+}
+
+/// One HTTP endpoint at one concurrency.
+#[derive(Debug, Clone, Serialize)]
+pub struct HttpFigures {
+    /// `POST /users` or `POST /auth/token`.
+    pub endpoint: &'static str,
+    /// Clients sending at once.
+    pub concurrency: usize,
+    /// Successful requests.
+    pub requests: usize,
+    /// Requests answered with anything but success.
+    pub failures: usize,
+    /// Successful requests per second.
+    pub per_s: f64,
+    /// Median latency, ms.
+    pub p50_ms: f64,
+    /// 99th percentile latency, ms.
+    pub p99_ms: f64,
+    /// `per_s` over the argon2 floor (one hash per request).
+    pub ratio_to_argon2: f64,
+}
+
+impl Figures {
+    /// Empty figures for a run of `command`.
+    pub fn new(command: &str) -> Self {
+        Self {
+            command: command.to_owned(),
+            cores: std::thread::available_parallelism().map_or(1, usize::from),
+            started_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            raw: None,
+            drain: None,
+            pipeline: None,
+            latency_outbox: None,
+            latency_http: None,
+            argon2_per_second: None,
+            http: Vec::new(),
+            peak_rss_kib: None,
+            pipeline_cpu: None,
+            http_cpu: None,
+        }
+    }
+
+    /// The results as markdown tables.
+    pub fn markdown(&self) -> String {
+        let mut out = format!(
+            "Run `{}` on {} cores, {}.\n\n| measure | figure |\n|---|---|\n",
+            self.command, self.cores, self.started_at
+        );
+        if let Some(raw) = &self.raw {
+            let (produce_cpu, consume_cpu, concurrent_cpu) = raw.broker_cpu_ms_per_record;
+            let rates = |bursts: &[f64]| bursts.iter().map(|r| format!("{r:.0}")).collect::<Vec<_>>().join(", ");
+            out += &format!(
+                "| raw rdkafka produce ({} bursts of {} records, {} B values, 7 headers, idempotent, acks=all) | median {:.0} records/s of {} (broker CPU {produce_cpu:.2} ms/record) |\n",
+                raw.produce_bursts_per_s.len(),
+                raw.records,
+                raw.value_bytes,
+                raw.produce_per_s,
+                rates(&raw.produce_bursts_per_s)
+            );
+            out += &format!(
+                "| raw rdkafka consume ({} records, group, manual commits; join took {:.1} s) | {:.0} records/s (broker CPU {consume_cpu:.2} ms/record) |\n",
+                raw.records * raw.produce_bursts_per_s.len(),
+                raw.join_seconds,
+                raw.consume_per_s
+            );
+            out += &format!(
+                "| raw rdkafka produce and consume at once, send of the first → receipt of the last | {:.0} records/s (broker CPU {concurrent_cpu:.2} ms/record) |\n",
+                raw.concurrent_per_s
+            );
+            for l in [&raw.latency, &raw.latency_at_rate] {
+                out += &format!(
+                    "| raw rdkafka latency, send → receive, {:.0} records/s | p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms{} |\n",
+                    l.rate_per_s,
+                    l.p50_ms,
+                    l.p95_ms,
+                    l.p99_ms,
+                    l.max_ms,
+                    missing(l)
+                );
+            }
+        }
+        if let Some(drain) = &self.drain {
+            out += &format!(
+                "| drain: the consumer alone applying a backlog of {} `user.created.v1` records (group join took {:.1} s) | {:.0} events/s ({:.0} % of raw consume) |\n",
+                drain.events,
+                drain.join_seconds,
+                drain.per_s,
+                drain.ratio_to_raw * 100.0
+            );
+        }
+        if let Some(pipeline) = &self.pipeline {
+            out += &format!(
+                "| pipeline: outbox → relay → Kafka → consumer → read model ({} events) | {:.0} events/s ({:.0} % of raw; appended at {:.0} events/s) |\n",
+                pipeline.events,
+                pipeline.per_s,
+                pipeline.ratio_to_raw * 100.0,
+                pipeline.appends_per_s
+            );
+        }
+        for (name, latency) in [
+            ("outbox commit → applied", &self.latency_outbox),
+            ("HTTP 2xx → applied", &self.latency_http),
+        ] {
+            if let Some(l) = latency {
+                out += &format!(
+                    "| latency, {name}, {:.0} events/s, {} events | p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms{} |\n",
+                    l.rate_per_s,
+                    l.count,
+                    l.p50_ms,
+                    l.p95_ms,
+                    l.p99_ms,
+                    l.max_ms,
+                    missing(l)
+                );
+            }
+        }
+        if let Some(floor) = self.argon2_per_second {
+            out += &format!(
+                "| argon2id floor (m=19 MiB, t=2, p=1) on {} cores | {floor:.1} hashes/s |\n",
+                self.cores
+            );
+        }
+        for http in &self.http {
+            out += &format!(
+                "| `{}` × {} | {:.1} req/s ({:.0} % of argon2), p50 {:.0} ms, p99 {:.0} ms{} |\n",
+                http.endpoint,
+                http.concurrency,
+                http.per_s,
+                http.ratio_to_argon2 * 100.0,
+                http.p50_ms,
+                http.p99_ms,
+                if http.failures > 0 {
+                    format!(", {} failed", http.failures)
+                } else {
+                    String::new()
+                }
+            );
+        }
+        for (name, cpu) in [("pipeline run", &self.pipeline_cpu), ("HTTP runs", &self.http_cpu)] {
+            if let Some(cpu) = cpu {
+                let parts: Vec<String> = cpu
+                    .by_process
+                    .iter()
+                    .map(|(name, seconds)| format!("{name} {seconds:.1} s"))
+                    .collect();
+                out += &format!(
+                    "| CPU during the {name} ({:.0} s × {} cores) | {} |\n",
+                    cpu.wall_seconds,
+                    self.cores,
+                    parts.join(", ")
+                );
+            }
+        }
+        if let Some((producer, consumer)) = self.peak_rss_kib {
+            out += &format!(
+                "| peak resident memory | producer {:.0} MiB, consumer {:.0} MiB |\n",
+                producer as f64 / 1024.0,
+                consumer as f64 / 1024.0
+            );
+        }
+        out
+    }
+}
+
+/// Latencies of one run, with when each was sent (for plots).
+#[derive(Debug, Default, Clone)]
+pub struct Samples {
+    /// Milliseconds per event that arrived.
+    pub latencies_ms: Vec<f64>,
+    /// Events sent.
+    pub sent: usize,
+    /// Seconds the sending lasted.
+    pub seconds: f64,
+}
+
+impl Samples {
+    /// Events per second sent.
+    pub fn rate(&self) -> f64 {
+        self.sent as f64 / self.seconds.max(f64::EPSILON)
+    }
+
+    /// Percentiles at `rate` events per second.
+    pub fn summary(&self, rate: f64) -> LatencySummary {
+        let mut sorted = self.latencies_ms.clone();
+        sorted.sort_by(f64::total_cmp);
+        LatencySummary {
+            rate_per_s: rate,
+            count: sorted.len(),
+            p50_ms: percentile(&sorted, 0.50),
+            p95_ms: percentile(&sorted, 0.95),
+            p99_ms: percentile(&sorted, 0.99),
+            max_ms: sorted.last().copied().unwrap_or(f64::NAN),
+            missing: self.sent - sorted.len(),
+        }
+    }
+}
+
+/// The `q` quantile of `sorted` (nearest rank).
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}

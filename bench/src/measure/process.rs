@@ -1,0 +1,97 @@
+//! What the kernel says of the services' processes: CPU seconds and
+//! resident memory, from /proc.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// CPU seconds (user + system) each process group has used so far: the
+/// services by pid, the broker and PostgreSQL by name, this program.
+pub fn cpu_seconds(producer: u32, consumer: u32) -> Vec<(String, f64)> {
+    let of = cpu_seconds_of;
+    vec![
+        ("producer".to_owned(), of(&producer.to_string())),
+        ("consumer".to_owned(), of(&consumer.to_string())),
+        ("nisshi (broker)".to_owned(), cpu_seconds_by_name("nisshi")),
+        ("postgres".to_owned(), cpu_seconds_by_name("postgres")),
+        ("bench".to_owned(), of("self")),
+    ]
+}
+
+/// CPU seconds (user + system) process `pid` has used so far: fields 14
+/// and 15 of `/proc/<pid>/stat`, in clock ticks of 1/100 s (Linux's
+/// USER_HZ). 0 when it is gone.
+pub(super) fn cpu_seconds_of(pid: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+            Some(ticks / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
+/// CPU seconds used so far by every process whose name starts with `name`.
+pub(super) fn cpu_seconds_by_name(name: &str) -> f64 {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .filter(|pid| pid.chars().all(|c| c.is_ascii_digit()))
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.trim().starts_with(name))
+        })
+        .map(|pid| cpu_seconds_of(&pid))
+        .sum()
+}
+
+/// A running memory sampler.
+pub struct MemoryWatch {
+    stop: Arc<AtomicBool>,
+    peaks: Arc<(AtomicU64, AtomicU64)>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MemoryWatch {
+    /// Samples the resident memory of processes `producer` and `consumer`
+    /// every 200 ms, keeping each one's peak, until stopped.
+    pub fn start(producer: u32, consumer: u32) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let peaks = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+        let task = tokio::spawn({
+            let (stop, peaks) = (Arc::clone(&stop), Arc::clone(&peaks));
+            async move {
+                while !stop.load(Ordering::Relaxed) {
+                    peaks.0.fetch_max(rss_kib(producer), Ordering::Relaxed);
+                    peaks.1.fetch_max(rss_kib(consumer), Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        });
+        Self { stop, peaks, task }
+    }
+
+    /// Stops sampling; the peaks in KiB, (producer, consumer).
+    pub async fn stop(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        (
+            self.peaks.0.load(Ordering::Relaxed),
+            self.peaks.1.load(Ordering::Relaxed),
+        )
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmRSS:"))
+                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}

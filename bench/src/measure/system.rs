@@ -1,0 +1,440 @@
+//! The system's runs: both services started against the local broker and
+//! PostgreSQL, driven through the outbox and over HTTP.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use argon2::password_hash::rand_core::OsRng;
+use argon2::password_hash::SaltString;
+use argon2::{Argon2, PasswordHasher};
+use e2e::process::ServiceProcess;
+use e2e::TestContext;
+use events::UserEvent;
+use futures::StreamExt;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::json;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::figures::{percentile, CpuProfile, DrainFigures, HttpFigures, PipelineFigures, Samples};
+use super::process::{cpu_seconds, MemoryWatch};
+use super::raw::{user_created, Tuning};
+
+/// The release-built services, their databases and a service credential.
+pub struct System {
+    context: TestContext,
+    producer: ServiceProcess,
+    consumer: ServiceProcess,
+    producer_pool: PgPool,
+    consumer_pool: PgPool,
+    token: SecretString,
+    client: reqwest::Client,
+}
+
+impl System {
+    /// Runs `work`, and returns its output with the CPU seconds each
+    /// process used meanwhile (see [`cpu_seconds`]), most first.
+    pub async fn profile<T>(&self, work: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<(T, CpuProfile)> {
+        let before = cpu_seconds(self.producer.pid(), self.consumer.pid());
+        let started = Instant::now();
+        let output = work.await?;
+        let mut by_process: Vec<(String, f64)> = cpu_seconds(self.producer.pid(), self.consumer.pid())
+            .into_iter()
+            .zip(before)
+            .map(|((name, after), (_, before))| (name, after - before))
+            .collect();
+        by_process.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let profile = CpuProfile {
+            wall_seconds: started.elapsed().as_secs_f64(),
+            by_process,
+        };
+        Ok((output, profile))
+    }
+
+    /// Starts both services (release binaries next to this one) with warn
+    /// logging, login limits out of the way and `tuning`.
+    pub async fn start(tuning: &Tuning) -> anyhow::Result<Self> {
+        let context = TestContext::new();
+        let capacity = tuning.queue_capacity.map(|n| n.to_string());
+        let batch = tuning.outbox_batch.map(|n| n.to_string());
+        let fetch_wait = tuning.fetch_wait_ms.to_string();
+        let log_filter = std::env::var("BENCH_SERVICE_LOG").unwrap_or_else(|_| "warn".to_owned());
+        let mut quiet = vec![
+            ("RUST_LOG", log_filter.as_str()),
+            ("APP_LOGIN_LIMIT__PER_ADDRESS_PER_MINUTE", "10000000"),
+            ("APP_LOGIN_LIMIT__PER_USERNAME_PER_MINUTE", "10000000"),
+            ("APP_KAFKA__FETCH_WAIT_MAX_MS", &fetch_wait),
+        ];
+        if let Some(capacity) = &capacity {
+            quiet.push(("APP_KAFKA__PARTITION_QUEUE_CAPACITY", capacity));
+        }
+        if let Some(batch) = &batch {
+            quiet.push(("APP_OUTBOX__BATCH_SIZE", batch));
+        }
+        let producer = context.start_producer_process_with(&quiet).await;
+        let consumer = context.start_consumer_process(&producer.url(), &quiet).await;
+        let producer_pool = context.producer_pool().await;
+        let consumer_pool = context.consumer_pool().await;
+        let keys = service_common::auth::TokenKeys::new(&SecretString::from(e2e::JWT_SECRET.to_owned()))?;
+        Ok(Self {
+            token: keys.service_token("bench"),
+            context,
+            producer,
+            consumer,
+            producer_pool,
+            consumer_pool,
+            client: reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?,
+        })
+    }
+
+    /// Samples both services' resident memory every 200 ms until stopped.
+    pub fn watch_memory(&self) -> MemoryWatch {
+        MemoryWatch::start(self.producer.pid(), self.consumer.pid())
+    }
+
+    /// Stops both services and drops their databases.
+    pub async fn stop(self) {
+        self.consumer.kill().await;
+        self.producer.kill().await;
+        self.producer_pool.close().await;
+        self.consumer_pool.close().await;
+        self.context.drop_databases().await;
+    }
+
+    async fn applied(&self) -> i64 {
+        e2e::load::processed_count(&self.consumer_pool).await
+    }
+
+    /// Outbox rows so far: (appended, published by the relay).
+    async fn outbox(&self) -> (i64, i64) {
+        sqlx::query_as("SELECT count(*), count(published_at) FROM outbox")
+            .fetch_one(&self.producer_pool)
+            .await
+            .unwrap_or((0, 0))
+    }
+
+    /// The consumer's live feed: arrival time of each applied event, by
+    /// (user id, event type).
+    async fn feed(&self) -> anyhow::Result<Arrivals> {
+        let response = self
+            .client
+            .get(format!("{}/events/stream", self.consumer.url()))
+            .bearer_auth(self.token.expose_secret())
+            .timeout(Duration::from_secs(24 * 3600))
+            .send()
+            .await?;
+        anyhow::ensure!(response.status().is_success(), "feed: {}", response.status());
+        let arrivals: Arrivals = Arc::default();
+        let seen = Arc::clone(&arrivals);
+        tokio::spawn(async move {
+            let mut events = e2e::sse::EventStream::new(response);
+            while let Some((_, event)) = events.next_event().await {
+                let key = (
+                    event["user_id"].as_str().unwrap_or_default().to_owned(),
+                    event["event_type"].as_str().unwrap_or_default().to_owned(),
+                );
+                seen.lock().unwrap().insert(key, Instant::now());
+            }
+        });
+        Ok(arrivals)
+    }
+}
+
+type Arrivals = Arc<Mutex<HashMap<(String, String), Instant>>>;
+
+/// Appends `event` to the producer's outbox in its own transaction, as a
+/// request would.
+async fn append(pool: &PgPool, event: &UserEvent) -> anyhow::Result<()> {
+    let mut tx = pool.begin().await?;
+    producer::outbox::append(&mut tx, event).await?;
+    tx.commit().await?;
+    producer::outbox::notify(pool).await;
+    Ok(())
+}
+
+/// The pipeline run's progress, sampled every 100 ms, in time order.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// The samples, oldest first.
+    pub samples: Vec<ProgressSample>,
+}
+
+/// One sample of [`Progress`]: counts so far.
+#[derive(Debug, Clone, Copy)]
+pub struct ProgressSample {
+    /// Seconds since the first append.
+    pub seconds: f64,
+    /// Events appended to the outbox.
+    pub appended: i64,
+    /// Outbox rows published to Kafka.
+    pub published: i64,
+    /// Events the consumer applied.
+    pub applied: i64,
+}
+
+/// Step 2: `events` appended at once (8 connections, one transaction each, as
+/// concurrent requests would), then waited for until all are applied.
+pub async fn pipeline(system: &System, events: usize) -> anyhow::Result<(PipelineFigures, Progress)> {
+    let before = system.applied().await;
+    let (appended_before, published_before) = system.outbox().await;
+    let batch: Vec<UserEvent> = (0..events).map(|_| user_created()).collect();
+    let started = Instant::now();
+    let mut progress = Progress::default();
+    let appending = async {
+        let results = futures::stream::iter(batch.iter().map(|event| append(&system.producer_pool, event)))
+            .buffer_unordered(8)
+            .collect::<Vec<_>>()
+            .await;
+        (results, started.elapsed().as_secs_f64())
+    };
+    let watching = async {
+        loop {
+            let applied = system.applied().await - before;
+            let (appended, published) = system.outbox().await;
+            progress.samples.push(ProgressSample {
+                seconds: started.elapsed().as_secs_f64(),
+                appended: appended - appended_before,
+                published: published - published_before,
+                applied,
+            });
+            if applied >= events as i64 || started.elapsed() > Duration::from_secs(600) {
+                return applied;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let ((appended, append_seconds), applied) = tokio::join!(appending, watching);
+    for result in appended {
+        result?;
+    }
+    anyhow::ensure!(
+        applied >= events as i64,
+        "only {applied} of {events} applied in 10 minutes"
+    );
+    let seconds = progress.samples.last().map_or(0.0, |sample| sample.seconds);
+    Ok((
+        PipelineFigures {
+            events,
+            seconds,
+            per_s: events as f64 / seconds,
+            appends_per_s: events as f64 / append_seconds,
+            ratio_to_raw: 0.0,
+        },
+        progress,
+    ))
+}
+
+/// Step 2: the consumer service alone (release build, `tuning`) applying a
+/// backlog of `events` `user.created.v1` records that the contract's own
+/// producer (`e2e::load::publish`, what the relay would publish) wrote to
+/// its topic before it started; timed from the first event applied to the
+/// last, as the raw consume rate is.
+pub async fn drain(events: usize, tuning: &Tuning) -> anyhow::Result<DrainFigures> {
+    let context = TestContext::new();
+    let (_, created) = e2e::load::new_users(events);
+    e2e::load::publish(&context, &created).await;
+    let fetch_wait = tuning.fetch_wait_ms.to_string();
+    let log_filter = std::env::var("BENCH_SERVICE_LOG").unwrap_or_else(|_| "warn".to_owned());
+    let mut env = vec![
+        ("RUST_LOG", log_filter.as_str()),
+        ("APP_KAFKA__FETCH_WAIT_MAX_MS", fetch_wait.as_str()),
+    ];
+    let capacity = tuning.queue_capacity.map(|n| n.to_string());
+    if let Some(capacity) = &capacity {
+        env.push(("APP_KAFKA__PARTITION_QUEUE_CAPACITY", capacity));
+    }
+    let started = Instant::now();
+    let consumer = context.start_consumer_process(e2e::process::NO_PRODUCER, &env).await;
+    let pool = context.consumer_pool().await;
+    let total = i64::try_from(events)?;
+    let mut first = None;
+    let last = loop {
+        let applied = e2e::load::processed_count(&pool).await;
+        let now = Instant::now();
+        if applied > 0 {
+            first.get_or_insert((now, applied));
+        }
+        if applied >= total {
+            break now;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "drain: {applied} of {events} applied in 10 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let (first, applied_at_first) = first.expect("events applied");
+    consumer.kill().await;
+    pool.close().await;
+    context.drop_databases().await;
+    Ok(DrainFigures {
+        events,
+        join_seconds: (first - started).as_secs_f64(),
+        per_s: (total - applied_at_first) as f64 / (last - first).as_secs_f64(),
+        ratio_to_raw: 0.0,
+    })
+}
+
+/// Step 3: One event appended every `1/rate` s for `duration`, each timed from
+/// its commit to its arrival on the live feed.
+pub async fn outbox_latency(system: &System, rate: u32, duration: Duration) -> anyhow::Result<Samples> {
+    let arrivals = system.feed().await?;
+    let mut sent: Vec<(String, Instant)> = Vec::new();
+    let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let started = Instant::now();
+    while started.elapsed() < duration {
+        ticks.tick().await;
+        let event = user_created();
+        append(&system.producer_pool, &event).await?;
+        sent.push((event.user_id().to_string(), Instant::now()));
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(collect(&arrivals, sent, UserEvent::CREATED_V1, seconds).await)
+}
+
+/// Step 3: A user created and a token issued over HTTP every 100 ms (20 events
+/// per second: below what password hashing allows), each timed from its
+/// 2xx to its arrival on the live feed.
+pub async fn http_latency(system: &System, duration: Duration) -> anyhow::Result<Samples> {
+    let arrivals = system.feed().await?;
+    let producer = system.producer.url();
+    let mut created = Vec::new();
+    let mut issued = Vec::new();
+    let mut ticks = tokio::time::interval(Duration::from_millis(100));
+    let started = Instant::now();
+    while started.elapsed() < duration {
+        ticks.tick().await;
+        let user = e2e::create_user(&system.client, &producer, "latency").await;
+        created.push((user.id.to_string(), Instant::now()));
+        e2e::issue_token(&system.client, &producer, &user.username).await;
+        issued.push((user.id.to_string(), Instant::now()));
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let mut samples = collect(&arrivals, created, UserEvent::CREATED_V1, seconds).await;
+    let tokens = collect(&arrivals, issued, UserEvent::TOKEN_ISSUED_V1, seconds).await;
+    samples.latencies_ms.extend(tokens.latencies_ms);
+    samples.sent += tokens.sent;
+    Ok(samples)
+}
+
+/// Waits up to 30 s for every sent event, then the latencies of those that
+/// arrived.
+async fn collect(arrivals: &Arrivals, sent: Vec<(String, Instant)>, event_type: &str, seconds: f64) -> Samples {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let done = {
+            let arrived = arrivals.lock().unwrap();
+            sent.iter()
+                .all(|(user, _)| arrived.contains_key(&(user.clone(), event_type.to_owned())))
+        };
+        if done || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let arrived = arrivals.lock().unwrap();
+    let latencies_ms = sent
+        .iter()
+        .filter_map(|(user, at)| {
+            arrived
+                .get(&(user.clone(), event_type.to_owned()))
+                .map(|arrival| arrival.saturating_duration_since(*at).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    Samples {
+        latencies_ms,
+        sent: sent.len(),
+        seconds,
+    }
+}
+
+/// Step 4: argon2id hashes per second with the producer's parameters, one
+/// thread per core, for `duration`.
+pub fn argon2_floor(duration: Duration) -> f64 {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let started = Instant::now();
+    let hashes: usize = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..cores)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut count = 0;
+                    while started.elapsed() < duration {
+                        let salt = SaltString::generate(&mut OsRng);
+                        Argon2::default()
+                            .hash_password(b"correct horse battery", &salt)
+                            .expect("argon2 hashes");
+                        count += 1;
+                    }
+                    count
+                })
+            })
+            .collect();
+        workers.into_iter().map(|worker| worker.join().unwrap()).sum()
+    });
+    hashes as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Step 4: `POST /users` and `POST /auth/token` at 1, 2, 4 and 8 concurrent
+/// clients, `duration` each, beside `floor` argon2 hashes per second.
+pub async fn http_api(system: &System, duration: Duration, floor: f64) -> anyhow::Result<Vec<HttpFigures>> {
+    let producer = system.producer.url();
+    let mut users = Vec::new();
+    for _ in 0..8 {
+        users.push(e2e::create_user(&system.client, &producer, "http").await.username);
+    }
+    let mut figures = Vec::new();
+    for endpoint in ["POST /users", "POST /auth/token"] {
+        for concurrency in [1, 2, 4, 8] {
+            let started = Instant::now();
+            let clients = (0..concurrency).map(|worker| {
+                let client = system.client.clone();
+                let producer = producer.clone();
+                let username = users[worker].clone();
+                async move {
+                    let mut latencies = Vec::new();
+                    let mut failures = 0;
+                    while started.elapsed() < duration {
+                        let request = if endpoint == "POST /users" {
+                            let name = format!("h{}", &Uuid::new_v4().simple().to_string()[..20]);
+                            client.post(format!("{producer}/users")).json(&json!({
+                                "username": name, "email": format!("{name}@example.com"), "password": e2e::PASSWORD
+                            }))
+                        } else {
+                            client
+                                .post(format!("{producer}/auth/token"))
+                                .json(&json!({ "username": username, "password": e2e::PASSWORD }))
+                        };
+                        let sent = Instant::now();
+                        match request.send().await {
+                            Ok(response) if response.status().is_success() => {
+                                latencies.push(sent.elapsed().as_secs_f64() * 1000.0)
+                            }
+                            _ => failures += 1,
+                        }
+                    }
+                    (latencies, failures)
+                }
+            });
+            let results = futures::future::join_all(clients).await;
+            let seconds = started.elapsed().as_secs_f64();
+            let failures = results.iter().map(|(_, f)| f).sum();
+            let mut latencies: Vec<f64> = results.into_iter().flat_map(|(l, _)| l).collect();
+            latencies.sort_by(f64::total_cmp);
+            let per_s = latencies.len() as f64 / seconds;
+            figures.push(HttpFigures {
+                endpoint,
+                concurrency,
+                requests: latencies.len(),
+                failures,
+                per_s,
+                p50_ms: percentile(&latencies, 0.5),
+                p99_ms: percentile(&latencies, 0.99),
+                ratio_to_argon2: per_s / floor,
+            });
+        }
+    }
+    Ok(figures)
+}
