@@ -49,7 +49,8 @@ const _: () = assert!(RAW_BURSTS % 2 == 1);
 
 /// Step 1: rdkafka alone on the test broker: [`RAW_BURSTS`] bursts of
 /// `records` records the size of a `user.created.v1` event, with its
-/// headers, to a fresh 8-partition topic, then a group reading them back.
+/// headers, to a fresh 8-partition topic, then a group reading them back,
+/// then the latency floor, then producing and consuming at once.
 pub async fn raw_client(records: usize, rate: u32, tuning: &Tuning) -> anyhow::Result<RawFigures> {
     let context = TestContext::new();
     let kafka = context.kafka();
@@ -76,17 +77,7 @@ pub async fn raw_client(records: usize, rate: u32, tuning: &Tuning) -> anyhow::R
     let broker_cpu = cpu_seconds_by_name("nisshi");
     let mut produce_bursts_per_s = Vec::new();
     for _ in 0..RAW_BURSTS {
-        let started = Instant::now();
-        let deliveries: Vec<_> = events
-            .iter()
-            .map(|envelope| producer.send(record_of(&topic, envelope), Timeout::Never))
-            .collect();
-        for delivery in futures::future::join_all(deliveries).await {
-            delivery
-                .map_err(|(error, _)| error)
-                .context("a raw record was not delivered")?;
-        }
-        produce_bursts_per_s.push(records as f64 / started.elapsed().as_secs_f64());
+        produce_bursts_per_s.push(produce_burst(&producer, &topic, &events).await?);
     }
     let broker_cpu_produce = cpu_seconds_by_name("nisshi") - broker_cpu;
 
@@ -103,24 +94,7 @@ pub async fn raw_client(records: usize, rate: u32, tuning: &Tuning) -> anyhow::R
     consumer.subscribe(&[&topic])?;
     let broker_cpu = cpu_seconds_by_name("nisshi");
     let subscribed = Instant::now();
-    let mut first = None;
-    let mut received = 0;
-    while received < records * RAW_BURSTS {
-        let message = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
-            .await
-            .context("raw consumer: no record for 60 s")??;
-        first.get_or_insert_with(Instant::now);
-        consumer.store_offset_from_message(&message)?;
-        received += 1;
-        if received % 1000 == 0 {
-            consumer.commit_consumer_state(CommitMode::Async)?;
-        }
-        let _ = message.payload();
-    }
-    // `received - 1` gaps between the first receipt and the last.
-    let consume_per_s = (received - 1) as f64 / first.expect("records arrived").elapsed().as_secs_f64();
-    consumer.commit_consumer_state(CommitMode::Sync)?;
-    let first = first.expect("records arrived");
+    let (first, consume_per_s) = consume_backlog(&consumer, records * RAW_BURSTS).await?;
     let broker_cpu_consume = cpu_seconds_by_name("nisshi") - broker_cpu;
 
     // Latency floor: single records at 20 per second (the HTTP latency
@@ -132,36 +106,8 @@ pub async fn raw_client(records: usize, rate: u32, tuning: &Tuning) -> anyhow::R
         .await?
         .summary(f64::from(rate));
 
-    // Both at once: the records produced again while the joined consumer
-    // reads them, as in the pipeline.
     let broker_cpu = cpu_seconds_by_name("nisshi");
-    let started = Instant::now();
-    let producing = async {
-        let deliveries: Vec<_> = events
-            .iter()
-            .map(|envelope| producer.send(record_of(&topic, envelope), Timeout::Never))
-            .collect();
-        futures::future::join_all(deliveries).await
-    };
-    let consuming = async {
-        let mut received = 0;
-        while received < records {
-            match tokio::time::timeout(Duration::from_secs(60), consumer.recv()).await {
-                Ok(Ok(message)) => {
-                    consumer.store_offset_from_message(&message)?;
-                    received += 1;
-                    if received % 1000 == 0 {
-                        consumer.commit_consumer_state(CommitMode::Async)?;
-                    }
-                }
-                _ => anyhow::bail!("raw consumer: no record for 60 s while producing"),
-            }
-        }
-        anyhow::Ok(())
-    };
-    let (_, consumed) = tokio::join!(producing, consuming);
-    consumed?;
-    let concurrent_per_s = records as f64 / started.elapsed().as_secs_f64();
+    let concurrent_per_s = produce_while_consuming(&producer, &consumer, &topic, &events).await?;
     let broker_cpu_concurrent = cpu_seconds_by_name("nisshi") - broker_cpu;
     let per_record = |seconds: f64| seconds * 1000.0 / (records * RAW_BURSTS) as f64;
     Ok(RawFigures {
@@ -185,6 +131,84 @@ pub async fn raw_client(records: usize, rate: u32, tuning: &Tuning) -> anyhow::R
         latency,
         latency_at_rate,
     })
+}
+
+/// Sends every one of `events` to `topic` at once and waits for all their
+/// delivery reports: records per second.
+async fn produce_burst(producer: &FutureProducer, topic: &str, events: &[Envelope]) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let deliveries: Vec<_> = events
+        .iter()
+        .map(|envelope| producer.send(record_of(topic, envelope), Timeout::Never))
+        .collect();
+    for delivery in futures::future::join_all(deliveries).await {
+        delivery
+            .map_err(|(error, _)| error)
+            .context("a raw record was not delivered")?;
+    }
+    Ok(events.len() as f64 / started.elapsed().as_secs_f64())
+}
+
+/// Reads `expected` records with `consumer` (just subscribed), storing
+/// offsets and committing every 1000: when the first arrived, and records
+/// per second from the first to the last.
+async fn consume_backlog(consumer: &StreamConsumer, expected: usize) -> anyhow::Result<(Instant, f64)> {
+    let mut first = None;
+    let mut received = 0;
+    while received < expected {
+        let message = tokio::time::timeout(Duration::from_secs(60), consumer.recv())
+            .await
+            .context("raw consumer: no record for 60 s")??;
+        first.get_or_insert_with(Instant::now);
+        consumer.store_offset_from_message(&message)?;
+        received += 1;
+        if received % 1000 == 0 {
+            consumer.commit_consumer_state(CommitMode::Async)?;
+        }
+        let _ = message.payload();
+    }
+    let first = first.expect("records arrived");
+    // `received - 1` gaps between the first receipt and the last.
+    let per_s = (received - 1) as f64 / first.elapsed().as_secs_f64();
+    consumer.commit_consumer_state(CommitMode::Sync)?;
+    Ok((first, per_s))
+}
+
+/// Both at once, as in the pipeline: `events` produced again to `topic`
+/// while `consumer` (already joined) reads them. Records per second.
+async fn produce_while_consuming(
+    producer: &FutureProducer,
+    consumer: &StreamConsumer,
+    topic: &str,
+    events: &[Envelope],
+) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let producing = async {
+        let deliveries: Vec<_> = events
+            .iter()
+            .map(|envelope| producer.send(record_of(topic, envelope), Timeout::Never))
+            .collect();
+        futures::future::join_all(deliveries).await
+    };
+    let consuming = async {
+        let mut received = 0;
+        while received < events.len() {
+            match tokio::time::timeout(Duration::from_secs(60), consumer.recv()).await {
+                Ok(Ok(message)) => {
+                    consumer.store_offset_from_message(&message)?;
+                    received += 1;
+                    if received % 1000 == 0 {
+                        consumer.commit_consumer_state(CommitMode::Async)?;
+                    }
+                }
+                _ => anyhow::bail!("raw consumer: no record for 60 s while producing"),
+            }
+        }
+        anyhow::Ok(())
+    };
+    let (_, consumed) = tokio::join!(producing, consuming);
+    consumed?;
+    Ok(events.len() as f64 / started.elapsed().as_secs_f64())
 }
 
 /// Records sent at `rate` per second for 10 s to `topic`, without waiting
