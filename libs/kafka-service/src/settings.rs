@@ -262,6 +262,17 @@ fn default_fetch_wait_max_ms() -> u64 {
 mod tests {
     use super::*;
 
+    #[test]
+    fn auto_offset_reset_takes_earliest_or_latest_and_refuses_anything_else() {
+        let parse = |json: &str| serde_json::from_str::<ConsumerSettings>(json);
+        let default = parse(r#"{"group_id": "g"}"#).unwrap();
+        assert_eq!(default.auto_offset_reset, AutoOffsetReset::Earliest);
+        let latest = parse(r#"{"group_id": "g", "auto_offset_reset": "latest"}"#).unwrap();
+        assert_eq!(latest.auto_offset_reset.as_str(), "latest");
+        let error = parse(r#"{"group_id": "g", "auto_offset_reset": "none"}"#).unwrap_err();
+        assert!(error.to_string().contains("unknown variant `none`"), "{error}");
+    }
+
     fn security(yaml: &str) -> Security {
         #[derive(Deserialize)]
         struct Section {
