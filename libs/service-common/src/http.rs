@@ -14,6 +14,18 @@ use utoipa::ToSchema;
 /// Largest JSON request body accepted, in bytes.
 pub const MAX_JSON_BODY_BYTES: usize = 16 * 1024;
 
+/// Longest reason an operator may give, in characters, for an action kept
+/// with what it changed (an outbox row set aside, a parked record
+/// dead-lettered).
+pub const MAX_REASON_CHARS: usize = 1000;
+
+/// An operator's `reason`, trimmed, when it is 1 to [`MAX_REASON_CHARS`]
+/// characters; `None` otherwise, for the caller to answer `422`.
+pub fn operator_reason(reason: &str) -> Option<&str> {
+    let reason = reason.trim();
+    (!reason.is_empty() && reason.chars().count() <= MAX_REASON_CHARS).then_some(reason)
+}
+
 /// The body of every 4xx and 5xx answer.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[schema(example = json!({"error": {"code": "not_found", "message": "no such resource"}}))]
@@ -83,4 +95,18 @@ pub fn query_config() -> web::QueryConfig {
 /// error body.
 pub async fn not_found() -> HttpResponse {
     error_response(StatusCode::NOT_FOUND, "not_found", "no such resource")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_operator_reason_is_trimmed_and_between_1_and_1000_characters() {
+        assert_eq!(operator_reason("  fixed upstream \n"), Some("fixed upstream"));
+        assert_eq!(operator_reason(" \t "), None);
+        let longest = "é".repeat(MAX_REASON_CHARS);
+        assert_eq!(operator_reason(&longest), Some(longest.as_str()));
+        assert_eq!(operator_reason(&format!("{longest}x")), None);
+    }
 }

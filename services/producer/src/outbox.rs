@@ -171,8 +171,9 @@ const FAILING_ROW: &str = "id, event_id, event_type, subject AS key, occurred_at
     next_attempt_at, (SELECT count(*) FROM outbox later WHERE later.subject = failing.subject \
     AND later.id > failing.id AND later.published_at IS NULL AND later.set_aside_at IS NULL) AS waiting_rows";
 
-/// Picks failing row `$1` of `outbox failing`: pending, and failed once.
-const FAILING_ID: &str = "id = $1 AND published_at IS NULL AND set_aside_at IS NULL AND attempts > 0";
+/// A failing row: pending (neither published nor set aside), and failed at
+/// least once.
+const IS_FAILING: &str = "published_at IS NULL AND set_aside_at IS NULL AND attempts > 0";
 
 /// Pending rows whose publishing failed at least once, oldest first, at
 /// most `limit`.
@@ -181,10 +182,7 @@ const FAILING_ID: &str = "id = $1 AND published_at IS NULL AND set_aside_at IS N
 ///
 /// The database error.
 pub async fn failing_rows(pool: &PgPool, limit: i64) -> Result<Vec<FailingRow>, sqlx::Error> {
-    let query = format!(
-        "SELECT {FAILING_ROW} FROM outbox failing WHERE published_at IS NULL AND set_aside_at IS NULL \
-         AND attempts > 0 ORDER BY id LIMIT $1"
-    );
+    let query = format!("SELECT {FAILING_ROW} FROM outbox failing WHERE {IS_FAILING} ORDER BY id LIMIT $1");
     sqlx::query_as(&query).bind(limit).fetch_all(pool).await
 }
 
@@ -196,7 +194,9 @@ pub async fn failing_rows(pool: &PgPool, limit: i64) -> Result<Vec<FailingRow>, 
 ///
 /// The database error.
 pub async fn retry_now(pool: &PgPool, id: i64) -> Result<Option<FailingRow>, sqlx::Error> {
-    let query = format!("UPDATE outbox failing SET next_attempt_at = now() WHERE {FAILING_ID} RETURNING {FAILING_ROW}");
+    let query = format!(
+        "UPDATE outbox failing SET next_attempt_at = now() WHERE id = $1 AND {IS_FAILING} RETURNING {FAILING_ROW}"
+    );
     let row = sqlx::query_as(&query).bind(id).fetch_optional(pool).await?;
     if row.is_some() {
         notify(pool).await;
@@ -214,7 +214,7 @@ pub async fn retry_now(pool: &PgPool, id: i64) -> Result<Option<FailingRow>, sql
 /// The database error.
 pub async fn set_aside(pool: &PgPool, id: i64, reason: &str) -> Result<Option<FailingRow>, sqlx::Error> {
     let query = format!(
-        "UPDATE outbox failing SET set_aside_at = now(), set_aside_reason = $2 WHERE {FAILING_ID} \
+        "UPDATE outbox failing SET set_aside_at = now(), set_aside_reason = $2 WHERE id = $1 AND {IS_FAILING} \
          RETURNING {FAILING_ROW}"
     );
     let row: Option<FailingRow> = sqlx::query_as(&query)

@@ -203,10 +203,8 @@ pub async fn dead_letter(
     request: web::Json<DeadLetterRequest>,
 ) -> Result<HttpResponse, ApiError> {
     require_operator(&caller, NEEDS_SERVICE)?;
-    let reason = request.reason.trim();
-    if reason.is_empty() || reason.chars().count() > 1000 {
-        return Err(ApiError::Validation("reason must be 1 to 1000 characters".to_owned()));
-    }
+    let reason = service_common::http::operator_reason(&request.reason)
+        .ok_or_else(|| ApiError::Validation("reason must be 1 to 1000 characters".to_owned()))?;
     let origin = Origin::from(&request.origin);
     let (_, delivered) = recovery
         .dead_letter(&origin, reason)

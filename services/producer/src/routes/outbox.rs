@@ -126,14 +126,10 @@ pub async fn set_aside(
     request: web::Json<SetAsideRequest>,
 ) -> Result<HttpResponse, ApiError> {
     require_operator(&caller)?;
-    let reason = request.reason.trim();
-    if reason.is_empty() || reason.chars().count() > 1000 {
-        return Err(ValidationError {
-            field: "reason",
-            rule: "must be 1 to 1000 characters",
-        }
-        .into());
-    }
+    let reason = service_common::http::operator_reason(&request.reason).ok_or(ValidationError {
+        field: "reason",
+        rule: "must be 1 to 1000 characters",
+    })?;
     let row = outbox::set_aside(&pool, path.into_inner(), reason)
         .await
         .context("could not set the outbox row aside")?;
