@@ -17,10 +17,41 @@ database_server=${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432}
 examples=${API_FUZZ_EXAMPLES:-60}
 seed=${API_FUZZ_SEED:-20261122}
 
+# schemathesis needs Python 3.12 or newer here. It runs Hypothesis in
+# threads, and CPython 3.11 keeps the AST constructor's recursion depth in
+# process-wide state: two threads parsing at once fail one of them with
+# "SystemError: AST constructor recursion depth mismatch" (cpython
+# gh-106905), which schemathesis reports as a runtime error of whatever
+# operation it was generating (seen here once, on POST /parked/dead-letter,
+# under 3.11.7). The machine's python3 if new enough (GitHub's Ubuntu 24.04
+# has 3.12), else the newest pyenv Python that is.
+new_enough() { "$1" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; }
+fuzz_python() {
+  if new_enough python3; then
+    echo python3
+    return
+  fi
+  if command -v pyenv >/dev/null; then
+    local version
+    version=$(pyenv versions --bare | grep -E '^3\.(1[2-9]|[2-9][0-9])\.[0-9]+$' | sort -V | tail -n 1)
+    if [[ -n $version ]] && new_enough "$(pyenv prefix "$version")/bin/python3"; then
+      echo "$(pyenv prefix "$version")/bin/python3"
+      return
+    fi
+  fi
+  echo "api-fuzz: needs Python 3.12 or newer for schemathesis (python3 is $(python3 --version 2>&1))" >&2
+  return 1
+}
+
 tools=.run/schemathesis
+if [[ -x $tools/bin/schemathesis ]] && ! new_enough "$tools/bin/python"; then
+  echo "api-fuzz: $tools was made with Python older than 3.12; making it again" >&2
+  rm -rf "$tools"
+fi
 if [[ ! -x $tools/bin/schemathesis ]]; then
-  echo "api-fuzz: installing schemathesis into $tools" >&2
-  python3 -m venv "$tools"
+  python=$(fuzz_python)
+  echo "api-fuzz: installing schemathesis into $tools ($("$python" --version))" >&2
+  "$python" -m venv "$tools"
   "$tools/bin/pip" install --quiet --disable-pip-version-check schemathesis==4.32.5
 fi
 
