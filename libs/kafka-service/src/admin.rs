@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
@@ -73,7 +73,7 @@ pub async fn ensure_topics(settings: &KafkaSettings, specs: &[&TopicSpec]) -> Re
         existing
     } else {
         create(settings, &missing).await?;
-        describe(settings, &names).await?
+        describe_created(settings, &names).await?
     };
 
     for (spec, actual) in specs.iter().zip(partitions) {
@@ -115,6 +115,33 @@ async fn describe(settings: &KafkaSettings, names: &[String]) -> Result<Vec<i32>
         context: "describe topics".to_owned(),
         source,
     })
+}
+
+/// The partition counts of `names` once each of them is in the broker's
+/// metadata. Kafka answers CreateTopics once its controller has committed
+/// the topics; the broker that answers a metadata request learns of them
+/// from the metadata log moments later, and until then reports them as
+/// unknown (0 here). Polls every 100 ms for up to `request_timeout_ms`.
+///
+/// # Errors
+///
+/// [`AdminError::Broker`] (transient) when a topic is still unknown then,
+/// or a metadata request fails.
+async fn describe_created(settings: &KafkaSettings, names: &[String]) -> Result<Vec<i32>, AdminError> {
+    let deadline = tokio::time::Instant::now() + settings.request_timeout();
+    loop {
+        let partitions = describe(settings, names).await?;
+        if !partitions.contains(&0) {
+            return Ok(partitions);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(AdminError::Broker {
+                context: "created topics are not in the broker's metadata yet".to_owned(),
+                source: KafkaError::MetadataFetch(RDKafkaErrorCode::UnknownTopicOrPartition),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Creates `specs`; a topic that another instance created meanwhile is fine.
