@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
-# Runs the whole system on this machine: installs the broker if missing,
-# starts it and PostgreSQL, builds and starts both services (release), and
+# Runs the whole system on this machine: installs Apache Kafka if missing
+# (scripts/broker.sh), starts it and PostgreSQL (scripts/postgres.sh), builds and starts both services (release), and
 # drives demo traffic through them. Ctrl-C stops everything.
 #
 # Ports: broker 9092, producer 9001, consumer 9000, all on 127.0.0.1.
-# Logs: .run/producer.log, .run/consumer.log, .run/broker/nisshi.log.
+# Logs: .run/producer.log, .run/consumer.log, .run/broker/node-1/kafka.log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .run
 
 scripts/postgres.sh
-scripts/broker.sh start 9092 .run/broker
+scripts/broker.sh start --port 9092 --dir .run/broker
 cargo build --release --locked -p producer -p consumer
 
 pids=()
@@ -18,7 +18,7 @@ stop() {
   echo "stopping services and broker..."
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   wait "${pids[@]}" 2>/dev/null || true
-  scripts/broker.sh stop 9092 .run/broker
+  scripts/broker.sh stop --dir .run/broker
 }
 trap stop EXIT INT TERM
 

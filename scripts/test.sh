@@ -3,8 +3,11 @@
 # tests, API tests and end-to-end tests; then schemathesis against both
 # services' APIs (scripts/api-fuzz.sh) and libFuzzer against the record
 # decoder (scripts/fuzz.sh). All against a real
-# broker (Nisshi on 127.0.0.1:19092, started here and stopped at the end)
-# and the local PostgreSQL.
+# broker (Apache Kafka on 127.0.0.1:19092, installed and started here by
+# scripts/broker.sh and stopped at the end) and PostgreSQL on 127.0.0.1:5432
+# (scripts/postgres.sh starts one if none answers). Tests that stop brokers,
+# or need TLS or a three-broker cluster, start brokers of their own through
+# the same script.
 #
 # Override with TEST_KAFKA_BOOTSTRAP_SERVERS (then no broker is started) and
 # TEST_DATABASE_URL (a server URL without database name; tests create and
@@ -21,8 +24,8 @@ scripts/postgres.sh
 if [[ -z ${TEST_KAFKA_BOOTSTRAP_SERVERS:-} ]]; then
   # Every test names its own topics and group, so the broker's data from
   # earlier runs does not matter and is kept.
-  scripts/broker.sh start 19092 .run/test-broker
-  trap 'scripts/broker.sh stop 19092 .run/test-broker' EXIT
+  scripts/broker.sh start --port 19092 --dir .run/test-broker
+  trap 'scripts/broker.sh stop --dir .run/test-broker' EXIT
   export TEST_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:19092
 fi
 export TEST_DATABASE_URL=${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432}
@@ -32,6 +35,9 @@ export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2}
 # binaries must be current; `cargo test` alone does not build them.
 cargo build --workspace --bins --locked
 cargo test --workspace --locked "$@"
+# The consumer group tests again, under KIP-848's protocol
+# (kafka.group_protocol: consumer; the run above used classic).
+TEST_KAFKA_GROUP_PROTOCOL=consumer cargo test --locked -p e2e --test failures rebalances
 
 # Hostile HTTP input against both services, from their OpenAPI documents.
 scripts/api-fuzz.sh

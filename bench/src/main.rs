@@ -41,7 +41,8 @@ use measure::{Figures, Samples};
 /// true` to stop after the raw client limit, `--queue-capacity N` for the
 /// consumer's partition queues, `--outbox-batch N` for the relay's batches,
 /// `--fetch-wait-ms N` for every consumer's `fetch.wait.max.ms` (default
-/// 10, as the consumer's local configuration).
+/// 500, librdkafka's and the consumer's: Kafka answers a waiting fetch as
+/// soon as a record arrives, so the wait only paces idle polling).
 struct Options {
     events: usize,
     rate: u32,
@@ -65,7 +66,7 @@ fn options() -> Options {
         tuning: measure::Tuning {
             queue_capacity: None,
             outbox_batch: None,
-            fetch_wait_ms: 10,
+            fetch_wait_ms: 500,
         },
     };
     let args: Vec<String> = std::env::args().skip(1).collect();

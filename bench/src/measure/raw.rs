@@ -16,7 +16,7 @@ use rdkafka::{ClientConfig, Message};
 use uuid::Uuid;
 
 use super::figures::{percentile, RawFigures, Samples};
-use super::process::cpu_seconds_by_name;
+use super::process::broker_cpu_seconds;
 
 /// A `user.created.v1` event for a new user, as the producer writes it.
 pub(super) fn user_created() -> UserEvent {
@@ -74,12 +74,12 @@ pub async fn raw_client(records: usize, rate: u32, tuning: &Tuning) -> anyhow::R
         .set("acks", "all")
         .set("linger.ms", "5")
         .create()?;
-    let broker_cpu = cpu_seconds_by_name("nisshi");
+    let broker_cpu = broker_cpu_seconds();
     let mut produce_bursts_per_s = Vec::new();
     for _ in 0..RAW_BURSTS {
         produce_bursts_per_s.push(produce_burst(&producer, &topic, &events).await?);
     }
-    let broker_cpu_produce = cpu_seconds_by_name("nisshi") - broker_cpu;
+    let broker_cpu_produce = broker_cpu_seconds() - broker_cpu;
 
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", &kafka.bootstrap_servers)
@@ -92,10 +92,10 @@ pub async fn raw_client(records: usize, rate: u32, tuning: &Tuning) -> anyhow::R
         .set("fetch.wait.max.ms", tuning.fetch_wait_ms.to_string())
         .create()?;
     consumer.subscribe(&[&topic])?;
-    let broker_cpu = cpu_seconds_by_name("nisshi");
+    let broker_cpu = broker_cpu_seconds();
     let subscribed = Instant::now();
     let (first, consume_per_s) = consume_backlog(&consumer, records * RAW_BURSTS).await?;
-    let broker_cpu_consume = cpu_seconds_by_name("nisshi") - broker_cpu;
+    let broker_cpu_consume = broker_cpu_seconds() - broker_cpu;
 
     // Latency floor: single records at 20 per second (the HTTP latency
     // run's rate) and at `rate` (the outbox latency run's), 10 s each.
@@ -106,9 +106,9 @@ pub async fn raw_client(records: usize, rate: u32, tuning: &Tuning) -> anyhow::R
         .await?
         .summary(f64::from(rate));
 
-    let broker_cpu = cpu_seconds_by_name("nisshi");
+    let broker_cpu = broker_cpu_seconds();
     let concurrent_per_s = produce_while_consuming(&producer, &consumer, &topic, &events).await?;
-    let broker_cpu_concurrent = cpu_seconds_by_name("nisshi") - broker_cpu;
+    let broker_cpu_concurrent = broker_cpu_seconds() - broker_cpu;
     let per_record = |seconds: f64| seconds * 1000.0 / (records * RAW_BURSTS) as f64;
     Ok(RawFigures {
         records,

@@ -205,20 +205,17 @@ impl EventConsumer {
             stored: AtomicUsize::new(0),
             monitor,
         });
+        let mut properties = vec![
+            ("group.id", consumer.group_id.clone()),
+            ("enable.auto.commit", "false".to_owned()),
+            ("enable.auto.offset.store", "false".to_owned()),
+            ("auto.offset.reset", consumer.auto_offset_reset.as_str().to_owned()),
+            ("fetch.wait.max.ms", consumer.fetch_wait_max_ms.to_string()),
+            ("statistics.interval.ms", STATISTICS_INTERVAL_MS.to_string()),
+        ];
+        properties.extend(consumer.group_protocol.properties(consumer));
         let client: StreamConsumer<GroupContext> = settings
-            .client_config(
-                client_id,
-                &[
-                    ("group.id", consumer.group_id.clone()),
-                    ("enable.auto.commit", "false".to_owned()),
-                    ("enable.auto.offset.store", "false".to_owned()),
-                    ("auto.offset.reset", consumer.auto_offset_reset.as_str().to_owned()),
-                    ("session.timeout.ms", consumer.session_timeout_ms.to_string()),
-                    ("fetch.wait.max.ms", consumer.fetch_wait_max_ms.to_string()),
-                    ("partition.assignment.strategy", "cooperative-sticky".to_owned()),
-                    ("statistics.interval.ms", STATISTICS_INTERVAL_MS.to_string()),
-                ],
-            )
+            .client_config(client_id, &properties)
             .create_with_context(GroupContext {
                 shared: Arc::clone(&shared),
                 client: KafkaContext::new(settings),

@@ -53,5 +53,5 @@ pub use envelope::{Envelope, EnvelopeError};
 pub use error::{AdminError, ConsumeError, ProduceError};
 pub use monitor::GroupMonitor;
 pub use producer::{Delivery, EventProducer, OutgoingRecord};
-pub use settings::{AutoOffsetReset, ConsumerSettings, KafkaSettings, Security};
+pub use settings::{AutoOffsetReset, ConsumerSettings, GroupProtocol, KafkaSettings, Security};
 pub use topics::{Topic, TopicRegistry, TopicSpec};

@@ -103,8 +103,15 @@ pub struct ConsumerSettings {
     /// `earliest` (the default, so no event is skipped) or `latest`.
     #[serde(default)]
     pub auto_offset_reset: AutoOffsetReset,
+    /// The consumer group protocol (`group.protocol`): `classic` (the
+    /// default) or `consumer` (KIP-848).
+    #[serde(default)]
+    pub group_protocol: GroupProtocol,
     /// How long the group coordinator waits for a heartbeat before it removes
     /// this member and rebalances, in milliseconds (`session.timeout.ms`).
+    /// Classic protocol only: under `consumer` the broker sets it for the
+    /// group (`group.consumer.session.timeout.ms`), and librdkafka refuses
+    /// the client setting.
     #[serde(default = "default_session_timeout_ms")]
     pub session_timeout_ms: u64,
     /// Commit processed offsets after this many records have been processed
@@ -128,14 +135,10 @@ pub struct ConsumerSettings {
     /// arrive, in milliseconds (`fetch.wait.max.ms`; librdkafka's default,
     /// 500, when absent).
     ///
-    /// Apache Kafka answers a waiting fetch as soon as a record arrives, so
-    /// there this only paces idle polling. Nisshi 0.8 (the local broker)
-    /// polls its storage instead: it reads, and while nothing is there
-    /// sleeps half of the remaining wait before it reads again
-    /// (`nisshi-storage` `service/fetch.rs`), so a record that arrives just
-    /// after a read waits up to half of this for the next one. Locally the
-    /// wait is a choice of latency against the broker's idle CPU
-    /// (`docs/benchmarks.md`, "Fetch wait").
+    /// Apache Kafka answers a waiting fetch as soon as `fetch.min.bytes`
+    /// (librdkafka's default: 1 byte) have arrived, so this does not delay
+    /// records: it only paces polling while nothing arrives, and bounds how
+    /// long a paused partition's resume waits for the fetch in flight.
     #[serde(default = "default_fetch_wait_max_ms")]
     pub fetch_wait_max_ms: u64,
 }
@@ -199,6 +202,53 @@ impl AutoOffsetReset {
     }
 }
 
+/// How the group's members find their partitions: librdkafka's
+/// `group.protocol`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupProtocol {
+    /// The classic protocol: members join, one of them assigns, with the
+    /// cooperative-sticky assignor. The default, because every broker this
+    /// system runs against supports it; Amazon MSK Serverless has not said
+    /// that it supports the other.
+    #[default]
+    Classic,
+    /// KIP-848, generally available since Apache Kafka 4.0 and librdkafka
+    /// 2.12: the broker assigns, and each member heartbeats on its own, so a
+    /// rebalance stops no other member. Session timeout and heartbeat
+    /// interval are the broker's (`group.consumer.*`), and librdkafka
+    /// refuses `session.timeout.ms`, `heartbeat.interval.ms` and
+    /// `partition.assignment.strategy` under it.
+    ///
+    /// The member asks for the broker's `range` assignor
+    /// (`group.remote.assignor`). The broker's default, `uniform`, balances
+    /// the count of partitions per member over all topics together: three
+    /// members of this group got all 8 partitions of one topic each
+    /// (`failures/rebalances`), so one member applied every `user.created`.
+    /// `range` splits each topic (3/3/2 over three members) and gives a
+    /// member the same partition numbers of every topic, which here, both
+    /// topics keyed by user id with the same count, means a user's creation
+    /// and tokens.
+    Consumer,
+}
+
+impl GroupProtocol {
+    /// The librdkafka properties of this protocol for `consumer`.
+    pub(crate) fn properties(self, consumer: &ConsumerSettings) -> Vec<(&'static str, String)> {
+        match self {
+            GroupProtocol::Classic => vec![
+                ("group.protocol", "classic".to_owned()),
+                ("session.timeout.ms", consumer.session_timeout_ms.to_string()),
+                ("partition.assignment.strategy", "cooperative-sticky".to_owned()),
+            ],
+            GroupProtocol::Consumer => vec![
+                ("group.protocol", "consumer".to_owned()),
+                ("group.remote.assignor", "range".to_owned()),
+            ],
+        }
+    }
+}
+
 impl ConsumerSettings {
     /// The dispatcher's settings ([`crate::dispatch`]) from these, workers
     /// getting `drain_timeout` at shutdown to finish the record in hand.
@@ -215,6 +265,7 @@ impl ConsumerSettings {
         Self {
             group_id: group_id.into(),
             auto_offset_reset: AutoOffsetReset::default(),
+            group_protocol: GroupProtocol::default(),
             session_timeout_ms: default_session_timeout_ms(),
             commit_batch_size: default_commit_batch_size(),
             commit_interval_ms: default_commit_interval_ms(),
@@ -262,15 +313,47 @@ fn default_fetch_wait_max_ms() -> u64 {
 mod tests {
     use super::*;
 
+    fn parse(json: &str) -> serde_json::Result<ConsumerSettings> {
+        serde_json::from_str(json)
+    }
+
     #[test]
     fn auto_offset_reset_takes_earliest_or_latest_and_refuses_anything_else() {
-        let parse = |json: &str| serde_json::from_str::<ConsumerSettings>(json);
         let default = parse(r#"{"group_id": "g"}"#).unwrap();
         assert_eq!(default.auto_offset_reset, AutoOffsetReset::Earliest);
         let latest = parse(r#"{"group_id": "g", "auto_offset_reset": "latest"}"#).unwrap();
         assert_eq!(latest.auto_offset_reset.as_str(), "latest");
         let error = parse(r#"{"group_id": "g", "auto_offset_reset": "none"}"#).unwrap_err();
         assert!(error.to_string().contains("unknown variant `none`"), "{error}");
+    }
+
+    #[test]
+    fn the_consumer_group_protocol_leaves_out_what_librdkafka_refuses_under_it() {
+        let default = parse(r#"{"group_id": "g"}"#).unwrap();
+        assert_eq!(default.group_protocol, GroupProtocol::Classic);
+        let keys = |settings: &ConsumerSettings| {
+            settings
+                .group_protocol
+                .properties(settings)
+                .into_iter()
+                .map(|(key, value)| format!("{key}={value}"))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            keys(&default),
+            [
+                "group.protocol=classic",
+                "session.timeout.ms=45000",
+                "partition.assignment.strategy=cooperative-sticky"
+            ]
+        );
+        let consumer = parse(r#"{"group_id": "g", "group_protocol": "consumer"}"#).unwrap();
+        assert_eq!(
+            keys(&consumer),
+            ["group.protocol=consumer", "group.remote.assignor=range"]
+        );
+        let error = parse(r#"{"group_id": "g", "group_protocol": "kip848"}"#).unwrap_err();
+        assert!(error.to_string().contains("unknown variant `kip848`"), "{error}");
     }
 
     fn security(yaml: &str) -> Security {

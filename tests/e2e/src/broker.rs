@@ -1,127 +1,188 @@
-//! A Nisshi broker of a test's own, for tests that stop the broker or need
-//! a listener the shared one does not have (TLS): on a free loopback port,
-//! with SQLite storage in a fresh directory, so it can be killed and
-//! started again with its data.
-//!
-//! The binary is `nisshi` on `PATH` (`scripts/broker.sh install` puts it
-//! there), or the one `NISSHI` names.
+//! An Apache Kafka broker (or a three-broker cluster) of a test's own, for
+//! tests that stop brokers or need a listener the shared one does not have
+//! (TLS). It runs through `scripts/broker.sh`, the same script that starts
+//! the shared test broker, on free loopback ports and with its data in a
+//! fresh directory, so nodes can be killed, paused and started again with
+//! their data.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
-use crate::process::free_port;
-
-/// A TLS listener's certificate chain and private key, both PEM files.
+/// A TLS listener's certificate chain, private key and CA, PEM files.
 #[derive(Debug, Clone)]
 pub struct ServerTls {
-    /// The certificate chain (`--cert`).
+    /// The certificate chain, for `127.0.0.1`.
     pub cert: PathBuf,
-    /// The private key (`--key`).
+    /// The unencrypted PKCS#8 private key.
     pub key: PathBuf,
+    /// The CA that signed `cert`: the broker's truststore (Kafka refuses to
+    /// start unless it accepts the broker's own certificate).
+    pub ca: PathBuf,
 }
 
-/// A running (or stopped) broker process of one test.
+/// A running (or stopped) broker or cluster of one test. Dropping it kills
+/// every node with SIGKILL and removes its data.
 pub struct Broker {
+    /// Node `n` (1-based) listens for clients on `port + n - 1`.
     port: u16,
+    /// How many nodes: 1 or 3.
+    nodes: u8,
+    /// The data directory `scripts/broker.sh --dir` is given.
     dir: PathBuf,
-    tls: Option<ServerTls>,
-    process: Option<Child>,
 }
 
 impl Broker {
-    /// Starts a broker with a plaintext listener.
+    /// Starts one combined broker and controller with a plaintext listener.
     pub fn start_new() -> Self {
-        Self::start_with(None)
+        Self::launch(1, None)
     }
 
-    /// Starts a broker whose listener only accepts TLS, with `tls`.
+    /// Starts one node whose client listener only accepts TLS, with `tls`.
     pub fn start_tls(tls: ServerTls) -> Self {
-        Self::start_with(Some(tls))
+        Self::launch(1, Some(tls))
     }
 
-    fn start_with(tls: Option<ServerTls>) -> Self {
+    /// Starts a cluster of three brokers (replication factor 3,
+    /// `min.insync.replicas` 2; `scripts/broker.sh` has the settings).
+    pub fn start_cluster() -> Self {
+        Self::launch(3, None)
+    }
+
+    fn launch(nodes: u8, tls: Option<ServerTls>) -> Self {
         let dir = std::env::temp_dir().join(format!("e2e-broker-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).expect("broker data directory");
-        let mut broker = Self {
-            port: free_port(),
-            dir,
-            tls,
-            process: None,
-        };
-        broker.start();
+        let (port, controller_port) = free_port_ranges(nodes);
+        let broker = Self { port, nodes, dir };
+        let mut args = vec![
+            "start".to_owned(),
+            "--nodes".to_owned(),
+            nodes.to_string(),
+            "--port".to_owned(),
+            port.to_string(),
+            "--controller-port".to_owned(),
+            controller_port.to_string(),
+        ];
+        if let Some(tls) = tls {
+            args.push("--tls".to_owned());
+            args.push(path_arg(&tls.cert));
+            args.push(path_arg(&tls.key));
+            args.push(path_arg(&tls.ca));
+        }
+        broker.script(&args);
         broker
     }
 
-    /// Starts the process again on the same port and data (after
-    /// [`kill`](Self::kill)).
+    /// Starts every node that is not running (after [`kill`](Self::kill)
+    /// or [`kill_node`](Self::kill_node)), with its data, and returns once
+    /// each of them accepts clients.
     ///
     /// # Panics
     ///
-    /// When the binary is missing or the port does not open within 10 s.
+    /// When a node exits or does not open its port within 120 s (the
+    /// script prints the node's log).
     pub fn start(&mut self) {
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log())
-            .expect("broker log");
-        let mut command = Command::new(std::env::var("NISSHI").unwrap_or_else(|_| "nisshi".to_owned()));
-        command
-            .args(["broker", "--storage-engine", "sqlite://nisshi.db"])
-            .args(["--listener-url", &url, "--advertised-listener-url", &url]);
-        if let Some(tls) = &self.tls {
-            command.arg("--cert").arg(&tls.cert).arg("--key").arg(&tls.key);
-        }
-        let mut child = command
-            .current_dir(&self.dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("nisshi is installed (scripts/broker.sh install)");
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                self.process = Some(child);
-                return;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("nisshi exited with {status}; see {}", self.log().display());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        panic!(
-            "nisshi did not listen on port {} within 10 s; see {}",
-            self.port,
-            self.log().display()
-        );
+        self.script(&["start"]);
     }
 
-    /// SIGKILL, and waits for the process to be gone.
+    /// SIGKILL to every node, and waits for them to be gone.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.process.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.script(&["stop", "--now"]);
     }
 
-    /// `127.0.0.1:<port>`.
+    /// SIGKILL to node `id` (1-based), and waits for it to be gone.
+    pub fn kill_node(&self, id: u8) {
+        self.script(&["kill", &id.to_string()]);
+    }
+
+    /// SIGSTOP to node `id`: it holds its connections and answers nothing.
+    pub fn pause_node(&self, id: u8) {
+        self.script(&["pause", &id.to_string()]);
+    }
+
+    /// SIGCONT to node `id` after [`pause_node`](Self::pause_node).
+    pub fn resume_node(&self, id: u8) {
+        self.script(&["resume", &id.to_string()]);
+    }
+
+    /// Every node's client address, `127.0.0.1:<port>` joined with commas.
     pub fn bootstrap_servers(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        (0..u16::from(self.nodes))
+            .map(|n| format!("127.0.0.1:{}", self.port + n))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
-    /// Where the broker logs.
-    pub fn log(&self) -> PathBuf {
-        self.dir.join("nisshi.log")
+    /// The node id whose client listener is `port`, if it is one of these.
+    pub fn node_of_port(&self, port: u16) -> Option<u8> {
+        let offset = port.checked_sub(self.port)?;
+        (offset < u16::from(self.nodes)).then(|| offset as u8 + 1)
+    }
+
+    /// Where node `id` logs.
+    pub fn log(&self, id: u8) -> PathBuf {
+        self.dir.join(format!("node-{id}")).join("kafka.log")
+    }
+
+    /// Runs `scripts/broker.sh ARGS --dir DIR`.
+    ///
+    /// # Panics
+    ///
+    /// When the script fails; its stderr says why.
+    fn script<S: AsRef<std::ffi::OsStr>>(&self, args: &[S]) {
+        let status = Command::new(script_path())
+            .args(args)
+            .arg("--dir")
+            .arg(&self.dir)
+            .status()
+            .expect("scripts/broker.sh runs");
+        assert!(
+            status.success(),
+            "scripts/broker.sh {:?} --dir {} failed ({status}); it said why above",
+            args.iter()
+                .map(|a| a.as_ref().to_string_lossy().into_owned())
+                .collect::<Vec<_>>(),
+            self.dir.display(),
+        );
     }
 }
 
 impl Drop for Broker {
     fn drop(&mut self) {
-        self.kill();
+        let _ = Command::new(script_path())
+            .args(["stop", "--now", "--dir"])
+            .arg(&self.dir)
+            .status();
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn script_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/broker.sh")
+}
+
+fn path_arg(path: &Path) -> String {
+    path.to_str().expect("a UTF-8 path").to_owned()
+}
+
+/// Two runs of `nodes` consecutive loopback ports that are free now (client
+/// and controller listeners), from a random start between 20000 and 60000.
+fn free_port_ranges(nodes: u8) -> (u16, u16) {
+    let free = |start: u16| {
+        (start..start + u16::from(nodes)).all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+    };
+    let random_start = || 20_000 + (uuid::Uuid::new_v4().as_u128() % 40_000) as u16;
+    let pick = || loop {
+        let start = random_start();
+        if free(start) {
+            return start;
+        }
+    };
+    let client = pick();
+    loop {
+        let controller = pick();
+        if controller.abs_diff(client) >= u16::from(nodes) {
+            return (client, controller);
         }
     }
 }

@@ -50,6 +50,21 @@ pub fn bootstrap_servers() -> String {
     std::env::var("TEST_KAFKA_BOOTSTRAP_SERVERS").unwrap_or_else(|_| "127.0.0.1:19092".to_owned())
 }
 
+/// The consumer group protocol every test member uses, from
+/// `TEST_KAFKA_GROUP_PROTOCOL`: `classic` (the default) or `consumer`
+/// (KIP-848). `scripts/test.sh` runs the group tests under both.
+///
+/// # Panics
+///
+/// On any other value.
+pub fn group_protocol() -> kafka_service::GroupProtocol {
+    match std::env::var("TEST_KAFKA_GROUP_PROTOCOL").as_deref() {
+        Err(_) | Ok("classic") => kafka_service::GroupProtocol::Classic,
+        Ok("consumer") => kafka_service::GroupProtocol::Consumer,
+        Ok(other) => panic!("TEST_KAFKA_GROUP_PROTOCOL is classic or consumer, not {other}"),
+    }
+}
+
 /// The PostgreSQL server URL, without a database name.
 pub fn database_server_url() -> String {
     std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned())
@@ -145,9 +160,7 @@ impl TestContext {
         let mut group = ConsumerSettings::new(&self.group_id);
         group.commit_interval_ms = 200;
         group.session_timeout_ms = 10_000;
-        // As the consumer's local.yaml (the local broker polls its storage
-        // within the wait; see `ConsumerSettings::fetch_wait_max_ms`).
-        group.fetch_wait_max_ms = 10;
+        group.group_protocol = group_protocol();
         Settings {
             http: HttpSettings {
                 host: "127.0.0.1".to_owned(),

@@ -25,7 +25,10 @@ pub const NO_PRODUCER: &str = "http://127.0.0.1:9";
 /// (`kafka.session_timeout_ms`); the tests use 10 s so that a SIGKILL
 /// costs seconds, with three of librdkafka's 3 s heartbeats
 /// (`heartbeat.interval.ms`) in each session, so a member busy on two
-/// loaded cores is not timed out in steady state.
+/// loaded cores is not timed out in steady state. Under the `consumer`
+/// group protocol the broker holds both: `scripts/broker.sh` sets
+/// `group.consumer.session.timeout.ms` and `heartbeat.interval.ms` to the
+/// same 10 s and 3 s.
 pub const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A service process listening on `127.0.0.1:<port>`.
@@ -201,6 +204,14 @@ impl TestContext {
                 ("APP_KAFKA__GROUP_ID", self.group_id.clone()),
                 ("APP_KAFKA__COMMIT_INTERVAL_MS", "200".to_owned()),
                 ("APP_KAFKA__SESSION_TIMEOUT_MS", SESSION_TIMEOUT.as_millis().to_string()),
+                (
+                    "APP_KAFKA__GROUP_PROTOCOL",
+                    match crate::group_protocol() {
+                        kafka_service::GroupProtocol::Classic => "classic",
+                        kafka_service::GroupProtocol::Consumer => "consumer",
+                    }
+                    .to_owned(),
+                ),
                 ("APP_PRODUCER__BASE_URL", producer_url.to_owned()),
                 ("APP_PRODUCER__TIMEOUT_MS", "500".to_owned()),
                 ("APP_RETRY__ATTEMPTS", retry.attempts.to_string()),

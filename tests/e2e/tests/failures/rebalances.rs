@@ -28,10 +28,25 @@ const ONE_REBALANCE: Duration = Duration::from_secs(10);
 /// come and go (see `crashes.rs`).
 const SMALL_BATCHES: (&str, &str) = ("APP_KAFKA__MAX_BATCH_RECORDS", "4");
 
-/// Three members started together (the broker waits 3 s, as Kafka's
-/// `group.initial.rebalance.delay.ms`, before the first assignment of an
-/// empty group) share the 8 partitions of each topic 3/3/2, and apply
-/// 600 users and 2 tokens each exactly once.
+/// A retry schedule that outlasts a handover: rounds through the retry
+/// topic after 1, 2, 4, 8, 8 and 8 s (31 s in all) instead of the tests'
+/// usual 3 s. When a member is killed, the `user.created` records on its
+/// partitions wait out the session timeout and a rebalance (up to 20 s,
+/// [`SESSION_TIMEOUT`] plus [`ONE_REBALANCE`]), while those users' tokens,
+/// on partitions a survivor holds, go round the retry topic waiting for
+/// them; with 3 s of rounds they would be dead-lettered as exhausted
+/// first. Production's schedule starts at one minute.
+const RETRIES_OUTLAST_A_HANDOVER: [(&str, &str); 3] = [
+    ("APP_RETRY__TOPIC_ROUNDS", "6"),
+    ("APP_RETRY__TOPIC_INITIAL_DELAY_MS", "1000"),
+    ("APP_RETRY__TOPIC_MAX_DELAY_MS", "8000"),
+];
+
+/// Three members started together share the 8 partitions of each topic
+/// 3/3/2, and apply 600 users and 2 tokens each exactly once. Under the
+/// classic protocol the broker waits 3 s (`group.initial.rebalance.delay.ms`)
+/// before an empty group's first assignment, so all three are in it; under
+/// KIP-848 it assigns as members arrive and moves partitions to newcomers.
 #[tokio::test]
 async fn three_members_share_each_topics_partitions_three_three_two() {
     let _serial = crate::one_at_a_time().await;
@@ -43,15 +58,28 @@ async fn three_members_share_each_topics_partitions_three_three_two() {
     })
     .await;
     eprintln!("partitions per member, by topic: {split:?}");
+    let mut before = Vec::new();
+    for member in members {
+        before.push(member.assigned_partitions().await);
+    }
 
     let (users, created) = new_users(600);
     publish(&context, &created).await;
     publish(&context, &tokens_for(&users, 2)).await;
     let pool = context.consumer_pool().await;
     assert_exact_state(&context, &pool, &users, 2).await;
-    for member in members {
+    // Nothing moved under load. Each member holds 8 of the 24 partitions
+    // under the classic protocol's cooperative-sticky assignor, and 9, 9
+    // and 6 under KIP-848's range assignor, which gives one member the
+    // same two partition numbers of every topic.
+    for (member, before) in members.iter().zip(before) {
         let held = member.assigned_partitions().await;
-        assert_eq!(held.values().sum::<i64>(), 8, "still 8 of 24 partitions each: {held:?}");
+        assert_eq!(
+            held,
+            before,
+            "{}: the partitions it held before the load",
+            member.log.display()
+        );
     }
     a.kill().await;
     b.kill().await;
@@ -68,7 +96,8 @@ async fn three_members_share_each_topics_partitions_three_three_two() {
 async fn a_member_killed_mid_stream_loses_its_partitions_to_the_survivors_within_the_session_timeout() {
     let _serial = crate::one_at_a_time().await;
     let context = TestContext::new();
-    let (a, b, c) = three_members(&context, &[SMALL_BATCHES]).await;
+    let [rounds, initial, max] = RETRIES_OUTLAST_A_HANDOVER;
+    let (a, b, c) = three_members(&context, &[SMALL_BATCHES, rounds, initial, max]).await;
     wait_for_ownership(&context, &[&a, &b, &c], Duration::from_secs(30), each_member_holds_some).await;
 
     let (users, created) = new_users(1500);

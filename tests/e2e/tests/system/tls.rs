@@ -85,10 +85,11 @@ fn broker_certificates(dir: &Path) -> (PathBuf, ServerTls) {
     std::fs::write(&files.1, broker_cert.pem()).unwrap();
     std::fs::write(&files.2, broker_key.serialize_pem()).unwrap();
     (
-        files.0,
+        files.0.clone(),
         ServerTls {
             cert: files.1,
             key: files.2,
+            ca: files.0,
         },
     )
 }
