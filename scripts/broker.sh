@@ -102,9 +102,9 @@ install_kafka() {
 </project>
 EOF
   rm -rf "$cache/lib.partial"
-  mvn -q -B -Dstyle.color=never -f "$cache/pom.xml" dependency:copy-dependencies \
-    -DincludeScope=runtime -DoutputDirectory="$cache/lib.partial" >&2 ||
-    die "Maven could not fetch Kafka $KAFKA_VERSION (see above)"
+  mvn -B -f "$cache/pom.xml" dependency:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$cache/lib.partial" >"$cache/maven.log" 2>&1 ||
+    { tail -n 30 "$cache/maven.log" >&2; die "Maven could not fetch Kafka $KAFKA_VERSION; its log is $cache/maven.log (above)"; }
   # One console appender; the request log only at WARN, as Kafka ships it.
   cat >"$cache/log4j2.properties" <<'EOF'
 status = warn
@@ -169,14 +169,15 @@ share.coordinator.state.topic.min.isr=$min_isr
 # default) make a new group's first coordinator lookup slower.
 offsets.topic.num.partitions=8
 # A dead broker is fenced, and its partitions' leadership moves, after
-# this (default 9 s); the cluster fault tests wait it out each time.
+# this (default 9 s); a test that kills a broker waits it out.
 broker.session.timeout.ms=3000
 broker.heartbeat.interval.ms=500
 # KIP-848 groups (group.protocol=consumer) take their session timeout and
 # heartbeat interval from the broker (defaults 45 s and 5 s, which are also
 # the minimums): the same 10 s and 3 s as the classic members of the tests
 # (tests/e2e/src/process.rs, SESSION_TIMEOUT), so that a killed member's
-# partitions move within seconds under either protocol.
+# partitions move within seconds under either protocol (the same in
+# docs/config/server.properties).
 group.consumer.min.session.timeout.ms=6000
 group.consumer.session.timeout.ms=10000
 group.consumer.min.heartbeat.interval.ms=1000
@@ -236,10 +237,16 @@ load_layout() {
   [[ $nodes == 1 || $nodes == 3 ]] || die "--nodes is 1 or 3, not $nodes"
 }
 
+# Whether pid $1 is a running Kafka JVM (not a process that got the pid
+# after a reboot, nor an exited one awaiting its parent: its cmdline is
+# empty).
+kafka_alive() { grep -qa kafka.Kafka "/proc/$1/cmdline" 2>/dev/null; }
+
+# The pid of node $1 while it runs.
 node_pid() {
   local pid
   pid=$(cat "$dir/node-$1/pid" 2>/dev/null) || return 1
-  kill -0 "$pid" 2>/dev/null && echo "$pid"
+  kafka_alive "$pid" && echo "$pid"
 }
 
 start_node() {
@@ -319,7 +326,7 @@ stop() {
   done
   local deadline=$((SECONDS + 30))
   for pid in "${pids[@]}"; do
-    while kill -0 "$pid" 2>/dev/null; do
+    while kafka_alive "$pid"; do
       if ((SECONDS > deadline)); then
         echo "broker: pid $pid still running 30 s after SIGTERM; sending SIGKILL" >&2
         kill -KILL "$pid" 2>/dev/null || true
@@ -336,7 +343,7 @@ signal_node() {
   pid=$(node_pid "$id") || die "node $id is not running (in $dir)"
   kill "-$signal" "$pid"
   if [[ $signal == KILL ]]; then
-    while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+    while kafka_alive "$pid"; do sleep 0.05; done
     rm -f "$dir/node-$id/pid"
   fi
 }

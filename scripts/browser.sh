@@ -17,6 +17,8 @@ find_browser() {
 if ! find_browser >/dev/null; then
   if command -v apt-get >/dev/null 2>&1 && [[ $(id -u) == 0 ]]; then
     echo "browser: installing Debian's chromium" >&2
+    # A fresh machine's package lists may be empty until updated.
+    apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null
   else
     echo "browser: no Chromium found; install one (apt-get install chromium) or set CHROMIUM" >&2
