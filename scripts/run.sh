@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole system on this machine: installs Apache Kafka if missing
-# (scripts/broker.sh), starts it and PostgreSQL (scripts/postgres.sh), builds and starts both services (release), and
-# drives demo traffic through them. Ctrl-C stops everything.
+# (scripts/broker.sh), starts it and PostgreSQL (scripts/postgres.sh),
+# builds and starts both services (release), and drives demo traffic
+# through them. Ctrl-C stops everything.
 #
 # Ports: broker 9092, producer 9001, consumer 9000, all on 127.0.0.1.
 # Logs: .run/producer.log, .run/consumer.log, .run/broker/node-1/kafka.log.

@@ -37,7 +37,9 @@ cargo build --workspace --bins --locked
 cargo test --workspace --locked "$@"
 # The consumer group tests again, under KIP-848's protocol
 # (kafka.group_protocol: consumer; the run above used classic).
-TEST_KAFKA_GROUP_PROTOCOL=consumer cargo test --locked -p e2e --test failures rebalances
+# --workspace, as above: `-p e2e` would resolve features differently and
+# rebuild half the dependency graph.
+TEST_KAFKA_GROUP_PROTOCOL=consumer cargo test --workspace --locked --test failures rebalances
 
 # Hostile HTTP input against both services, from their OpenAPI documents.
 scripts/api-fuzz.sh

@@ -233,18 +233,24 @@ pub enum GroupProtocol {
 }
 
 impl GroupProtocol {
+    /// The librdkafka property value (and the configuration's).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupProtocol::Classic => "classic",
+            GroupProtocol::Consumer => "consumer",
+        }
+    }
+
     /// The librdkafka properties of this protocol for `consumer`.
     pub(crate) fn properties(self, consumer: &ConsumerSettings) -> Vec<(&'static str, String)> {
+        let protocol = ("group.protocol", self.as_str().to_owned());
         match self {
             GroupProtocol::Classic => vec![
-                ("group.protocol", "classic".to_owned()),
+                protocol,
                 ("session.timeout.ms", consumer.session_timeout_ms.to_string()),
                 ("partition.assignment.strategy", "cooperative-sticky".to_owned()),
             ],
-            GroupProtocol::Consumer => vec![
-                ("group.protocol", "consumer".to_owned()),
-                ("group.remote.assignor", "range".to_owned()),
-            ],
+            GroupProtocol::Consumer => vec![protocol, ("group.remote.assignor", "range".to_owned())],
         }
     }
 }

@@ -111,12 +111,6 @@ impl Broker {
             .join(",")
     }
 
-    /// The node id whose client listener is `port`, if it is one of these.
-    pub fn node_of_port(&self, port: u16) -> Option<u8> {
-        let offset = port.checked_sub(self.port)?;
-        (offset < u16::from(self.nodes)).then(|| offset as u8 + 1)
-    }
-
     /// Where node `id` logs.
     pub fn log(&self, id: u8) -> PathBuf {
         self.dir.join(format!("node-{id}")).join("kafka.log")

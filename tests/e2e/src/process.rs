@@ -204,14 +204,7 @@ impl TestContext {
                 ("APP_KAFKA__GROUP_ID", self.group_id.clone()),
                 ("APP_KAFKA__COMMIT_INTERVAL_MS", "200".to_owned()),
                 ("APP_KAFKA__SESSION_TIMEOUT_MS", SESSION_TIMEOUT.as_millis().to_string()),
-                (
-                    "APP_KAFKA__GROUP_PROTOCOL",
-                    match crate::group_protocol() {
-                        kafka_service::GroupProtocol::Classic => "classic",
-                        kafka_service::GroupProtocol::Consumer => "consumer",
-                    }
-                    .to_owned(),
-                ),
+                ("APP_KAFKA__GROUP_PROTOCOL", crate::group_protocol().as_str().to_owned()),
                 ("APP_PRODUCER__BASE_URL", producer_url.to_owned()),
                 ("APP_PRODUCER__TIMEOUT_MS", "500".to_owned()),
                 ("APP_RETRY__ATTEMPTS", retry.attempts.to_string()),

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use e2e::load::{assert_exact_state, new_users, publish, tokens_for, wait_for_processed};
 use e2e::process::{ServiceProcess, NO_PRODUCER, SESSION_TIMEOUT};
 use e2e::TestContext;
-use kafka_service::Topic;
+use kafka_service::{GroupProtocol, Topic};
 
 /// The topics a member consumes: both event topics and the retry topic.
 const CONSUMED: [Topic; 3] = [Topic::NewUserCreated, Topic::IssuedToken, Topic::Retry];
@@ -68,10 +68,18 @@ async fn three_members_share_each_topics_partitions_three_three_two() {
     publish(&context, &tokens_for(&users, 2)).await;
     let pool = context.consumer_pool().await;
     assert_exact_state(&context, &pool, &users, 2).await;
-    // Nothing moved under load. Each member holds 8 of the 24 partitions
-    // under the classic protocol's cooperative-sticky assignor, and 9, 9
-    // and 6 under KIP-848's range assignor, which gives one member the
-    // same two partition numbers of every topic.
+    // Each member holds as many partitions of each topic as before the
+    // load: 8 of the 24 each under the classic protocol's
+    // cooperative-sticky assignor, and 9, 9 and 6 under KIP-848's range
+    // assignor, which gives one member the same two partition numbers of
+    // every topic.
+    let mut totals: Vec<i64> = before.iter().map(|held| held.values().sum()).collect();
+    totals.sort_unstable();
+    let expected = match e2e::group_protocol() {
+        GroupProtocol::Classic => [8, 8, 8],
+        GroupProtocol::Consumer => [6, 9, 9],
+    };
+    assert_eq!(totals, expected, "partitions per member of 24: {before:?}");
     for (member, before) in members.iter().zip(before) {
         let held = member.assigned_partitions().await;
         assert_eq!(
