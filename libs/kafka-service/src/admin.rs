@@ -282,15 +282,3 @@ fn query_offsets(
         })
         .collect()
 }
-
-/// The number of partitions `topic` has on the broker (`0` when it does not
-/// exist).
-///
-/// # Errors
-///
-/// [`AdminError::Broker`] when the broker does not answer within
-/// `request_timeout_ms`.
-pub async fn partition_count(settings: &KafkaSettings, topic: &str) -> Result<i32, AdminError> {
-    let counts = describe(settings, &[topic.to_owned()]).await?;
-    Ok(counts.first().copied().unwrap_or(0))
-}

@@ -28,8 +28,8 @@
 //!   progress, for readiness.
 //! - [`failure`]: retry and dead-letter copies of failed records, and their
 //!   headers.
-//! - [`reader`]: reads a range of a partition outside any group (listing
-//!   dead letters).
+//! - [`reader`]: reads ranges of partitions outside any group, through one
+//!   client (listing dead letters).
 //! - [`error`]: one error enum per concern.
 #![warn(missing_docs)]
 
@@ -46,7 +46,7 @@ pub mod reader;
 pub mod settings;
 pub mod topics;
 
-pub use admin::{ensure_topics, group_offsets, partition_count, provision_topics, PartitionOffsets};
+pub use admin::{ensure_topics, group_offsets, provision_topics, PartitionOffsets};
 pub use consumer::{EventConsumer, PartitionLease, Record};
 pub use dispatch::{Disposition, RecordHandler};
 pub use envelope::{Envelope, EnvelopeError};

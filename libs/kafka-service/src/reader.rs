@@ -1,7 +1,12 @@
-//! Reads a range of one partition outside any consumer group: nothing is
+//! Reads ranges of partitions outside any consumer group: nothing is
 //! committed and no group is joined (listing dead letters, audits in tests).
 
-use rdkafka::consumer::Consumer;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::consumer::Record;
@@ -9,15 +14,109 @@ use crate::context::KafkaContext;
 use crate::error::AdminError;
 use crate::settings::KafkaSettings;
 
-/// The records of `partition` of `topic` from `from_offset` (or the log
-/// start, if later) up to `max_records` of them, stopping at the high
-/// watermark as it was when the call began. Records come in offset order.
+/// One Kafka client for any number of reads, so that a request reading
+/// eight partitions connects and fetches metadata once, not eight times.
+/// Clones share the client; reads through it take turns.
+#[derive(Clone)]
+pub struct PartitionReader {
+    consumer: Arc<Mutex<BaseConsumer<KafkaContext>>>,
+    timeout: Duration,
+}
+
+impl PartitionReader {
+    /// A reader with `settings`' client settings. It connects on first use.
+    ///
+    /// # Errors
+    ///
+    /// [`AdminError::Config`] for bad client settings.
+    pub fn new(settings: &KafkaSettings) -> Result<Self, AdminError> {
+        let consumer = KafkaContext::base_consumer(
+            settings,
+            "reader",
+            &[
+                // Required by librdkafka even when no group is joined.
+                ("group.id", "kafka-service-reader".to_owned()),
+                ("enable.auto.commit", "false".to_owned()),
+                ("enable.partition.eof", "false".to_owned()),
+            ],
+        )
+        .map_err(AdminError::Config)?;
+        Ok(Self {
+            consumer: Arc::new(Mutex::new(consumer)),
+            timeout: settings.request_timeout(),
+        })
+    }
+
+    /// The number of partitions `topic` has (`0` when it does not exist).
+    ///
+    /// # Errors
+    ///
+    /// [`AdminError::Broker`] when the broker does not answer within
+    /// `request_timeout_ms`.
+    pub async fn partition_count(&self, topic: &str) -> Result<i32, AdminError> {
+        let topic = topic.to_owned();
+        self.blocking(move |consumer, timeout| {
+            let metadata = consumer
+                .fetch_metadata(Some(&topic), timeout)
+                .map_err(|source| AdminError::Broker {
+                    context: format!("could not fetch the metadata of {topic}"),
+                    source,
+                })?;
+            Ok(metadata
+                .topics()
+                .iter()
+                .filter(|topic| topic.error().is_none())
+                .map(|topic| i32::try_from(topic.partitions().len()).unwrap_or(i32::MAX))
+                .sum())
+        })
+        .await
+    }
+
+    /// The records of `partition` of `topic` from `from_offset` (or the log
+    /// start, if later) up to `max_records` of them, stopping at the high
+    /// watermark as it was when the call began. Records come in offset
+    /// order.
+    ///
+    /// # Errors
+    ///
+    /// [`AdminError::Broker`] when the broker does not answer within
+    /// `request_timeout_ms` (for the watermarks, or for each fetch).
+    pub async fn read(
+        &self,
+        topic: &str,
+        partition: i32,
+        from_offset: i64,
+        max_records: usize,
+    ) -> Result<Vec<Record>, AdminError> {
+        let topic = topic.to_owned();
+        self.blocking(move |consumer, timeout| {
+            read_blocking(consumer, timeout, &topic, partition, from_offset, max_records)
+        })
+        .await
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&BaseConsumer<KafkaContext>, Duration) -> Result<T, AdminError> + Send + 'static,
+    ) -> Result<T, AdminError> {
+        let consumer = Arc::clone(&self.consumer);
+        let timeout = self.timeout;
+        tokio::task::spawn_blocking(move || {
+            // A read that panicked left nothing half-done that matters: the
+            // next one assigns afresh.
+            let consumer = consumer.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            read(&consumer, timeout)
+        })
+        .await
+        .expect("partition read panicked")
+    }
+}
+
+/// [`PartitionReader::read`] with a reader of its own.
 ///
 /// # Errors
 ///
-/// [`AdminError::Config`] for bad client settings; [`AdminError::Broker`]
-/// when the broker does not answer within `request_timeout_ms` (for the
-/// watermarks, or for each fetch).
+/// As [`PartitionReader::new`] and [`PartitionReader::read`].
 pub async fn read_partition(
     settings: &KafkaSettings,
     topic: &str,
@@ -25,30 +124,30 @@ pub async fn read_partition(
     from_offset: i64,
     max_records: usize,
 ) -> Result<Vec<Record>, AdminError> {
-    let settings = settings.clone();
-    let topic = topic.to_owned();
-    tokio::task::spawn_blocking(move || read_blocking(&settings, &topic, partition, from_offset, max_records))
+    PartitionReader::new(settings)?
+        .read(topic, partition, from_offset, max_records)
         .await
-        .expect("partition read panicked")
 }
 
 /// Every record of every partition of `topic` (up to the high watermarks as
-/// they were at the start), partition by partition.
+/// they were at the start), partition by partition, through one client.
 ///
 /// # Errors
 ///
 /// As [`read_partition`], and when the topic's metadata cannot be fetched.
 pub async fn read_topic(settings: &KafkaSettings, topic: &str) -> Result<Vec<Record>, AdminError> {
-    let partitions = crate::admin::partition_count(settings, topic).await?;
+    let reader = PartitionReader::new(settings)?;
+    let partitions = reader.partition_count(topic).await?;
     let mut records = Vec::new();
     for partition in 0..partitions {
-        records.extend(read_partition(settings, topic, partition, 0, usize::MAX).await?);
+        records.extend(reader.read(topic, partition, 0, usize::MAX).await?);
     }
     Ok(records)
 }
 
 fn read_blocking(
-    settings: &KafkaSettings,
+    consumer: &BaseConsumer<KafkaContext>,
+    timeout: Duration,
     topic: &str,
     partition: i32,
     from_offset: i64,
@@ -58,18 +157,6 @@ fn read_blocking(
         let context = format!("{context} {topic}[{partition}]");
         move |source| AdminError::Broker { context, source }
     };
-    let timeout = settings.request_timeout();
-    let consumer = KafkaContext::base_consumer(
-        settings,
-        "reader",
-        &[
-            // Required by librdkafka even when no group is joined.
-            ("group.id", "kafka-service-reader".to_owned()),
-            ("enable.auto.commit", "false".to_owned()),
-            ("enable.partition.eof", "false".to_owned()),
-        ],
-    )
-    .map_err(AdminError::Config)?;
     let (low, high) = consumer
         .fetch_watermarks(topic, partition, timeout)
         .map_err(broker("could not fetch watermarks of"))?;
@@ -86,8 +173,15 @@ fn read_blocking(
 
     let mut records = Vec::new();
     let mut next = start;
-    while next < end {
+    let outcome = loop {
+        if next >= end {
+            break Ok(records);
+        }
         match consumer.poll(timeout) {
+            // librdkafka drops what an earlier assignment fetched; this
+            // check keeps that promise visible here.
+            Some(Ok(message)) if message.topic() != topic || message.partition() != partition => {}
+            Some(Ok(message)) if message.offset() < start => {}
             Some(Ok(message)) => {
                 let record = Record::from(&message);
                 next = record.offset + 1;
@@ -95,17 +189,19 @@ fn read_blocking(
                     records.push(record);
                 }
             }
-            Some(Err(source)) => return Err(broker("could not read")(source)),
+            Some(Err(source)) => break Err(broker("could not read")(source)),
             // Offsets of a compacted or transactional log may have gaps;
             // nothing more arriving within the timeout means the end.
-            None if !records.is_empty() => break,
+            None if !records.is_empty() => break Ok(records),
             None => {
-                return Err(AdminError::Broker {
+                break Err(AdminError::Broker {
                     context: format!("no record arrived within {timeout:?} from {topic}[{partition}]"),
-                    source: rdkafka::error::KafkaError::NoMessageReceived,
+                    source: KafkaError::NoMessageReceived,
                 })
             }
         }
-    }
-    Ok(records)
+    };
+    // The next read assigns its own partition; this one stops fetching now.
+    let _ = consumer.unassign();
+    outcome
 }

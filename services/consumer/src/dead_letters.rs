@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use kafka_service::failure::{self, Origin};
+use kafka_service::reader::PartitionReader;
 use kafka_service::{AdminError, Delivery, EventProducer, KafkaSettings, Record, Topic};
 
 /// A record of the dead-letter topic, by partition and offset.
@@ -97,7 +98,8 @@ pub async fn list(
     limit: usize,
 ) -> Result<Vec<Record>, DeadLetterError> {
     let topic = kafka.topics.name(Topic::DeadLetter);
-    let count = kafka_service::partition_count(kafka, topic).await?;
+    let reader = PartitionReader::new(kafka)?;
+    let count = reader.partition_count(topic).await?;
     let partitions = match partition {
         Some(partition) => vec![existing_partition(partition, count)?],
         None => (0..count).collect(),
@@ -108,7 +110,7 @@ pub async fn list(
         if left == 0 {
             break;
         }
-        records.extend(kafka_service::reader::read_partition(kafka, topic, partition, from_offset, left).await?);
+        records.extend(reader.read(topic, partition, from_offset, left).await?);
     }
     Ok(records)
 }
@@ -123,14 +125,16 @@ pub async fn list(
 pub async fn choose(kafka: &KafkaSettings, positions: &[Position]) -> Result<Vec<Chosen>, DeadLetterError> {
     let topic = kafka.topics.name(Topic::DeadLetter);
     let event_topics: Vec<&str> = Topic::EVENTS.iter().map(|&topic| kafka.topics.name(topic)).collect();
-    let count = kafka_service::partition_count(kafka, topic).await?;
+    let reader = PartitionReader::new(kafka)?;
+    let count = reader.partition_count(topic).await?;
     let mut chosen = Vec::with_capacity(positions.len());
     for &position in positions {
         existing_partition(position.partition, count)?;
         if position.offset < 0 {
             return Err(DeadLetterError::NegativeOffset(position.offset));
         }
-        let record = kafka_service::reader::read_partition(kafka, topic, position.partition, position.offset, 1)
+        let record = reader
+            .read(topic, position.partition, position.offset, 1)
             .await?
             .into_iter()
             .find(|record| record.offset == position.offset)

@@ -42,7 +42,8 @@ async fn logs_never_contain_passwords_hashes_keys_or_tokens() {
         .send()
         .await
         .unwrap();
-    assert_eq!(listed.status(), 200);
+    let status = listed.status();
+    assert_eq!(status, 200, "{}", listed.text().await.unwrap());
     // The consumer applies both events (the token needs no look-up by then).
     let pool = context.consumer_pool().await;
     e2e::load::wait_for_processed(&pool, 2, Duration::from_secs(30)).await;
