@@ -42,8 +42,11 @@ pub struct AuthSettings {
 pub struct OutboxSettings {
     /// Rows the relay reads and hands to the producer at a time.
     pub batch_size: u32,
-    /// Batches awaiting their delivery reports at once: the relay reads and
-    /// sends the next batch while earlier ones are in flight, up to this many.
+    /// Batches' worth of rows awaiting their delivery reports at once: the
+    /// relay reads and sends more while earlier rows are in flight, up to
+    /// `batches_in_flight` × `batch_size` rows. A row whose report has not
+    /// come within `kafka.request_timeout_ms` stops counting, so one
+    /// partition that cannot be written does not hold up the others.
     pub batches_in_flight: usize,
     /// Fallback poll period when no notification arrives, in milliseconds.
     pub poll_interval_ms: u64,

@@ -13,10 +13,21 @@
 //! the two costs only latency: the relay also reads every
 //! `outbox.poll_interval_ms`. The [`Relay`]
 //! hands pending rows to the producer in `id` order, a batch at a time, and
-//! marks them published after their delivery reports. It does not wait for
-//! one batch's reports before it sends the next: up to
-//! `outbox.batches_in_flight` batches are in flight at once, so the broker's
-//! acknowledgement time is paid once per window, not once per batch.
+//! marks each published as its delivery report arrives. It does not wait
+//! for one batch's reports before it sends the next: up to
+//! `outbox.batches_in_flight` × `outbox.batch_size` rows are in flight at
+//! once, so the broker's acknowledgement time is paid once per window, not
+//! once per batch.
+//!
+//! A partition that cannot be written (its leader is gone, or it is under
+//! `min.insync.replicas`) does not stop the others: reports arrive row by
+//! row, so every other partition's rows are settled and make room, and a
+//! row whose report has not come within `kafka.request_timeout_ms` stops
+//! counting against the window. The stuck partition's records wait in the
+//! producer's queue, which librdkafka retries until the partition takes
+//! them (`message_timeout_ms = 0`) and which bounds them
+//! (`queue.buffering.max.messages`; a row refused for a full queue is
+//! retried with backoff, below).
 //!
 //! Per-key order: rows are handed to the producer in `id` order by one relay
 //! at a time (a PostgreSQL advisory lock elects it among all producer
@@ -42,14 +53,14 @@
 //! At-least-once: a crash after delivery but before the row is marked
 //! republishes the row with the same `ce_id`; consumers deduplicate on it.
 
-use std::collections::HashSet;
-use std::time::Duration;
+use std::collections::{HashSet, VecDeque};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use events::UserEvent;
-use futures::future::{join_all, ready, BoxFuture, Either, FutureExt};
-use futures::stream::{FuturesOrdered, StreamExt};
+use futures::future::{BoxFuture, FutureExt};
+use futures::stream::{FuturesUnordered, StreamExt};
 use kafka_service::{Delivery, Envelope, EventProducer, KafkaSettings, ProduceError, Topic};
 use prometheus_client::metrics::gauge::Gauge;
 use serde::Serialize;
@@ -254,9 +265,13 @@ pub struct Relay {
     /// Rows per read and per batch handed to the producer
     /// (`outbox.batch_size`, at least 1).
     batch_size: u32,
-    /// Batches whose delivery reports may be awaited at once
-    /// (`outbox.batches_in_flight`, at least 1).
-    batches_in_flight: usize,
+    /// Rows whose delivery reports may be awaited at once, stalled rows
+    /// aside (`outbox.batches_in_flight` × `outbox.batch_size`).
+    window: usize,
+    /// How long a row waits for its delivery report before it stops
+    /// counting against the window (`kafka.request_timeout_ms`: the broker
+    /// did not acknowledge it within a request's timeout).
+    stalled_after: Duration,
     /// How often a standby tries the lock, and a caught-up leader reads
     /// without a NOTIFY (`outbox.poll_interval_ms`).
     poll_interval: Duration,
@@ -282,8 +297,6 @@ const PENDING_METRICS_INTERVAL: Duration = Duration::from_secs(1);
 /// What became of an outbox row in a batch the relay sent.
 struct DeliveryResult {
     id: i64,
-    /// The row's key (`subject`).
-    key: String,
     sent: Sent,
 }
 
@@ -293,22 +306,77 @@ enum Sent {
     /// Not published: the producer refused it or its delivery report
     /// failed.
     Failed(anyhow::Error),
-    /// Not handed to the producer: an earlier row of its key failed in a
-    /// batch not yet settled.
+    /// Not handed to the producer: an earlier row of its key in the same
+    /// read was refused. Once that row's failure is recorded, its
+    /// `next_attempt_at` keeps them out of reads.
     HeldBack,
 }
 
-/// Outbox rows handed to the producer whose delivery reports are awaited,
-/// as batches that complete in the order they were sent.
+/// Outbox rows handed to the producer whose delivery reports are awaited.
 #[derive(Default)]
 struct InFlight<'a> {
-    batches: FuturesOrdered<BoxFuture<'a, Vec<DeliveryResult>>>,
-    /// The ids of every row in `batches`, which the next read skips.
+    /// Each row's delivery report, in the order they arrive.
+    deliveries: FuturesUnordered<BoxFuture<'a, DeliveryResult>>,
+    rows: Window,
+}
+
+/// Which rows are in flight, and which of them count against the window.
+#[derive(Default)]
+struct Window {
+    /// Every row in flight, which the next read skips.
     ids: HashSet<i64>,
-    /// Keys with a row the producer refused in a batch not yet settled:
-    /// their later rows are held back. Once the batch is settled, the
-    /// failed row's `next_attempt_at` keeps them out of reads instead.
-    blocked: HashSet<String>,
+    /// The rows in flight that count against the window: those whose
+    /// report has been awaited for less than `stalled_after`.
+    counted: HashSet<i64>,
+    /// When each row was handed to the producer, oldest first (rows settled
+    /// meanwhile are dropped as they reach the front).
+    sent: VecDeque<(i64, Instant)>,
+}
+
+impl Window {
+    fn sent(&mut self, id: i64) {
+        self.ids.insert(id);
+        self.counted.insert(id);
+        self.sent.push_back((id, Instant::now()));
+    }
+
+    fn settled(&mut self, id: i64) {
+        self.ids.remove(&id);
+        self.counted.remove(&id);
+    }
+
+    /// Rows in flight that no longer count against the window.
+    fn stalled(&self) -> usize {
+        self.ids.len() - self.counted.len()
+    }
+
+    /// Stops counting the rows whose report has been awaited for
+    /// `stalled_after` or longer. Returns how many it released.
+    fn release_stalled(&mut self, stalled_after: Duration) -> usize {
+        let mut released = 0;
+        while let Some(&(id, sent_at)) = self.sent.front() {
+            if self.counted.contains(&id) {
+                if sent_at.elapsed() < stalled_after {
+                    break;
+                }
+                self.counted.remove(&id);
+                released += 1;
+            }
+            self.sent.pop_front();
+        }
+        released
+    }
+
+    /// When the oldest counted row stops counting, if any does.
+    fn next_release(&mut self, stalled_after: Duration) -> Option<Instant> {
+        while let Some(&(id, sent_at)) = self.sent.front() {
+            if self.counted.contains(&id) {
+                return Some(sent_at + stalled_after);
+            }
+            self.sent.pop_front();
+        }
+        None
+    }
 }
 
 /// The relay's metrics:
@@ -377,7 +445,8 @@ impl Relay {
             producer,
             kafka: settings.kafka.clone(),
             batch_size: outbox.batch_size.max(1),
-            batches_in_flight: outbox.batches_in_flight.max(1),
+            window: outbox.batches_in_flight.max(1) * outbox.batch_size.max(1) as usize,
+            stalled_after: Duration::from_millis(settings.kafka.request_timeout_ms),
             poll_interval: Duration::from_millis(outbox.poll_interval_ms),
             statement_deadline: settings.database.statement_deadline(),
             metrics,
@@ -474,10 +543,10 @@ impl Relay {
         }
     }
 
-    /// The leader's loop: keeps up to `batches_in_flight` batches in
-    /// flight, settles each as its delivery reports arrive, and once caught
-    /// up waits for a commit's NOTIFY or the poll interval. At shutdown it
-    /// drains what is in flight ([`drain`](Self::drain)).
+    /// The leader's loop: keeps up to a window of rows in flight, settles
+    /// them as their delivery reports arrive, and once caught up waits for a
+    /// commit's NOTIFY or the poll interval. At shutdown it drains what is
+    /// in flight ([`drain`](Self::drain)).
     async fn publish(&self, connection: &mut PgConnection, shutdown: &CancellationToken) -> anyhow::Result<()> {
         let mut listener = PgListener::connect_with(&self.pool).await.context("could not LISTEN")?;
         listener.listen(CHANNEL).await.context("could not LISTEN")?;
@@ -489,7 +558,7 @@ impl Relay {
             if !caught_up {
                 caught_up = self.fill(connection, &mut in_flight, shutdown).await?;
             }
-            if in_flight.batches.is_empty() {
+            if in_flight.deliveries.is_empty() {
                 if shutdown.is_cancelled() {
                     return Ok(());
                 }
@@ -502,9 +571,13 @@ impl Relay {
                 caught_up = false;
                 continue;
             }
+            // Not caught up: the window is full. It makes room as reports
+            // arrive, or as its oldest row stalls.
+            let release = in_flight.rows.next_release(self.stalled_after);
             tokio::select! {
-                Some(results) = in_flight.batches.next() => {
-                    let settled = self.settle(connection, &mut in_flight.ids, &mut in_flight.blocked, results);
+                Some(result) = in_flight.deliveries.next() => {
+                    let results = ready_too(&mut in_flight.deliveries, result);
+                    let settled = self.settle(connection, &mut in_flight.rows, results);
                     if !self.bounded(settled).await? {
                         // Read again: the rows left behind are skipped
                         // until due, and other keys' rows may be waiting.
@@ -522,27 +595,49 @@ impl Relay {
                     self.notified(&mut listener, notification);
                     caught_up = false;
                 }
+                () = sleep_until(release), if !caught_up && release.is_some() => {}
                 () = shutdown.cancelled() => return self.drain(connection, in_flight).await,
             }
         }
     }
 
-    /// Reads pending rows and hands them to the producer, a batch per read,
-    /// until `batches_in_flight` batches are in flight, a read finds fewer
-    /// rows than a batch (returns `true`: caught up), or shutdown begins.
+    /// Reads pending rows and hands them to the producer, up to a batch per
+    /// read, until the window is full, a read finds fewer rows than it asked
+    /// for (returns `true`: caught up), or shutdown begins. Rows the
+    /// producer refuses are settled at once.
     async fn fill<'a>(
         &'a self,
         connection: &mut PgConnection,
         in_flight: &mut InFlight<'a>,
         shutdown: &CancellationToken,
     ) -> Result<bool, RelayError> {
-        while in_flight.batches.len() < self.batches_in_flight && !shutdown.is_cancelled() {
-            let rows = self.bounded(self.pending_rows(connection, &in_flight.ids)).await?;
-            let caught_up = rows.len() < self.batch_size as usize;
+        let stalled_before = in_flight.rows.stalled();
+        let released = in_flight.rows.release_stalled(self.stalled_after);
+        if released > 0 && stalled_before == 0 {
+            tracing::warn!(
+                rows = released,
+                waited_secs = self.stalled_after.as_secs_f64(),
+                "outbox rows are waiting for their delivery reports (a partition that cannot be written?); \
+                 publishing goes on, and the producer retries them until the broker takes them"
+            );
+        }
+        while in_flight.rows.counted.len() < self.window && !shutdown.is_cancelled() {
+            let limit = (self.window - in_flight.rows.counted.len()).min(self.batch_size as usize);
+            let rows = self
+                .bounded(self.pending_rows(connection, &in_flight.rows.ids, limit))
+                .await?;
+            let caught_up = rows.len() < limit;
             if !rows.is_empty() {
-                in_flight.ids.extend(rows.iter().map(|row| row.id));
-                let batch = self.send_batch(rows, &mut in_flight.blocked);
-                in_flight.batches.push_back(batch);
+                let refused = self.send_batch(rows, in_flight);
+                if !refused.is_empty() {
+                    self.bounded(self.settle(connection, &mut in_flight.rows, refused))
+                        .await?;
+                    if let Some(error) = self.producer.fatal_error() {
+                        // Refused for the client's fatal error: reading
+                        // again would only be refused again.
+                        return Err(RelayError::ProducerFatal(error));
+                    }
+                }
             }
             if caught_up {
                 return Ok(true);
@@ -556,9 +651,10 @@ impl Relay {
     /// pending and go out again after the restart.
     async fn drain(&self, connection: &mut PgConnection, mut in_flight: InFlight<'_>) -> anyhow::Result<()> {
         let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-            while let Some(results) = in_flight.batches.next().await {
-                let settled = self.settle(connection, &mut in_flight.ids, &mut in_flight.blocked, results);
-                self.bounded(settled).await?;
+            while let Some(result) = in_flight.deliveries.next().await {
+                let results = ready_too(&mut in_flight.deliveries, result);
+                self.bounded(self.settle(connection, &mut in_flight.rows, results))
+                    .await?;
             }
             Ok::<(), RelayError>(())
         })
@@ -566,7 +662,7 @@ impl Relay {
         match drained {
             Ok(settled) => settled?,
             Err(_) => tracing::warn!(
-                rows = in_flight.ids.len(),
+                rows = in_flight.rows.ids.len(),
                 "shutdown: abandoning undelivered outbox rows; they stay pending"
             ),
         }
@@ -599,15 +695,15 @@ impl Relay {
         while listener.next_buffered().is_some() {}
     }
 
-    /// Up to `batch_size` pending rows in `id` order, leaving out those in
+    /// Up to `limit` pending rows in `id` order, leaving out those in
     /// flight and those of a key whose earliest failing row is not due yet
     /// (that row included); updates the pending-rows metrics when the read
-    /// found less than a batch, or [`PENDING_METRICS_INTERVAL`] after the
-    /// last time.
+    /// found fewer, or [`PENDING_METRICS_INTERVAL`] after the last time.
     async fn pending_rows(
         &self,
         connection: &mut PgConnection,
         in_flight: &HashSet<i64>,
+        limit: usize,
     ) -> Result<Vec<PendingRow>, RelayError> {
         let in_flight: Vec<i64> = in_flight.iter().copied().collect();
         let rows = sqlx::query_as(
@@ -619,49 +715,43 @@ impl Relay {
                    AND failing.id <= pending.id AND failing.next_attempt_at > now()) \
              ORDER BY id LIMIT $1",
         )
-        .bind(i64::from(self.batch_size))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
         .bind(&in_flight)
         .fetch_all(&mut *connection)
         .await
         .map_err(RelayError::Database)?;
-        if rows.len() < self.batch_size as usize || self.measure_due() {
+        if rows.len() < limit || self.measure_due() {
             self.measure_pending(connection).await?;
         }
         Ok(rows)
     }
 
-    /// Hands `rows` to the producer in `id` order before it returns, except
-    /// those of a key in `blocked`, and returns a future of each row's
-    /// result, in the same order. A row the producer refuses adds its key to
-    /// `blocked`, so the key's later rows in this batch and the next ones
-    /// are held back.
-    fn send_batch<'a>(
-        &'a self,
-        rows: Vec<PendingRow>,
-        blocked: &mut HashSet<String>,
-    ) -> BoxFuture<'a, Vec<DeliveryResult>> {
-        let mut deliveries = Vec::with_capacity(rows.len());
+    /// Hands `rows` to the producer in `id` order before it returns, and
+    /// puts their delivery reports in flight. A row the producer refuses
+    /// holds back its key's later rows in `rows`; the refused and held-back
+    /// rows are returned, to be settled before the next read.
+    fn send_batch<'a>(&'a self, rows: Vec<PendingRow>, in_flight: &mut InFlight<'a>) -> Vec<DeliveryResult> {
+        let mut blocked = HashSet::new();
+        let mut refused = Vec::new();
         for row in rows {
-            let settled = |sent| {
-                Either::Left(ready(DeliveryResult {
-                    id: row.id,
-                    key: row.subject.clone(),
-                    sent,
-                }))
-            };
-            if blocked.contains(&row.subject) {
-                deliveries.push(settled(Sent::HeldBack));
-                continue;
-            }
-            match self.enqueue(&row) {
-                Ok((topic, delivery)) => deliveries.push(Either::Right(self.delivered(row, topic, delivery))),
-                Err(error) => {
-                    deliveries.push(settled(Sent::Failed(error)));
-                    blocked.insert(row.subject);
+            let sent = if blocked.contains(&row.subject) {
+                Sent::HeldBack
+            } else {
+                match self.enqueue(&row) {
+                    Ok((topic, delivery)) => {
+                        in_flight.rows.sent(row.id);
+                        in_flight.deliveries.push(self.delivered(row, topic, delivery).boxed());
+                        continue;
+                    }
+                    Err(error) => {
+                        blocked.insert(row.subject.clone());
+                        Sent::Failed(error)
+                    }
                 }
-            }
+            };
+            refused.push(DeliveryResult { id: row.id, sent });
         }
-        join_all(deliveries).boxed()
+        refused
     }
 
     /// Hands `row` to the producer: its topic and the future of its
@@ -707,25 +797,20 @@ impl Relay {
             }
             Err(error) => Sent::Failed(error.into()),
         };
-        DeliveryResult {
-            id: row.id,
-            key: row.subject,
-            sent,
-        }
+        DeliveryResult { id: row.id, sent }
     }
 
-    /// Settles a completed batch: marks its delivered rows published,
-    /// records each failed row's attempt with its backoff and logs it, and
-    /// forgets the batch as in flight (held-back rows are read again once
-    /// their key's failing row is published). Returns whether every row was
-    /// delivered.
+    /// Settles rows: marks the delivered ones published, records each failed
+    /// row's attempt with its backoff and logs it, and forgets them as in
+    /// flight (held-back rows are read again once their key's failing row
+    /// is published). Returns whether every row was delivered.
     async fn settle(
         &self,
         connection: &mut PgConnection,
-        in_flight: &mut HashSet<i64>,
-        blocked: &mut HashSet<String>,
+        in_flight: &mut Window,
         results: Vec<DeliveryResult>,
     ) -> Result<bool, RelayError> {
+        let stalled_before = in_flight.stalled();
         let mut delivered = Vec::new();
         let mut failed = Vec::new();
         let mut held_back = 0;
@@ -733,14 +818,11 @@ impl Relay {
         // blame: it is sent again on the new client without backoff.
         let fatal = self.producer.fatal_error().is_some();
         for result in results {
-            in_flight.remove(&result.id);
+            in_flight.settled(result.id);
             match result.sent {
                 Sent::Delivered => delivered.push(result.id),
-                Sent::Failed(_) if fatal => {
-                    blocked.remove(&result.key);
-                    held_back += 1;
-                }
-                Sent::Failed(error) => failed.push((result.id, result.key, format!("{error:#}"))),
+                Sent::Failed(_) if fatal => held_back += 1,
+                Sent::Failed(error) => failed.push((result.id, format!("{error:#}"))),
                 Sent::HeldBack => held_back += 1,
             }
         }
@@ -752,8 +834,8 @@ impl Relay {
                 .map_err(RelayError::Database)?;
         }
         if !failed.is_empty() {
-            let ids: Vec<i64> = failed.iter().map(|(id, _, _)| *id).collect();
-            let errors: Vec<&str> = failed.iter().map(|(_, _, error)| error.as_str()).collect();
+            let ids: Vec<i64> = failed.iter().map(|(id, _)| *id).collect();
+            let errors: Vec<&str> = failed.iter().map(|(_, error)| error.as_str()).collect();
             let recorded: Vec<(i64, Uuid, String, String, i32, f64, String)> = sqlx::query_as(
                 "UPDATE outbox o SET attempts = o.attempts + 1, last_error = f.error, \
                    next_attempt_at = now() + make_interval(secs => least($3 * 2 ^ least(o.attempts, 30), $4)) \
@@ -780,9 +862,9 @@ impl Relay {
                     "outbox row not published; its key's later rows wait for it (GET /outbox/failing)"
                 );
             }
-            for (_, key, _) in &failed {
-                blocked.remove(key);
-            }
+        }
+        if stalled_before > 0 && in_flight.stalled() == 0 {
+            tracing::info!("the outbox rows that waited for their delivery reports are settled");
         }
         if held_back > 0 {
             tracing::debug!(
@@ -828,6 +910,27 @@ impl Relay {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(std::time::Instant::now());
         Ok(())
+    }
+}
+
+/// `first` and every other delivery report that has already arrived, to
+/// settle together.
+fn ready_too(
+    deliveries: &mut FuturesUnordered<BoxFuture<'_, DeliveryResult>>,
+    first: DeliveryResult,
+) -> Vec<DeliveryResult> {
+    let mut results = vec![first];
+    while let Some(Some(result)) = deliveries.next().now_or_never() {
+        results.push(result);
+    }
+    results
+}
+
+/// Sleeps until `at`; forever when `None`.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 
