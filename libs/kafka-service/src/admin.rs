@@ -89,6 +89,17 @@ pub async fn ensure_topics(settings: &KafkaSettings, specs: &[&TopicSpec]) -> Re
     Ok(())
 }
 
+/// The partitions of the topics in `metadata` (of one topic, as asked);
+/// `0` for a topic the broker reports with an error, such as unknown.
+pub(crate) fn partitions_in(metadata: &rdkafka::metadata::Metadata) -> i32 {
+    metadata
+        .topics()
+        .iter()
+        .filter(|topic| topic.error().is_none())
+        .map(|topic| i32::try_from(topic.partitions().len()).unwrap_or(i32::MAX))
+        .sum()
+}
+
 /// The partition count of each of `names`, in order; `0` for a topic that
 /// does not exist.
 async fn describe(settings: &KafkaSettings, names: &[String]) -> Result<Vec<i32>, AdminError> {
@@ -100,12 +111,7 @@ async fn describe(settings: &KafkaSettings, names: &[String]) -> Result<Vec<i32>
             .iter()
             .map(|name| {
                 let metadata = client.fetch_metadata(Some(name), timeout)?;
-                Ok(metadata
-                    .topics()
-                    .iter()
-                    .filter(|topic| topic.error().is_none())
-                    .map(|topic| i32::try_from(topic.partitions().len()).unwrap_or(i32::MAX))
-                    .sum())
+                Ok(partitions_in(&metadata))
             })
             .collect::<Result<Vec<i32>, _>>()
     })

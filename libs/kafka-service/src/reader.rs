@@ -62,12 +62,7 @@ impl PartitionReader {
                     context: format!("could not fetch the metadata of {topic}"),
                     source,
                 })?;
-            Ok(metadata
-                .topics()
-                .iter()
-                .filter(|topic| topic.error().is_none())
-                .map(|topic| i32::try_from(topic.partitions().len()).unwrap_or(i32::MAX))
-                .sum())
+            Ok(crate::admin::partitions_in(&metadata))
         })
         .await
     }

@@ -160,12 +160,18 @@ fn path_arg(path: &Path) -> String {
 }
 
 /// Two runs of `nodes` consecutive loopback ports that are free now (client
-/// and controller listeners), from a random start between 20000 and 60000.
+/// and controller listeners), from a random start between 10000 and the
+/// kernel's ephemeral ports. Not among those: while a broker is down, the
+/// services keep reconnecting to its port, and the kernel may give one of
+/// those connections that very port as its own source port; it then
+/// connects to itself (a TCP simultaneous open) and holds the port, and
+/// the broker cannot listen on it again.
 fn free_port_ranges(nodes: u8) -> (u16, u16) {
     let free = |start: u16| {
         (start..start + u16::from(nodes)).all(|port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
     };
-    let random_start = || 20_000 + (uuid::Uuid::new_v4().as_u128() % 40_000) as u16;
+    let span = u128::from(first_ephemeral_port() - 10_000 - u16::from(nodes));
+    let random_start = || 10_000 + (uuid::Uuid::new_v4().as_u128() % span) as u16;
     let pick = || loop {
         let start = random_start();
         if free(start) {
@@ -179,4 +185,14 @@ fn free_port_ranges(nodes: u8) -> (u16, u16) {
             return (client, controller);
         }
     }
+}
+
+/// The first port the kernel hands out as a source port
+/// (`/proc/sys/net/ipv4/ip_local_port_range`; Linux's default is 32768).
+fn first_ephemeral_port() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .filter(|&port: &u16| port > 12_000)
+        .unwrap_or(32_768)
 }
