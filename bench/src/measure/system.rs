@@ -75,6 +75,7 @@ impl System {
         }
         let producer = context.start_producer_process_with(&quiet).await;
         let consumer = context.start_consumer_process(&producer.url(), &quiet).await;
+        wait_for_assignment(&context, &consumer).await?;
         let producer_pool = context.producer_pool().await;
         let consumer_pool = context.consumer_pool().await;
         let keys = service_common::auth::TokenKeys::new(&SecretString::from(e2e::JWT_SECRET.to_owned()))?;
@@ -172,6 +173,34 @@ pub struct ProgressSample {
     pub published: i64,
     /// Events the consumer applied.
     pub applied: i64,
+}
+
+/// Waits until `consumer` holds every partition of the topics it reads
+/// (both event topics and the retry topic). The runs are timed from their
+/// first record, and would otherwise count the group's first join: Kafka
+/// holds it for `group.initial.rebalance.delay.ms` (3 s), in case more
+/// members come.
+///
+/// # Errors
+///
+/// When that takes over 60 s.
+async fn wait_for_assignment(context: &TestContext, consumer: &ServiceProcess) -> anyhow::Result<()> {
+    use kafka_service::Topic;
+    let expected: i64 = context
+        .topics
+        .specs(&[Topic::NewUserCreated, Topic::IssuedToken, Topic::Retry])
+        .iter()
+        .map(|spec| i64::from(spec.partitions))
+        .sum();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while consumer.assigned_partitions().await.values().sum::<i64>() < expected {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the consumer was not assigned its {expected} partitions within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
 }
 
 /// Step 2: `events` appended at once (8 connections, one transaction each, as
