@@ -16,8 +16,7 @@ use crate::settings::KafkaSettings;
 
 /// One Kafka client for any number of reads, so that a request reading
 /// eight partitions connects and fetches metadata once, not eight times.
-/// Clones share the client; reads through it take turns.
-#[derive(Clone)]
+/// Reads through it take turns.
 pub struct PartitionReader {
     consumer: Arc<Mutex<BaseConsumer<KafkaContext>>>,
     timeout: Duration,
@@ -107,29 +106,13 @@ impl PartitionReader {
     }
 }
 
-/// [`PartitionReader::read`] with a reader of its own.
-///
-/// # Errors
-///
-/// As [`PartitionReader::new`] and [`PartitionReader::read`].
-pub async fn read_partition(
-    settings: &KafkaSettings,
-    topic: &str,
-    partition: i32,
-    from_offset: i64,
-    max_records: usize,
-) -> Result<Vec<Record>, AdminError> {
-    PartitionReader::new(settings)?
-        .read(topic, partition, from_offset, max_records)
-        .await
-}
-
 /// Every record of every partition of `topic` (up to the high watermarks as
 /// they were at the start), partition by partition, through one client.
 ///
 /// # Errors
 ///
-/// As [`read_partition`], and when the topic's metadata cannot be fetched.
+/// As [`PartitionReader::new`] and [`PartitionReader::read`], and when the
+/// topic's metadata cannot be fetched.
 pub async fn read_topic(settings: &KafkaSettings, topic: &str) -> Result<Vec<Record>, AdminError> {
     let reader = PartitionReader::new(settings)?;
     let partitions = reader.partition_count(topic).await?;
