@@ -5,6 +5,7 @@
 //! Properties:
 //! - decoding never panics: the envelope (CloudEvents headers, key, value),
 //!   the event data, and the failure and retry headers all return errors;
+//! - a record with a header name that was not UTF-8 never decodes;
 //! - an envelope that decodes encodes to a record that decodes to the same
 //!   envelope (the time at the microseconds the headers carry).
 #![no_main]
@@ -33,6 +34,9 @@ enum Edit {
     Remove(HeaderName),
     Key(Option<Vec<u8>>),
     Value(Option<Vec<u8>>),
+    /// One more header whose name was not UTF-8 (the consumer leaves such
+    /// a header out and counts it).
+    UnreadableName,
 }
 
 #[derive(Debug, Arbitrary)]
@@ -58,6 +62,7 @@ fn record(key: Option<Vec<u8>>, value: Option<Vec<u8>>, headers: Vec<(String, Op
         headers,
         value,
         timestamp_ms: None,
+        unreadable_header_names: 0,
     }
 }
 
@@ -114,6 +119,7 @@ fuzz_target!(|input: Input| {
             }
             Edit::Key(key) => received.key = key,
             Edit::Value(value) => received.value = value,
+            Edit::UnreadableName => received.unreadable_header_names += 1,
         }
     }
 
@@ -122,6 +128,10 @@ fuzz_target!(|input: Input| {
     let _ = DeadLetterHeaders::of(&received);
     let decoded = Envelope::decode(&received);
     assert!(!untouched || decoded.is_ok(), "the valid record decodes: {decoded:?}");
+    assert!(
+        received.unreadable_header_names == 0 || decoded.is_err(),
+        "a record with an unreadable header name never decodes"
+    );
     let Ok(envelope) = decoded else {
         return;
     };

@@ -26,6 +26,7 @@
 //! rebalance revokes only the partitions that move; the others keep flowing.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -56,7 +57,14 @@ pub struct Record {
     /// The record key, if any.
     pub key: Option<Vec<u8>>,
     /// Headers in record order; a header may repeat or have no value.
+    /// Headers whose names are not UTF-8 are not here: see
+    /// [`unreadable_header_names`](Self::unreadable_header_names).
     pub headers: Vec<(String, Option<Vec<u8>>)>,
+    /// How many headers were left out of [`headers`](Self::headers)
+    /// because their names are not UTF-8. Kafka allows any bytes there
+    /// (KIP-82), but rust-rdkafka cannot read such a name (it panics), so
+    /// it is lost; a record with one is not one this project wrote.
+    pub unreadable_header_names: usize,
     /// The record value, if any.
     pub value: Option<Vec<u8>>,
     /// The record timestamp, in milliseconds since the Unix epoch.
@@ -85,21 +93,39 @@ impl Record {
 
 impl From<&BorrowedMessage<'_>> for Record {
     fn from(message: &BorrowedMessage<'_>) -> Self {
-        let headers = message
-            .headers()
-            .map(|headers| {
-                headers
-                    .iter()
-                    .map(|header| (header.key.to_owned(), header.value.map(<[u8]>::to_vec)))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut headers = Vec::new();
+        let mut unreadable_header_names = 0;
+        if let Some(borrowed) = message.headers() {
+            for index in 0..borrowed.count() {
+                // rust-rdkafka 0.39's `BorrowedHeaders::try_get` unwraps the
+                // name's `CStr::to_str`: a name that is not UTF-8, which any
+                // peer may write, panics there. The panic happens in Rust,
+                // after librdkafka has returned, so it unwinds safely; the
+                // header is counted and left out, and the record goes on to
+                // be rejected as undecodable instead of crashing the member.
+                match std::panic::catch_unwind(AssertUnwindSafe(|| borrowed.try_get(index))) {
+                    Ok(Some(header)) => headers.push((header.key.to_owned(), header.value.map(<[u8]>::to_vec))),
+                    Ok(None) => {}
+                    Err(_) => unreadable_header_names += 1,
+                }
+            }
+        }
+        if unreadable_header_names > 0 {
+            tracing::warn!(
+                topic = message.topic(),
+                partition = message.partition(),
+                offset = message.offset(),
+                unreadable_header_names,
+                "record has header names that are not UTF-8 (the panic above is rust-rdkafka reading one); they are left out"
+            );
+        }
         Self {
             topic: message.topic().to_owned(),
             partition: message.partition(),
             offset: message.offset(),
             key: message.key().map(<[u8]>::to_vec),
             headers,
+            unreadable_header_names,
             value: message.payload().map(<[u8]>::to_vec),
             timestamp_ms: message.timestamp().to_millis(),
         }
@@ -426,7 +452,7 @@ impl PartitionLease {
             .store_offset(&record.topic, record.partition, record.offset)
             .map_err(ConsumeError::Commit)?;
         self.shared.stored.fetch_add(1, Ordering::Relaxed);
-        self.shared.monitor.progressed();
+        self.shared.monitor.progressed(&self.topic, self.partition);
         Ok(())
     }
 }

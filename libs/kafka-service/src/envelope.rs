@@ -77,6 +77,12 @@ pub enum EnvelopeError {
     /// The record key is not the event's subject.
     #[error("record key does not match header `ce_subject`")]
     KeyMismatch,
+    /// Some header names are not UTF-8, so those headers could not be read
+    /// ([`Record::unreadable_header_names`]). No producer of this project
+    /// writes such a name, and what the record says cannot be known
+    /// without them.
+    #[error("{0} header name(s) not UTF-8")]
+    UnreadableHeaderNames(usize),
 }
 
 impl Envelope {
@@ -106,10 +112,13 @@ impl Envelope {
     /// (wrong spec version, an id that is not a UUID, a time that is not
     /// RFC 3339, a content type other than JSON) or repeated (readers that
     /// take the first and readers that take the last would see different
-    /// events), when the value is absent,
-    /// or when the key differs from `ce_subject`. The data itself is not
-    /// parsed here: its schema belongs to the event type.
+    /// events), when a header's name is not UTF-8, when the value is
+    /// absent, or when the key differs from `ce_subject`. The data itself
+    /// is not parsed here: its schema belongs to the event type.
     pub fn decode(record: &Record) -> Result<Self, EnvelopeError> {
+        if record.unreadable_header_names > 0 {
+            return Err(EnvelopeError::UnreadableHeaderNames(record.unreadable_header_names));
+        }
         for name in headers::ALL {
             if record.headers.iter().filter(|(key, _)| key == name).count() > 1 {
                 return Err(invalid(name, "repeated".to_owned()));
@@ -209,6 +218,7 @@ mod tests {
                 .collect(),
             value: Some(envelope.data.clone()),
             timestamp_ms: None,
+            unreadable_header_names: 0,
         }
     }
 
@@ -221,6 +231,13 @@ mod tests {
     fn an_encoded_envelope_decodes_to_itself() {
         let original = envelope();
         assert_eq!(Envelope::decode(&record_of(&original)), Ok(original));
+    }
+
+    #[test]
+    fn a_record_with_a_header_name_that_is_not_utf8_is_rejected() {
+        let mut record = record_of(&envelope());
+        record.unreadable_header_names = 1;
+        assert_eq!(Envelope::decode(&record), Err(EnvelopeError::UnreadableHeaderNames(1)));
     }
 
     #[test]

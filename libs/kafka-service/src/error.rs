@@ -1,7 +1,7 @@
 //! Errors, one enum per concern. Messages are lowercase and keep the
 //! underlying `rdkafka` error as their source.
 
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 /// Errors from topic provisioning and offset queries.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +73,20 @@ pub enum ProduceError {
     /// The broker's metadata could not be fetched (used by readiness checks).
     #[error("kafka broker unreachable")]
     Unreachable(#[source] KafkaError),
+}
+
+impl ProduceError {
+    /// Whether the record is larger than the producer or the topic accepts
+    /// (`MSG_SIZE_TOO_LARGE`: refused by the client against its
+    /// `message.max.bytes`, or by the broker against the topic's
+    /// `max.message.bytes`). Sending the same record again never succeeds.
+    pub fn is_too_large(&self) -> bool {
+        matches!(
+            self,
+            ProduceError::Delivery { source, .. }
+                if source.rdkafka_error_code() == Some(RDKafkaErrorCode::MessageSizeTooLarge)
+        )
+    }
 }
 
 /// Errors from consuming records and committing offsets.

@@ -17,6 +17,7 @@
 //! | `error-message`    | retry, dead   | the last error, with its causes                               |
 //! | `error-class`      | dead          | [`FailureClass`]: `permanent` or `exhausted`                  |
 //! | `failed-at`        | dead          | when it was dead-lettered, RFC 3339 UTC                       |
+//! | `dropped-content`  | dead          | what [`without_content`] left out, with sizes: the whole copy was larger than the topic accepts |
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
@@ -43,9 +44,12 @@ pub mod header {
     pub const ERROR_CLASS: &str = "error-class";
     /// When the record was dead-lettered (RFC 3339, UTC).
     pub const FAILED_AT: &str = "failed-at";
+    /// What a dead letter left out of the record (see
+    /// [`super::without_content`]).
+    pub const DROPPED_CONTENT: &str = "dropped-content";
 
     /// Every header this module adds.
-    pub const ALL: [&str; 9] = [
+    pub const ALL: [&str; 10] = [
         ORIGIN_TOPIC,
         ORIGIN_PARTITION,
         ORIGIN_OFFSET,
@@ -55,6 +59,7 @@ pub mod header {
         ERROR_MESSAGE,
         ERROR_CLASS,
         FAILED_AT,
+        DROPPED_CONTENT,
     ];
 }
 
@@ -256,6 +261,89 @@ pub fn original(record: &Record) -> OutgoingRecord {
     }
 }
 
+/// Longest key a copy [`without_content`] keeps, in bytes. Keys of this
+/// project are UUIDs (36 bytes); a longer one is a hostile peer's.
+pub const KEPT_KEY_BYTES: usize = 1024;
+
+/// Longest `error-message` a copy [`without_content`] keeps, in bytes (cut
+/// at a character boundary).
+pub const KEPT_ERROR_BYTES: usize = 1024;
+
+/// `copy` (a dead-letter copy) without the record's value and original
+/// headers, and without its key when that is over [`KEPT_KEY_BYTES`]: what
+/// goes to the dead-letter topic when the whole copy is larger than the
+/// producer or the topic accepts (`message.max.bytes`,
+/// `max.message.bytes`). A record close to the size limit fits its own
+/// topic but not with the failure headers added, and a copy that can never
+/// be written would stop its partition for good.
+///
+/// The failure headers stay, `error-message` cut to [`KEPT_ERROR_BYTES`],
+/// and `dropped-content` says what was left out and how large it was
+/// (`value (1048000 bytes), 7 header(s) (412 bytes)`). The original stays at
+/// `origin-topic`, `origin-partition`, `origin-offset` while that topic
+/// retains it.
+pub fn without_content(copy: &OutgoingRecord) -> OutgoingRecord {
+    let (failure, original): (Vec<_>, Vec<_>) = copy
+        .headers
+        .iter()
+        .partition(|(name, _)| header::ALL.contains(&name.as_str()));
+    let mut dropped = Vec::new();
+    if let Some(value) = &copy.value {
+        dropped.push(format!("value ({} bytes)", value.len()));
+    }
+    if !original.is_empty() {
+        let bytes: usize = original
+            .iter()
+            .map(|(name, value)| name.len() + value.as_ref().map_or(0, Vec::len))
+            .sum();
+        dropped.push(format!("{} header(s) ({bytes} bytes)", original.len()));
+    }
+    let key = match &copy.key {
+        Some(key) if key.len() > KEPT_KEY_BYTES => {
+            dropped.push(format!("key ({} bytes)", key.len()));
+            None
+        }
+        key => key.clone(),
+    };
+    // A copy already without content drops nothing more: it keeps saying
+    // what its first shrinking dropped.
+    let said = match failure.iter().find(|(name, _)| name == header::DROPPED_CONTENT) {
+        Some((_, Some(earlier))) if dropped.is_empty() => earlier.clone(),
+        _ => dropped.join(", ").into_bytes(),
+    };
+    let mut headers: Vec<_> = failure
+        .into_iter()
+        .filter(|(name, _)| name != header::DROPPED_CONTENT)
+        .map(|(name, value)| {
+            let value = match value {
+                Some(value) if name == header::ERROR_MESSAGE => Some(cut_at_char(value, KEPT_ERROR_BYTES).to_vec()),
+                value => value.clone(),
+            };
+            (name.clone(), value)
+        })
+        .collect();
+    headers.push((header::DROPPED_CONTENT.to_owned(), Some(said)));
+    OutgoingRecord {
+        key,
+        value: None,
+        headers,
+    }
+}
+
+/// The longest prefix of `text` of at most `limit` bytes that does not end
+/// inside a UTF-8 character (`text` is UTF-8, as every failure header is).
+fn cut_at_char(text: &[u8], limit: usize) -> &[u8] {
+    if text.len() <= limit {
+        return text;
+    }
+    let mut end = limit;
+    // A continuation byte is 0b10xx_xxxx.
+    while end > 0 && text[end] & 0xC0 == 0x80 {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 fn copy<const N: usize>(record: &Record, origin: &Origin, extra: [(&str, String); N]) -> OutgoingRecord {
     let mut headers = without_failure_headers(record);
     headers.extend(
@@ -329,6 +417,7 @@ mod tests {
             headers: vec![("ce_type".to_owned(), Some(b"user.token_issued.v1".to_vec()))],
             value: Some(b"{}".to_vec()),
             timestamp_ms: None,
+            unreadable_header_names: 0,
         }
     }
 
@@ -341,6 +430,7 @@ mod tests {
             headers: copy.headers,
             value: copy.value,
             timestamp_ms: None,
+            unreadable_header_names: 0,
         }
     }
 
@@ -394,6 +484,43 @@ mod tests {
         assert_eq!(
             DeadLetterHeaders::of(&original),
             Err(FailureHeaderError::Missing(header::ORIGIN_TOPIC))
+        );
+    }
+
+    #[test]
+    fn a_copy_without_content_keeps_the_failure_headers_and_says_what_it_dropped() {
+        let mut original = record();
+        original.value = Some(vec![b'A'; 1000]);
+        let headers = DeadLetterHeaders {
+            origin: Origin::of(&original).unwrap(),
+            class: FailureClass::Permanent,
+            attempts: 1,
+            // 2-byte characters across the cut.
+            error: "é".repeat(KEPT_ERROR_BYTES),
+            failed_at: at("2026-11-22T10:00:01.500Z"),
+        };
+        let full = headers.copy(&original);
+        let small = without_content(&full);
+        assert_eq!(small.key, original.key, "a short key is kept");
+        assert_eq!(small.value, None);
+        let dead = consumed("dead", small.clone());
+        let read = DeadLetterHeaders::of(&dead).unwrap();
+        assert_eq!(read.origin, headers.origin);
+        assert_eq!(read.error, "é".repeat(KEPT_ERROR_BYTES / 2), "cut at a character");
+        assert_eq!(dead.header("ce_type"), None, "the original's headers are dropped");
+        assert_eq!(
+            dead.header(header::DROPPED_CONTENT),
+            Some(&b"value (1000 bytes), 1 header(s) (27 bytes)"[..])
+        );
+        assert_eq!(without_content(&small), small, "shrinking twice changes nothing");
+
+        let mut long_key = full;
+        long_key.key = Some(vec![b'k'; KEPT_KEY_BYTES + 1]);
+        let dead = consumed("dead", without_content(&long_key));
+        assert_eq!(dead.key, None);
+        assert_eq!(
+            dead.header(header::DROPPED_CONTENT),
+            Some(&b"value (1000 bytes), 1 header(s) (27 bytes), key (1025 bytes)"[..])
         );
     }
 

@@ -68,6 +68,9 @@ struct Inner {
     started: Instant,
     /// Milliseconds after `started` of the last stored offset; `-1` for none.
     last_progress_ms: AtomicI64,
+    /// Per held partition, milliseconds after `started` of its last stored
+    /// offset, or of its assignment when none was stored since.
+    progress_by_partition: Mutex<HashMap<(String, i32), i64>>,
     lag_by_partition: Mutex<HashMap<(String, i32), i64>>,
     lag: Family<PartitionLabels, Gauge>,
     /// Partitions held, per topic; a topic stays (at 0) once it was held,
@@ -91,6 +94,7 @@ impl GroupMonitor {
         let inner = Inner {
             started: Instant::now(),
             last_progress_ms: AtomicI64::new(-1),
+            progress_by_partition: Mutex::default(),
             lag_by_partition: Mutex::default(),
             lag: Family::default(),
             assigned: Family::default(),
@@ -159,11 +163,14 @@ impl GroupMonitor {
     }
 
     /// Why this member looks stuck, if it does: a partition worker that
-    /// panicked (for good), no partition assigned
-    /// `stall_after` after start, or records waiting on `topics` and none
-    /// processed for `stall_after`. (A member of a group with more members
-    /// than partitions is legitimately idle: size the group to the
-    /// partitions.)
+    /// panicked (for good), no partition assigned `stall_after` after
+    /// start, or a held partition of `topics` with records waiting and none
+    /// processed for `stall_after` (since it was assigned, if none was).
+    /// Partitions are judged one by one, so one stuck partition shows even
+    /// while the member's others make progress; the message names each,
+    /// as `stalled: issued-token[3] 12 records behind, none processed for
+    /// 95 s`. (A member of a group with more members than partitions is
+    /// legitimately idle: size the group to the partitions.)
     pub fn stalled(&self, topics: &[&str], stall_after: Duration) -> Option<String> {
         if let Some(failure) = self.failure() {
             return Some(failure);
@@ -172,14 +179,33 @@ impl GroupMonitor {
         if uptime > stall_after && self.assigned_partitions() == 0 {
             return Some(format!("no partitions assigned {} s after start", uptime.as_secs()));
         }
-        let lag = self.lag(topics);
-        let idle = self.since_progress();
-        (lag > 0 && idle > stall_after).then(|| {
-            format!(
-                "stalled: {lag} records behind and none processed for {} s",
-                idle.as_secs()
-            )
-        })
+        let mut stuck: Vec<(String, i32, i64, Duration)> = {
+            let lag = self.lag_map();
+            let progress = self.progress_map();
+            lag.iter()
+                .filter(|((topic, _), lag)| **lag > 0 && topics.contains(&topic.as_str()))
+                .filter_map(|((topic, partition), lag)| {
+                    let since = progress.get(&(topic.clone(), *partition)).map_or(uptime, |ms| {
+                        uptime.saturating_sub(Duration::from_millis(ms.unsigned_abs()))
+                    });
+                    (since > stall_after).then(|| (topic.clone(), *partition, *lag, since))
+                })
+                .collect()
+        };
+        if stuck.is_empty() {
+            return None;
+        }
+        stuck.sort();
+        let each: Vec<String> = stuck
+            .iter()
+            .map(|(topic, partition, lag, since)| {
+                format!(
+                    "{topic}[{partition}] {lag} records behind, none processed for {} s",
+                    since.as_secs()
+                )
+            })
+            .collect();
+        Some(format!("stalled: {}", each.join("; ")))
     }
 
     /// Why the member can no longer do its work (a partition worker
@@ -199,10 +225,19 @@ impl GroupMonitor {
         *self.inner.failure.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason);
     }
 
-    pub(crate) fn progressed(&self) {
-        let ms = i64::try_from(self.inner.started.elapsed().as_millis()).unwrap_or(i64::MAX);
+    /// A record of `topic` `partition` was processed and its offset stored.
+    pub(crate) fn progressed(&self, topic: &str, partition: i32) {
+        let ms = self.now_ms();
         self.inner.last_progress_ms.store(ms, Ordering::Relaxed);
+        if let Some(last) = self.progress_map().get_mut(&(topic.to_owned(), partition)) {
+            *last = ms;
+        }
         self.inner.stored.inc();
+    }
+
+    /// Milliseconds since `started`.
+    fn now_ms(&self) -> i64 {
+        i64::try_from(self.inner.started.elapsed().as_millis()).unwrap_or(i64::MAX)
     }
 
     /// `count` partitions were assigned; `held` is what the member holds now.
@@ -256,6 +291,16 @@ impl GroupMonitor {
     }
 
     fn hold<'a>(&self, held: impl IntoIterator<Item = &'a (String, i32)>) {
+        let held: Vec<&(String, i32)> = held.into_iter().collect();
+        {
+            // A partition newly held counts as progressing from now.
+            let now = self.now_ms();
+            let mut progress = self.progress_map();
+            progress.retain(|partition, _| held.contains(&partition));
+            for partition in &held {
+                progress.entry((*partition).clone()).or_insert(now);
+            }
+        }
         let mut topics = self.inner.topics_held.lock().unwrap_or_else(PoisonError::into_inner);
         // Topics held before and not now go to 0 rather than away.
         let mut per_topic: BTreeMap<String, i64> = topics.iter().map(|topic| (topic.clone(), 0)).collect();
@@ -272,6 +317,13 @@ impl GroupMonitor {
             .assigned_total
             .store(per_topic.values().sum(), Ordering::Relaxed);
         topics.extend(per_topic.into_keys());
+    }
+
+    fn progress_map(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i32), i64>> {
+        self.inner
+            .progress_by_partition
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn lag_map(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i32), i64>> {
@@ -349,10 +401,11 @@ mod tests {
         monitor.assigned(1, &[("a".to_owned(), 0)]);
         assert_eq!(monitor.stalled(&["a"], quick), None, "assigned, nothing to do");
         monitor.report_lag([("a".to_owned(), 0, 3)], &[("a".to_owned(), 0)]);
+        std::thread::sleep(Duration::from_millis(20));
         let reason = monitor.stalled(&["a"], quick).unwrap();
-        assert!(reason.starts_with("stalled: 3 records behind"), "{reason}");
+        assert!(reason.starts_with("stalled: a[0] 3 records behind"), "{reason}");
         assert_eq!(monitor.stalled(&["retry"], quick), None, "lag elsewhere does not count");
-        monitor.progressed();
+        monitor.progressed("a", 0);
         assert_eq!(
             monitor.stalled(&["a"], Duration::from_secs(60)),
             None,
@@ -365,7 +418,33 @@ mod tests {
         let monitor = GroupMonitor::new(&mut Registry::default());
         std::thread::sleep(Duration::from_millis(20));
         assert!(monitor.since_progress() >= Duration::from_millis(20));
-        monitor.progressed();
+        monitor.progressed("a", 0);
         assert!(monitor.since_progress() < Duration::from_millis(20));
+    }
+
+    /// One partition stuck while the member's other partition keeps
+    /// processing: readiness must see the stuck one, and name it.
+    #[test]
+    fn one_stuck_partition_is_named_while_another_makes_progress() {
+        let monitor = GroupMonitor::new(&mut Registry::default());
+        let held = [("a".to_owned(), 0), ("a".to_owned(), 1)];
+        monitor.assigned(2, &held);
+        monitor.report_lag([("a".to_owned(), 0, 5), ("a".to_owned(), 1, 7)], &held);
+        // Margins of 200 ms either way: partition 0 idle for 300 ms, the
+        // checks each within microseconds of a progress or an assignment.
+        let stall_after = Duration::from_millis(200);
+        for _ in 0..6 {
+            std::thread::sleep(Duration::from_millis(50));
+            monitor.progressed("a", 1);
+        }
+        let reason = monitor.stalled(&["a"], stall_after).expect("partition 0 is stuck");
+        assert!(reason.starts_with("stalled: a[0] 5 records behind"), "{reason}");
+        assert!(!reason.contains("a[1]"), "partition 1 progresses: {reason}");
+
+        // Assigned again after a revoke, it counts from its assignment.
+        monitor.revoked(&[held[0].clone()], &held[1..]);
+        monitor.assigned(1, &held);
+        monitor.report_lag([("a".to_owned(), 0, 5)], &held);
+        assert_eq!(monitor.stalled(&["a"], stall_after), None, "just assigned");
     }
 }

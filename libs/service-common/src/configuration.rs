@@ -138,6 +138,17 @@ pub struct DatabaseSettings {
     /// (SQLSTATE 57014). `0` turns the limit off. Default 10 000.
     #[serde(default = "default_statement_timeout_ms")]
     pub statement_timeout_ms: u64,
+    /// Longest a transaction may wait for its client between statements,
+    /// in milliseconds: PostgreSQL's `idle_in_transaction_session_timeout`,
+    /// set on every pool connection. The server then ends the session and
+    /// its transaction, releasing its locks: what is left of a client that
+    /// froze or lost its connection mid-transaction, which would otherwise
+    /// hold row locks until the server's keepalives notice (never, when
+    /// something in between keeps the connection open). No transaction of
+    /// the services waits for anything but the database. `0` turns it off.
+    /// Default 30 000.
+    #[serde(default = "default_idle_in_transaction_timeout_ms")]
+    pub idle_in_transaction_timeout_ms: u64,
     /// TCP keepalive on the server's side of every connection.
     #[serde(default)]
     pub keepalive: KeepaliveSettings,
@@ -187,6 +198,10 @@ impl Default for KeepaliveSettings {
 
 fn default_statement_timeout_ms() -> u64 {
     10_000
+}
+
+fn default_idle_in_transaction_timeout_ms() -> u64 {
+    30_000
 }
 
 /// `shutdown.*`: how long a graceful stop may take.

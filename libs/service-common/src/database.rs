@@ -35,8 +35,10 @@ pub enum DatabaseError {
 /// `database.password` when set), creating the database first when
 /// `create_if_missing` is set and it does not exist, and applies
 /// `migrations` on a connection of their own. Every pool connection has the
-/// configured `statement_timeout` and keepalives; the migrations run
-/// without a statement timeout (an index build may take longer).
+/// configured `statement_timeout`, `idle_in_transaction_session_timeout`
+/// and keepalives, and is closed when it is given back and does not answer
+/// a ping at once ([`RELEASE_PING_TIMEOUT`]); the migrations run without a
+/// statement timeout (an index build may take longer).
 ///
 /// # Errors
 ///
@@ -96,8 +98,69 @@ pub async fn connect(database: &DatabaseSettings, migrations: &Migrator) -> Resu
     let pool = PgPoolOptions::new()
         .max_connections(database.max_connections)
         .acquire_timeout(Duration::from_secs(5))
-        .connect_with(session.options([("statement_timeout", database.statement_timeout_ms.to_string())]))
+        .after_release(|connection, _| Box::pin(answers_on_release(connection)))
+        .connect_with(session.options([
+            ("statement_timeout", database.statement_timeout_ms.to_string()),
+            (
+                "idle_in_transaction_session_timeout",
+                database.idle_in_transaction_timeout_ms.to_string(),
+            ),
+        ]))
         .await
         .map_err(DatabaseError::Connect)?;
     Ok(pool)
+}
+
+/// Longest a connection given back to the pool may take to answer a ping
+/// before it is closed instead of kept.
+pub const RELEASE_PING_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Whether a connection given back to the pool still answers, within
+/// [`RELEASE_PING_TIMEOUT`]. A connection whose statement was cut short (a
+/// caller's deadline, [`bounded`]) may be waiting on a server that will
+/// never answer. sqlx 0.8 pings every released connection itself, but
+/// without a bound: on such a connection that ping waits for ever and keeps
+/// its slot in the pool, and after `max_connections` of them the pool has
+/// none left. This ping runs first; when it gets no answer the connection
+/// is closed without a goodbye, and the pool opens a new one when needed.
+async fn answers_on_release(connection: &mut PgConnection) -> sqlx::Result<bool> {
+    match tokio::time::timeout(RELEASE_PING_TIMEOUT, connection.ping()).await {
+        Ok(answer) => answer.map(|()| true),
+        Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "a released connection did not answer a ping within {} ms; closed",
+                RELEASE_PING_TIMEOUT.as_millis()
+            ),
+        ))),
+    }
+}
+
+/// Runs `call` (database work) for at most `deadline`, `None` meaning no
+/// bound. Past it the call is dropped, and with it its connection, which
+/// [`connect`]'s pool closes unless it answers at once.
+///
+/// Server-side limits do not cover this: `statement_timeout` is enforced by
+/// a server that answers, and TCP keepalive by a kernel that does. A server
+/// that froze (a stopped process, a stuck storage volume) or a connection
+/// dropped without a reset by the network in between answers neither, and
+/// a caller would wait for ever.
+///
+/// # Errors
+///
+/// `call`'s error, or [`sqlx::Error::Io`] of kind `TimedOut` past the
+/// deadline.
+pub async fn bounded<T>(
+    deadline: Option<Duration>,
+    call: impl std::future::Future<Output = sqlx::Result<T>>,
+) -> sqlx::Result<T> {
+    let Some(deadline) = deadline else {
+        return call.await;
+    };
+    tokio::time::timeout(deadline, call).await.unwrap_or_else(|_| {
+        Err(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("the database did not answer within {} ms", deadline.as_millis()),
+        )))
+    })
 }

@@ -38,9 +38,10 @@ pub struct Settings {
 /// `readiness.*`
 #[derive(Debug, Clone, Deserialize)]
 pub struct ReadinessSettings {
-    /// Readiness fails when records wait on the event topics and none has
-    /// been processed for this long, or when no partition is assigned this
-    /// long after start, in milliseconds. Longer than an in-place retry
+    /// Readiness fails when a held partition of the event topics has
+    /// records waiting and none processed for this long (each partition
+    /// judged on its own), or when no partition is assigned this long
+    /// after start, in milliseconds. Longer than an in-place retry
     /// cycle (`retry.max_elapsed_ms`), so a retry is not taken for a stall.
     pub stall_after_ms: u64,
 }

@@ -44,6 +44,22 @@ pub enum DeadLetterError {
     /// or dead-letter topic, or a topic nobody consumes.
     #[error("the dead letter at partition {} offset {} has no event topic as its origin", .0.partition, .0.offset)]
     NotAnEventOrigin(Position),
+    /// A chosen dead letter does not hold its record: the whole copy was
+    /// too large, and its `dropped-content` says what was left out
+    /// ([`failure::without_content`]). Redriving it would publish an empty
+    /// record; the original is at its origin while that topic keeps it.
+    #[error(
+        "the dead letter at partition {} offset {} does not hold its record ({dropped}); the original is at {origin}",
+        .position.partition, .position.offset
+    )]
+    ContentDropped {
+        /// Where it is on the dead-letter topic.
+        position: Position,
+        /// Where the original is.
+        origin: Origin,
+        /// What was left out (its `dropped-content`).
+        dropped: String,
+    },
     /// The broker did not answer.
     #[error(transparent)]
     Broker(#[from] AdminError),
@@ -121,7 +137,7 @@ pub async fn list(
 /// # Errors
 ///
 /// [`DeadLetterError`]: the first choice that is not a dead letter of an
-/// event topic, or the broker not answering.
+/// event topic or does not hold its record, or the broker not answering.
 pub async fn choose(kafka: &KafkaSettings, positions: &[Position]) -> Result<Vec<Chosen>, DeadLetterError> {
     let topic = kafka.topics.name(Topic::DeadLetter);
     let event_topics: Vec<&str> = Topic::EVENTS.iter().map(|&topic| kafka.topics.name(topic)).collect();
@@ -143,6 +159,13 @@ pub async fn choose(kafka: &KafkaSettings, positions: &[Position]) -> Result<Vec
             .ok()
             .filter(|origin| event_topics.contains(&origin.topic.as_str()))
             .ok_or(DeadLetterError::NotAnEventOrigin(position))?;
+        if let Some(dropped) = record.header(failure::header::DROPPED_CONTENT) {
+            return Err(DeadLetterError::ContentDropped {
+                position,
+                origin,
+                dropped: String::from_utf8_lossy(dropped).into_owned(),
+            });
+        }
         chosen.push(Chosen {
             position,
             origin,

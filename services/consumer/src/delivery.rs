@@ -352,9 +352,11 @@ impl Delivery {
     }
 
     /// What becomes of a copy read from the retry topic: dead-lettered when
-    /// its headers are not ours or its due time is beyond the schedule,
-    /// skipped when its record is no longer parked, deferred behind an older
-    /// parked record of its key, otherwise tried once due.
+    /// its headers are not ours, when it is not a copy of the parked record
+    /// it names (under its own coordinates, and that record stays parked),
+    /// or when its due time is beyond the schedule; skipped when its record
+    /// is no longer parked, deferred behind an older parked record of its
+    /// key, otherwise tried once due.
     async fn decide_retry(&self, record: &Record, cancel: &CancellationToken) -> Result<Finish, Interrupted> {
         let headers = match RetryHeaders::of(record) {
             Ok(headers) => headers,
@@ -369,6 +371,12 @@ impl Delivery {
             WhenDue::TooFar(reason) => {
                 let attempts = headers.attempts;
                 Ok(self.dead_lettered(record, origin.clone(), FailureClass::Permanent, attempts, reason))
+            }
+            WhenDue::At(Position::Forged(reason)) => {
+                // Under its own coordinates: the record it names stays
+                // parked, on its own schedule.
+                let own = Origin::consumed_at(record);
+                Ok(self.dead_lettered(record, own, FailureClass::Permanent, 0, reason))
             }
             WhenDue::At(Position::Resolved) => {
                 tracing::info!(%origin, "second copy of a record already applied or dead-lettered; skipped");
@@ -392,8 +400,8 @@ impl Delivery {
         headers: &RetryHeaders,
         cancel: &CancellationToken,
     ) -> Result<WhenDue, Interrupted> {
-        let position = self.parking.position(&headers.origin, record.key.as_deref()).await?;
-        if position == Position::Resolved {
+        let position = self.parking.position(&headers.origin, record).await?;
+        if matches!(position, Position::Resolved | Position::Forged(_)) {
             return Ok(WhenDue::At(position));
         }
         let wait = (headers.not_before - Utc::now()).to_std().unwrap_or_default();
@@ -419,9 +427,7 @@ impl Delivery {
             return Err(Interrupted::Cancelled);
         }
         // Its key's parked records may have moved on meanwhile.
-        Ok(WhenDue::At(
-            self.parking.position(&headers.origin, record.key.as_deref()).await?,
-        ))
+        Ok(WhenDue::At(self.parking.position(&headers.origin, record).await?))
     }
 
     /// Deferring a copy whose key's head is `head`, an older parked record:
@@ -437,6 +443,7 @@ impl Delivery {
             due_at: Utc::now() + self.policy.round_delay(1).min(Duration::from_secs(1)),
         };
         let copy = schedule.headers(origin, &format!("parked behind {head}")).copy(record);
+        let attempts = schedule.attempts;
         Finish::counted(
             "deferred",
             [
@@ -448,7 +455,7 @@ impl Delivery {
                 Step::Produce {
                     origin: origin.clone(),
                     copy,
-                    kind: CopyKind::Deferred { head },
+                    kind: CopyKind::Deferred { head, attempts },
                 },
             ],
         )
@@ -485,6 +492,7 @@ impl Delivery {
                     due_at: Utc::now() + delay,
                 };
                 let copy = schedule.headers(origin, &error).copy(record);
+                let attempts = schedule.attempts;
                 Finish::counted(
                     "parked",
                     [
@@ -496,7 +504,7 @@ impl Delivery {
                         Step::Produce {
                             origin: origin.clone(),
                             copy,
-                            kind: CopyKind::Parked { round, delay },
+                            kind: CopyKind::Parked { round, delay, attempts },
                         },
                     ],
                 )
@@ -559,7 +567,7 @@ impl Delivery {
     /// Parking `record`: record it in `parked_records`, then copy it to the
     /// retry topic on `schedule`, due after `delay`.
     fn parked(&self, record: &Record, origin: Origin, schedule: Schedule, delay: Duration, reason: &str) -> Finish {
-        let round = schedule.round;
+        let (round, attempts) = (schedule.round, schedule.attempts);
         let copy = schedule.headers(&origin, reason).copy(record);
         Finish::counted(
             "parked",
@@ -572,7 +580,7 @@ impl Delivery {
                 Step::Produce {
                     origin,
                     copy,
-                    kind: CopyKind::Parked { round, delay },
+                    kind: CopyKind::Parked { round, delay, attempts },
                 },
             ],
         )
@@ -634,8 +642,22 @@ impl Delivery {
                         CopyKind::DeadLettered { .. } => self.topics.name(Topic::DeadLetter),
                         CopyKind::Parked { .. } | CopyKind::Deferred { .. } => self.topics.name(Topic::Retry),
                     };
-                    let delivered = self.producer.send_record(topic, copy).await?;
-                    kind.log(origin, delivered);
+                    match self.producer.send_record(topic, copy).await {
+                        Ok(delivered) => kind.log(origin, delivered),
+                        Err(error) if error.is_too_large() => {
+                            let error = format!("{:#}", anyhow::Error::new(error));
+                            let (steps, outcome) = too_large(record, origin, copy, kind, &error)?;
+                            finish.0.pop_front();
+                            for step in steps.into_iter().rev() {
+                                finish.0.push_front(step);
+                            }
+                            if outcome.is_some() {
+                                finish.1 = outcome;
+                            }
+                            continue;
+                        }
+                        Err(error) => return Err(error.into()),
+                    }
                 }
                 Step::Unpark(origin) => self.parking.unpark(origin).await?,
             }
@@ -645,6 +667,86 @@ impl Delivery {
             self.metrics.outcome(record, outcome);
         }
         Ok(())
+    }
+}
+
+/// What replaces a copy of `record` from `origin` that is larger than the
+/// producer or its topic accepts (`error`), so that the partition moves on
+/// instead of trying it forever: the steps that take its place, and the
+/// record's outcome when it changes.
+///
+/// - A dead-letter copy is written again [`failure::without_content`]:
+///   the failure headers, and what was left out, with sizes.
+/// - A retry copy cannot be parked, so the record is dead-lettered instead
+///   (permanent, with both reasons), and its parking ends.
+///
+/// # Errors
+///
+/// [`Interrupted::Infrastructure`] when a dead-letter copy without content
+/// is still too large: only an `error-message` or a topic limit of a few
+/// kilobytes could make it so.
+fn too_large(
+    record: &Record,
+    origin: &Origin,
+    copy: &OutgoingRecord,
+    kind: &CopyKind,
+    error: &str,
+) -> Result<(Vec<Step>, Option<&'static str>), Interrupted> {
+    match kind {
+        CopyKind::DeadLettered { .. } => {
+            if copy
+                .headers
+                .iter()
+                .any(|(name, _)| name == failure::header::DROPPED_CONTENT)
+            {
+                return Err(Interrupted::Infrastructure(anyhow::anyhow!(
+                    "{error}, even without the record's key, value and headers"
+                )));
+            }
+            tracing::error!(%origin, error, "dead-letter copy larger than the topic accepts; writing it without the record's content");
+            let copy = failure::without_content(copy);
+            let step = Step::Produce {
+                origin: origin.clone(),
+                copy,
+                kind: kind.clone(),
+            };
+            Ok((vec![step], None))
+        }
+        CopyKind::Parked { attempts, .. } | CopyKind::Deferred { attempts, .. } => {
+            let parked_because = copy
+                .headers
+                .iter()
+                .find(|(name, _)| name == failure::header::ERROR_MESSAGE)
+                .and_then(|(_, value)| value.as_deref())
+                .map(String::from_utf8_lossy)
+                .unwrap_or_default();
+            let reason = format!(
+                "its retry copy is larger than the retry topic accepts ({error}); parked because: {parked_because}"
+            );
+            tracing::error!(%origin, reason, "retry copy too large; dead-lettering the record instead");
+            let class = FailureClass::Permanent;
+            let copy = DeadLetterHeaders {
+                origin: origin.clone(),
+                class,
+                attempts: *attempts,
+                error: reason.clone(),
+                failed_at: Utc::now(),
+            }
+            .copy(record);
+            let steps = vec![
+                Step::Produce {
+                    origin: origin.clone(),
+                    copy,
+                    kind: CopyKind::DeadLettered {
+                        class,
+                        attempts: *attempts,
+                        reason,
+                    },
+                },
+                Step::Unpark(origin.clone()),
+            ];
+            Ok((steps, Some("dead_lettered")))
+        }
     }
 }
 
@@ -689,14 +791,14 @@ enum Step {
 }
 
 /// What a copy of a record is: where it goes and what its log line says.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum CopyKind {
     /// To the retry topic for `round` (0: behind an earlier record of its
-    /// key), due after `delay`.
-    Parked { round: u32, delay: Duration },
+    /// key), due after `delay`, after `attempts` processing attempts.
+    Parked { round: u32, delay: Duration, attempts: u32 },
     /// Back to the end of the retry topic, behind `head`, the oldest parked
-    /// record of its key.
-    Deferred { head: String },
+    /// record of its key, after `attempts` processing attempts.
+    Deferred { head: String, attempts: u32 },
     /// To the dead-letter topic.
     DeadLettered {
         class: FailureClass,
@@ -709,7 +811,7 @@ impl CopyKind {
     /// Logs the copy of the record from `origin`, now `delivered`.
     fn log(&self, origin: &Origin, delivered: kafka_service::Delivery) {
         match self {
-            CopyKind::Parked { round, delay } => tracing::warn!(
+            CopyKind::Parked { round, delay, .. } => tracing::warn!(
                 %origin,
                 round,
                 delay_ms = delay.as_millis(),
@@ -717,7 +819,7 @@ impl CopyKind {
                 retry_offset = delivered.offset,
                 "record parked on the retry topic"
             ),
-            CopyKind::Deferred { head } => {
+            CopyKind::Deferred { head, .. } => {
                 tracing::debug!(%origin, head, "an earlier record with this key is still parked; deferred behind it")
             }
             CopyKind::DeadLettered {

@@ -13,6 +13,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use kafka_service::failure::{self, Origin, RetryHeaders};
 use kafka_service::Record;
+use service_common::database::bounded;
 use sqlx::PgPool;
 
 /// Where a record read from the retry topic stands among its key's parked
@@ -27,6 +28,11 @@ pub enum Position {
     /// this is a second copy (left by a crash between producing a copy and
     /// committing its source).
     Resolved,
+    /// It names a parked record but is not a copy of it: its key, value or
+    /// headers (failure headers aside) differ from the record kept in
+    /// `parked_records`. Whoever wrote it, it must neither be applied in the
+    /// parked record's place nor end that record's parking.
+    Forged(String),
 }
 
 /// A parked record as `parked_records` keeps it.
@@ -111,6 +117,7 @@ impl From<ParkedRow> for Parked {
             headers: row.header_names.into_iter().zip(row.header_values).collect(),
             value: Some(value),
             timestamp_ms: None,
+            unreadable_header_names: 0,
         });
         Parked {
             origin,
@@ -123,6 +130,46 @@ impl From<ParkedRow> for Parked {
             due_at: row.due_at,
             records_of_key: row.records_of_key,
         }
+    }
+}
+
+/// What `parked_records` keeps of a parked record, to tell its copies from
+/// forgeries.
+#[derive(sqlx::FromRow)]
+struct KeptRecord {
+    record_key: Option<Vec<u8>>,
+    /// `None` for a row parked before records were kept: only the key can
+    /// be compared then.
+    record_value: Option<Vec<u8>>,
+    header_names: Vec<String>,
+    header_values: Vec<Option<Vec<u8>>>,
+}
+
+impl KeptRecord {
+    /// What of `copy` differs from this record (`key`, `value` or
+    /// `headers`), if anything. Failure headers are not compared: every
+    /// copy has its own.
+    fn differs_from(&self, copy: &Record) -> Option<&'static str> {
+        if copy.key != self.record_key {
+            return Some("key");
+        }
+        let Some(value) = &self.record_value else {
+            return None;
+        };
+        if copy.value.as_ref() != Some(value) {
+            return Some("value");
+        }
+        let original = failure::original(copy).headers;
+        let kept = self.header_names.iter().zip(&self.header_values);
+        if original.len() != self.header_names.len()
+            || !original
+                .iter()
+                .zip(kept)
+                .all(|((name, value), (kept_name, kept_value))| name == kept_name && value == kept_value)
+        {
+            return Some("headers");
+        }
+        None
     }
 }
 
@@ -139,16 +186,20 @@ const HEAD_OF_KEY: &str = "NOT EXISTS (SELECT 1 FROM parked_records older \
     WHERE older.origin_topic = parked.origin_topic AND older.record_key = parked.record_key \
     AND older.id < parked.id)";
 
-/// The `parked_records` table.
+/// The `parked_records` table. Every call is bounded by the deadline it
+/// was made with ([`service_common::database::bounded`]): a database that
+/// stops answering fails the call instead of hanging its partition.
 #[derive(Clone)]
 pub struct Parking {
     pool: PgPool,
+    deadline: Option<Duration>,
 }
 
 impl Parking {
-    /// Parking in `pool`'s database.
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    /// Parking in `pool`'s database, each call given up after `deadline`
+    /// (`None`: never).
+    pub fn new(pool: PgPool, deadline: Option<Duration>) -> Self {
+        Self { pool, deadline }
     }
 
     /// Whether any record of `topic` with `key` is parked. A record without
@@ -156,14 +207,19 @@ impl Parking {
     ///
     /// # Errors
     ///
-    /// When the database fails.
+    /// When the database fails or does not answer within the deadline.
     pub async fn is_parked(&self, topic: &str, key: Option<&[u8]>) -> sqlx::Result<bool> {
-        let Some(key) = key else { return Ok(false) };
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM parked_records WHERE origin_topic = $1 AND record_key = $2)")
+        bounded(self.deadline, async {
+            let Some(key) = key else { return Ok(false) };
+            sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM parked_records WHERE origin_topic = $1 AND record_key = $2)",
+            )
             .bind(topic)
             .bind(key)
             .fetch_one(&self.pool)
             .await
+        })
+        .await
     }
 
     /// Which of `keys` have a parked record of `topic`: one query for a
@@ -171,19 +227,22 @@ impl Parking {
     ///
     /// # Errors
     ///
-    /// The database error.
+    /// The database error, or no answer within the deadline.
     pub async fn parked_keys(&self, topic: &str, keys: &[&[u8]]) -> sqlx::Result<HashSet<Vec<u8>>> {
-        if keys.is_empty() {
-            return Ok(HashSet::new());
-        }
-        let parked: Vec<Vec<u8>> = sqlx::query_scalar(
-            "SELECT DISTINCT record_key FROM parked_records WHERE origin_topic = $1 AND record_key = ANY($2)",
-        )
-        .bind(topic)
-        .bind(keys)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(parked.into_iter().collect())
+        bounded(self.deadline, async {
+            if keys.is_empty() {
+                return Ok(HashSet::new());
+            }
+            let parked: Vec<Vec<u8>> = sqlx::query_scalar(
+                "SELECT DISTINCT record_key FROM parked_records WHERE origin_topic = $1 AND record_key = ANY($2)",
+            )
+            .bind(topic)
+            .bind(keys)
+            .fetch_all(&self.pool)
+            .await?;
+            Ok(parked.into_iter().collect())
+        })
+        .await
     }
 
     /// Parks `record`, consumed at `origin`, behind every record of its
@@ -193,30 +252,33 @@ impl Parking {
     ///
     /// # Errors
     ///
-    /// When the database fails.
+    /// When the database fails or does not answer within the deadline.
     pub async fn park(&self, origin: &Origin, record: &Record, schedule: Schedule, reason: &str) -> sqlx::Result<()> {
-        let kept = failure::original(record);
-        let (names, values): (Vec<String>, Vec<Option<Vec<u8>>>) = kept.headers.into_iter().unzip();
-        sqlx::query(
-            "INSERT INTO parked_records (record_key, origin_topic, origin_partition, origin_offset, reason, \
-               record_value, header_names, header_values, round, attempts, due_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-             ON CONFLICT (origin_topic, origin_partition, origin_offset) DO NOTHING",
-        )
-        .bind(kept.key)
-        .bind(&origin.topic)
-        .bind(origin.partition)
-        .bind(origin.offset)
-        .bind(reason)
-        .bind(kept.value)
-        .bind(names)
-        .bind(values)
-        .bind(i32::try_from(schedule.round).unwrap_or(i32::MAX))
-        .bind(i32::try_from(schedule.attempts).unwrap_or(i32::MAX))
-        .bind(schedule.due_at)
-        .execute(&self.pool)
+        bounded(self.deadline, async {
+            let kept = failure::original(record);
+            let (names, values): (Vec<String>, Vec<Option<Vec<u8>>>) = kept.headers.into_iter().unzip();
+            sqlx::query(
+                "INSERT INTO parked_records (record_key, origin_topic, origin_partition, origin_offset, reason, \
+                   record_value, header_names, header_values, round, attempts, due_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                 ON CONFLICT (origin_topic, origin_partition, origin_offset) DO NOTHING",
+            )
+            .bind(kept.key)
+            .bind(&origin.topic)
+            .bind(origin.partition)
+            .bind(origin.offset)
+            .bind(reason)
+            .bind(kept.value)
+            .bind(names)
+            .bind(values)
+            .bind(i32::try_from(schedule.round).unwrap_or(i32::MAX))
+            .bind(i32::try_from(schedule.attempts).unwrap_or(i32::MAX))
+            .bind(schedule.due_at)
+            .execute(&self.pool)
+            .await
+            .map(drop)
+        })
         .await
-        .map(drop)
     }
 
     /// Records that the record from `origin` has a new copy on the retry
@@ -224,41 +286,47 @@ impl Parking {
     ///
     /// # Errors
     ///
-    /// When the database fails.
+    /// When the database fails or does not answer within the deadline.
     pub async fn reschedule(&self, origin: &Origin, schedule: Schedule, reason: Option<&str>) -> sqlx::Result<()> {
-        sqlx::query(
-            "UPDATE parked_records SET round = $4, attempts = $5, due_at = $6, reason = COALESCE($7, reason) \
-             WHERE origin_topic = $1 AND origin_partition = $2 AND origin_offset = $3",
-        )
-        .bind(&origin.topic)
-        .bind(origin.partition)
-        .bind(origin.offset)
-        .bind(i32::try_from(schedule.round).unwrap_or(i32::MAX))
-        .bind(i32::try_from(schedule.attempts).unwrap_or(i32::MAX))
-        .bind(schedule.due_at)
-        .bind(reason)
-        .execute(&self.pool)
+        bounded(self.deadline, async {
+            sqlx::query(
+                "UPDATE parked_records SET round = $4, attempts = $5, due_at = $6, reason = COALESCE($7, reason) \
+                 WHERE origin_topic = $1 AND origin_partition = $2 AND origin_offset = $3",
+            )
+            .bind(&origin.topic)
+            .bind(origin.partition)
+            .bind(origin.offset)
+            .bind(i32::try_from(schedule.round).unwrap_or(i32::MAX))
+            .bind(i32::try_from(schedule.attempts).unwrap_or(i32::MAX))
+            .bind(schedule.due_at)
+            .bind(reason)
+            .execute(&self.pool)
+            .await
+            .map(drop)
+        })
         .await
-        .map(drop)
     }
 
     /// The parked record from `origin`, if it is parked.
     ///
     /// # Errors
     ///
-    /// When the database fails.
+    /// When the database fails or does not answer within the deadline.
     pub async fn get(&self, origin: &Origin) -> sqlx::Result<Option<Parked>> {
-        let query = format!(
-            "SELECT {PARKED_ROW} FROM parked_records parked \
-             WHERE origin_topic = $1 AND origin_partition = $2 AND origin_offset = $3"
-        );
-        let row: Option<ParkedRow> = sqlx::query_as(&query)
-            .bind(&origin.topic)
-            .bind(origin.partition)
-            .bind(origin.offset)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(Parked::from))
+        bounded(self.deadline, async {
+            let query = format!(
+                "SELECT {PARKED_ROW} FROM parked_records parked \
+                 WHERE origin_topic = $1 AND origin_partition = $2 AND origin_offset = $3"
+            );
+            let row: Option<ParkedRow> = sqlx::query_as(&query)
+                .bind(&origin.topic)
+                .bind(origin.partition)
+                .bind(origin.offset)
+                .fetch_optional(&self.pool)
+                .await?;
+            Ok(row.map(Parked::from))
+        })
+        .await
     }
 
     /// The oldest parked record of each topic and key, oldest first, at
@@ -266,12 +334,16 @@ impl Parking {
     ///
     /// # Errors
     ///
-    /// When the database fails.
+    /// When the database fails or does not answer within the deadline.
     pub async fn heads(&self, limit: i64) -> sqlx::Result<Vec<Parked>> {
-        let query =
-            format!("SELECT {PARKED_ROW} FROM parked_records parked WHERE {HEAD_OF_KEY} ORDER BY parked.id LIMIT $1");
-        let rows: Vec<ParkedRow> = sqlx::query_as(&query).bind(limit).fetch_all(&self.pool).await?;
-        Ok(rows.into_iter().map(Parked::from).collect())
+        bounded(self.deadline, async {
+            let query = format!(
+                "SELECT {PARKED_ROW} FROM parked_records parked WHERE {HEAD_OF_KEY} ORDER BY parked.id LIMIT $1"
+            );
+            let rows: Vec<ParkedRow> = sqlx::query_as(&query).bind(limit).fetch_all(&self.pool).await?;
+            Ok(rows.into_iter().map(Parked::from).collect())
+        })
+        .await
     }
 
     /// Heads of their key whose latest copy was due more than `after` ago
@@ -281,20 +353,23 @@ impl Parking {
     ///
     /// # Errors
     ///
-    /// When the database fails.
+    /// When the database fails or does not answer within the deadline.
     pub async fn orphans(&self, after: Duration, limit: i64) -> sqlx::Result<Vec<Parked>> {
-        let query = format!(
-            "SELECT {PARKED_ROW} FROM parked_records parked \
-             WHERE {HEAD_OF_KEY} AND parked.record_value IS NOT NULL \
-               AND parked.due_at < now() - make_interval(secs => $1) \
-             ORDER BY parked.id LIMIT $2"
-        );
-        let rows: Vec<ParkedRow> = sqlx::query_as(&query)
-            .bind(after.as_secs_f64())
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.into_iter().map(Parked::from).collect())
+        bounded(self.deadline, async {
+            let query = format!(
+                "SELECT {PARKED_ROW} FROM parked_records parked \
+                 WHERE {HEAD_OF_KEY} AND parked.record_value IS NOT NULL \
+                   AND parked.due_at < now() - make_interval(secs => $1) \
+                 ORDER BY parked.id LIMIT $2"
+            );
+            let rows: Vec<ParkedRow> = sqlx::query_as(&query)
+                .bind(after.as_secs_f64())
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+            Ok(rows.into_iter().map(Parked::from).collect())
+        })
+        .await
     }
 
     /// How many records are parked, and how long ago the oldest was, in
@@ -302,53 +377,70 @@ impl Parking {
     ///
     /// # Errors
     ///
-    /// When the database fails.
+    /// When the database fails or does not answer within the deadline.
     pub async fn stats(&self) -> sqlx::Result<(i64, f64)> {
-        let (count, oldest): (i64, Option<f64>) =
-            sqlx::query_as("SELECT count(*), EXTRACT(EPOCH FROM now() - min(parked_at))::float8 FROM parked_records")
-                .fetch_one(&self.pool)
-                .await?;
-        Ok((count, oldest.unwrap_or(0.0).max(0.0)))
+        bounded(self.deadline, async {
+            let (count, oldest): (i64, Option<f64>) = sqlx::query_as(
+                "SELECT count(*), EXTRACT(EPOCH FROM now() - min(parked_at))::float8 FROM parked_records",
+            )
+            .fetch_one(&self.pool)
+            .await?;
+            Ok((count, oldest.unwrap_or(0.0).max(0.0)))
+        })
+        .await
     }
 
-    /// Where the record from `origin` stands among the parked records of
-    /// its topic with `key`.
+    /// Where `copy`, a record read from the retry topic naming `origin`,
+    /// stands among the parked records of its topic and key. The copy is
+    /// first compared with the record `parked_records` kept for `origin`:
+    /// a copy that differs is [`Position::Forged`]. The key compared is
+    /// the parked row's, so a copy with another key cannot hide behind it.
     ///
     /// # Errors
     ///
-    /// When the database fails.
-    pub async fn position(&self, origin: &Origin, key: Option<&[u8]>) -> sqlx::Result<Position> {
-        let parked: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM parked_records \
-             WHERE origin_topic = $1 AND origin_partition = $2 AND origin_offset = $3)",
-        )
-        .bind(&origin.topic)
-        .bind(origin.partition)
-        .bind(origin.offset)
-        .fetch_one(&self.pool)
-        .await?;
-        if !parked {
-            return Ok(Position::Resolved);
-        }
-        let Some(key) = key else { return Ok(Position::Head) };
-        let (topic, partition, offset): (String, i32, i64) = sqlx::query_as(
-            "SELECT origin_topic, origin_partition, origin_offset FROM parked_records \
-             WHERE origin_topic = $1 AND record_key = $2 ORDER BY id LIMIT 1",
-        )
-        .bind(&origin.topic)
-        .bind(key)
-        .fetch_one(&self.pool)
-        .await?;
-        let head = Origin {
-            topic,
-            partition,
-            offset,
-        };
-        Ok(if head == *origin {
-            Position::Head
-        } else {
-            Position::Behind(head.to_string())
+    /// When the database fails or does not answer within the deadline.
+    pub async fn position(&self, origin: &Origin, copy: &Record) -> sqlx::Result<Position> {
+        bounded(self.deadline, async {
+            let kept: Option<KeptRecord> = sqlx::query_as(
+                "SELECT record_key, record_value, header_names, header_values FROM parked_records \
+                 WHERE origin_topic = $1 AND origin_partition = $2 AND origin_offset = $3",
+            )
+            .bind(&origin.topic)
+            .bind(origin.partition)
+            .bind(origin.offset)
+            .fetch_optional(&self.pool)
+            .await?;
+            let Some(kept) = kept else {
+                return Ok(Position::Resolved);
+            };
+            if let Some(difference) = kept.differs_from(copy) {
+                return Ok(Position::Forged(format!(
+                    "forged retry copy: its {difference} differs from the parked record {origin} it names"
+                )));
+            }
+            let Some(key) = kept.record_key else {
+                return Ok(Position::Head);
+            };
+            let (topic, partition, offset): (String, i32, i64) = sqlx::query_as(
+                "SELECT origin_topic, origin_partition, origin_offset FROM parked_records \
+                 WHERE origin_topic = $1 AND record_key = $2 ORDER BY id LIMIT 1",
+            )
+            .bind(&origin.topic)
+            .bind(key)
+            .fetch_one(&self.pool)
+            .await?;
+            let head = Origin {
+                topic,
+                partition,
+                offset,
+            };
+            Ok(if head == *origin {
+                Position::Head
+            } else {
+                Position::Behind(head.to_string())
+            })
         })
+        .await
     }
 
     /// Ends the parking of the record from `origin` (applied or
@@ -356,17 +448,20 @@ impl Parking {
     ///
     /// # Errors
     ///
-    /// When the database fails.
+    /// When the database fails or does not answer within the deadline.
     pub async fn unpark(&self, origin: &Origin) -> sqlx::Result<()> {
-        sqlx::query(
-            "DELETE FROM parked_records \
-             WHERE origin_topic = $1 AND origin_partition = $2 AND origin_offset = $3",
-        )
-        .bind(&origin.topic)
-        .bind(origin.partition)
-        .bind(origin.offset)
-        .execute(&self.pool)
+        bounded(self.deadline, async {
+            sqlx::query(
+                "DELETE FROM parked_records \
+                 WHERE origin_topic = $1 AND origin_partition = $2 AND origin_offset = $3",
+            )
+            .bind(&origin.topic)
+            .bind(origin.partition)
+            .bind(origin.offset)
+            .execute(&self.pool)
+            .await
+            .map(drop)
+        })
         .await
-        .map(drop)
     }
 }

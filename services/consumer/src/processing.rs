@@ -9,6 +9,7 @@
 //! topic) is [`crate::delivery`]'s business.
 
 use std::collections::{HashMap, HashSet};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use events::{TokenIssued, UserCreated, UserEvent};
@@ -49,12 +50,25 @@ pub struct Handler {
     producer: ProducerClient,
     /// Where applied events are announced (the live feed).
     feed: Feed,
+    /// Longest one [`handle`](Self::handle) or
+    /// [`handle_batch`](Self::handle_batch) may take; `None`: no bound.
+    deadline: Option<Duration>,
 }
 
 impl Handler {
-    /// A handler writing to `pool`, asking `producer` about unknown users.
-    pub fn new(pool: PgPool, producer: ProducerClient, feed: Feed) -> Self {
-        Self { pool, producer, feed }
+    /// A handler writing to `pool`, asking `producer` about unknown users,
+    /// giving up a record's handling after `deadline` (`None`: never). The
+    /// deadline covers a database that stops answering, which no
+    /// server-side limit does ([`service_common::database::bounded`]): set
+    /// it to the longest a handling may legitimately take, the statement
+    /// deadline plus one call to the producer.
+    pub fn new(pool: PgPool, producer: ProducerClient, feed: Feed, deadline: Option<Duration>) -> Self {
+        Self {
+            pool,
+            producer,
+            feed,
+            deadline,
+        }
     }
 
     /// Applies one record, exactly once in effect. `origin` is where the
@@ -64,11 +78,26 @@ impl Handler {
     ///
     /// # Errors
     ///
-    /// [`ProcessError::Transient`] when the database or the producer failed;
+    /// [`ProcessError::Transient`] when the database or the producer failed,
+    /// or the handling took longer than the deadline;
     /// [`ProcessError::Permanent`] when the record can never be applied (not
     /// a valid envelope, an unknown event type, invalid data, a user the
     /// producer does not know).
     pub async fn handle(&self, record: &Record, origin: &Origin) -> Result<Outcome, ProcessError> {
+        let Some(deadline) = self.deadline else {
+            return self.handle_unbounded(record, origin).await;
+        };
+        tokio::time::timeout(deadline, self.handle_unbounded(record, origin))
+            .await
+            .unwrap_or_else(|_| {
+                Err(ProcessError::Transient(anyhow::anyhow!(
+                    "not handled within {} ms (the database or the producer did not answer)",
+                    deadline.as_millis()
+                )))
+            })
+    }
+
+    async fn handle_unbounded(&self, record: &Record, origin: &Origin) -> Result<Outcome, ProcessError> {
         let envelope = Envelope::decode(record).map_err(permanent)?;
         tracing::Span::current().record("event_id", tracing::field::display(envelope.id));
         let event = UserEvent::from_envelope(&envelope).map_err(permanent)?;
@@ -145,8 +174,23 @@ impl Handler {
     ///
     /// # Errors
     ///
-    /// The database error; nothing of the run is applied then.
+    /// The database error, or no answer within the deadline; nothing of the
+    /// run is applied then.
     pub async fn handle_batch(&self, records: &[Record]) -> anyhow::Result<Vec<Outcome>> {
+        let Some(deadline) = self.deadline else {
+            return self.handle_batch_unbounded(records).await;
+        };
+        tokio::time::timeout(deadline, self.handle_batch_unbounded(records))
+            .await
+            .unwrap_or_else(|_| {
+                Err(anyhow::anyhow!(
+                    "batch not applied within {} ms (the database did not answer)",
+                    deadline.as_millis()
+                ))
+            })
+    }
+
+    async fn handle_batch_unbounded(&self, records: &[Record]) -> anyhow::Result<Vec<Outcome>> {
         let mut run = Vec::with_capacity(records.len());
         for record in records {
             let Ok(envelope) = Envelope::decode(record) else { break };

@@ -206,6 +206,7 @@ impl Recovery {
             headers: Vec::new(),
             value: None,
             timestamp_ms: None,
+            unreadable_header_names: 0,
         });
         let error = format!("dead-lettered by an operator: {reason}");
         let copy = DeadLetterHeaders {

@@ -65,8 +65,14 @@ impl Application {
         let monitor = GroupMonitor::new(&mut registry);
         producer.register_metrics(&mut registry);
         let delivery_metrics = DeliveryMetrics::new(&mut registry);
+        // A database that stops answering fails a call after this, rather
+        // than hanging a partition for good; a handling may also call the
+        // producer once.
+        let database_deadline = settings.database.statement_deadline();
+        let handling_deadline =
+            database_deadline.map(|deadline| deadline + Duration::from_millis(settings.producer.timeout_ms));
         let recovery = Recovery::new(
-            Parking::new(pool.clone()),
+            Parking::new(pool.clone(), database_deadline),
             producer.clone(),
             &settings.kafka.topics,
             &settings.retry,
@@ -102,8 +108,8 @@ impl Application {
         )?;
         tracing::info!(%address, port, producer = settings.producer.base_url, "consumer listening");
         let delivery = Delivery::new(
-            Handler::new(pool.clone(), producer_client, feed),
-            Parking::new(pool),
+            Handler::new(pool.clone(), producer_client, feed, handling_deadline),
+            Parking::new(pool, database_deadline),
             producer.clone(),
             topics.clone(),
             settings.retry.clone(),

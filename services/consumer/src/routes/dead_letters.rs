@@ -225,8 +225,9 @@ pub struct RedriveIncomplete {
 /// are checked before any is produced, then produced one at a time, each
 /// waited for at most `kafka.request_timeout_ms`.
 ///
-/// `200 {"redriven": [...]}`; `422` when a record does not exist or its
-/// origin is not an event topic; `401`/`403` as for listing; `503` when the
+/// `200 {"redriven": [...]}`; `422` when a record does not exist, its
+/// origin is not an event topic, or it does not hold its record
+/// (`dropped-content`); `401`/`403` as for listing; `503` when the
 /// broker does not answer, listing what it confirmed and what it did not
 /// ([`RedriveIncomplete`] once records were being produced).
 #[utoipa::path(
@@ -242,7 +243,7 @@ pub struct RedriveIncomplete {
         (status = 403, description = "`forbidden`: a user token; this needs a service credential", body = ErrorBody),
         (status = 413, description = "`payload_too_large`: body over 16 KiB", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`: not `application/json`", body = ErrorBody),
-        (status = 422, description = "`validation_failed`: none or too many chosen, or one that is not a dead letter of an event topic; nothing was redriven", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: none or too many chosen, or one that is not a dead letter of an event topic or does not hold its record (`dropped-content`); nothing was redriven", body = ErrorBody),
         (status = 503, description = "`broker_unavailable`: the broker did not answer; once records were being produced, the body lists which were confirmed and which not", body = RedriveIncomplete),
     )
 )]

@@ -7,37 +7,36 @@ use e2e::load::{
     assert_offsets_at_end, dead_letters, envelope_of, new_users, processed_count, publish, token_issued,
     wait_for_processed,
 };
-use e2e::process::NO_PRODUCER;
+use e2e::process::{ServiceProcess, NO_PRODUCER};
 use e2e::proxy::{FaultProxy, Mode};
 use e2e::{eventually, TestContext};
 use kafka_service::failure::header;
-use kafka_service::{EventProducer, Topic};
+use kafka_service::{Delivery, EventProducer, OutgoingRecord, Topic};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
 use reqwest::Client;
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
+use sqlx::PgPool;
 
 use crate::outages::users_the_consumer_has_not_seen;
 use crate::{header_text, outgoing};
 
-/// Produced straight to `issued-token`: a good token for user A, then 15
+/// Produced straight to `issued-token`: a good token for user A, then 16
 /// hostile records (a value that is not JSON, of the wrong shape, 256 KiB
 /// of garbage or absent; an unknown, repeated or missing `ce_type`; no
 /// headers at all; header bytes that are not UTF-8; an id, time, spec
 /// version or content type that is invalid; a null `ce_subject`; a key or
-/// subject that is not the data's user), then another good token for A and
-/// one for user B. Each hostile record lands in the dead-letter topic with
-/// its original key, value and headers and an `error-message` that names
-/// what is wrong; the good records behind them are applied.
+/// subject that is not the data's user; a valid event with one more header
+/// whose *name* is not UTF-8), then another good token for A and one for
+/// user B. Each hostile record lands in the dead-letter topic with its
+/// original key, value and (readable) headers and an `error-message` that
+/// names what is wrong; the good records behind them are applied.
 #[tokio::test]
 async fn poison_records_are_dead_lettered_and_the_records_behind_them_processed() {
     let _serial = crate::one_at_a_time().await;
-    let context = TestContext::new();
-    let (users, created) = new_users(2);
-    let (a, b) = (users[0], users[1]);
-    publish(&context, &created).await;
-    let consumer = context.start_consumer_process(NO_PRODUCER, &[]).await;
-    let pool = context.consumer_pool().await;
-    wait_for_processed(&pool, 2, Duration::from_secs(30)).await;
+    let (context, consumer, pool, [a, b]) = two_users_applied().await;
 
     let kafka = context.kafka();
     let topic = kafka.topics.name(Topic::IssuedToken).to_owned();
@@ -103,6 +102,9 @@ async fn poison_records_are_dead_lettered_and_the_records_behind_them_processed(
     for (record, _) in &poison {
         poison_offsets.push(producer.send_record(&topic, record).await.unwrap());
     }
+    // rust-rdkafka cannot write this one (or read it: it panics).
+    let unreadable_name = outgoing(&envelope_of(&token_issued(a)));
+    let unreadable_name_at = send_with_raw_header(&kafka.bootstrap_servers, &topic, &unreadable_name).await;
     producer
         .send_record(&topic, &outgoing(&envelope_of(&token_issued(a))))
         .await
@@ -115,11 +117,16 @@ async fn poison_records_are_dead_lettered_and_the_records_behind_them_processed(
     wait_for_processed(&pool, 5, Duration::from_secs(30)).await;
     let dead = eventually(Duration::from_secs(30), "a dead letter per hostile record", || async {
         let dead = dead_letters(&context).await;
-        (dead.len() >= poison.len()).then_some(dead)
+        (dead.len() > poison.len()).then_some(dead)
     })
     .await;
-    assert_eq!(dead.len(), poison.len());
-    for ((original, reason), origin) in poison.iter().zip(&poison_offsets) {
+    assert_eq!(dead.len(), poison.len() + 1);
+    let poison = poison
+        .iter()
+        .map(|(record, reason)| (record, *reason))
+        .chain([(&unreadable_name, "1 header name(s) not UTF-8")]);
+    let origins = poison_offsets.iter().chain([&unreadable_name_at]);
+    for ((original, reason), origin) in poison.zip(origins) {
         // Dead letters keep their key, so they spread over partitions:
         // find each by where it came from.
         let offset = origin.offset;
@@ -153,6 +160,160 @@ async fn poison_records_are_dead_lettered_and_the_records_behind_them_processed(
     assert_eq!((counts[&a], counts[&b]), (2, 1));
     assert_eq!(processed_count(&pool).await, 5);
     assert_offsets_at_end(&context).await;
+
+    consumer.kill().await;
+    pool.close().await;
+    context.drop_databases().await;
+}
+
+/// A fresh context whose consumer (not knowing the producer) has applied
+/// the creation of two users; the pool is the consumer's database.
+async fn two_users_applied() -> (TestContext, ServiceProcess, PgPool, [uuid::Uuid; 2]) {
+    let context = TestContext::new();
+    let (users, created) = new_users(2);
+    publish(&context, &created).await;
+    let consumer = context.start_consumer_process(NO_PRODUCER, &[]).await;
+    let pool = context.consumer_pool().await;
+    wait_for_processed(&pool, 2, Duration::from_secs(30)).await;
+    (context, consumer, pool, [users[0], users[1]])
+}
+
+/// `record`'s headers as rust-rdkafka takes them.
+fn owned_headers(record: &OutgoingRecord) -> OwnedHeaders {
+    record
+        .headers
+        .iter()
+        .fold(OwnedHeaders::new(), |headers, (name, value)| {
+            headers.insert(Header {
+                key: name,
+                value: value.as_deref(),
+            })
+        })
+}
+
+/// Sends `record` with one more header after its own, named `\xff\xfe`
+/// (not UTF-8); returns where it landed.
+async fn send_with_raw_header(bootstrap_servers: &str, topic: &str, record: &OutgoingRecord) -> Delivery {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap_servers)
+        .create()
+        .unwrap();
+    let headers = hostile::with_raw_header(owned_headers(record), b"\xff\xfe", Some(b"x"));
+    let sent = FutureRecord::to(topic)
+        .key(record.key.as_deref().unwrap())
+        .payload(record.value.as_deref().unwrap())
+        .headers(headers);
+    let delivered = producer.send(sent, Duration::from_secs(10)).await.unwrap();
+    Delivery {
+        partition: delivered.partition,
+        offset: delivered.offset,
+    }
+}
+
+/// Two records that fit their topic but not with failure headers added,
+/// written by a peer whose `message.max.bytes` (1 MiB) is above the
+/// consumer's producer's (1 000 000 bytes, librdkafka's default) and within
+/// the broker's (1 MiB + 12 bytes): garbage for user A (permanent), and a
+/// valid token, padded, for a user nobody knows while the producer cannot
+/// be reached (transient, so it is to be parked). Neither copy can ever be
+/// written whole. The garbage is dead-lettered without its content; the
+/// token, which cannot go to the retry topic, is dead-lettered instead.
+/// Both dead letters say what they dropped and where the original is, and
+/// the records behind them are applied: no partition is stuck.
+#[tokio::test]
+async fn records_too_large_to_copy_are_dead_lettered_without_their_content_and_nothing_stalls() {
+    const VALUE_BYTES: usize = 1_010_000;
+    let _serial = crate::one_at_a_time().await;
+    let (context, consumer, pool, [a, b]) = two_users_applied().await;
+
+    let kafka = context.kafka();
+    let topic = kafka.topics.name(Topic::IssuedToken).to_owned();
+    let writer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &kafka.bootstrap_servers)
+        .set("message.max.bytes", "1048576")
+        .create()
+        .unwrap();
+    let mut garbage = outgoing(&envelope_of(&token_issued(a)));
+    garbage.value = Some(vec![b'A'; VALUE_BYTES]);
+    let stranger = uuid::Uuid::new_v4();
+    let mut padded = outgoing(&envelope_of(&token_issued(stranger)));
+    let mut data: Value = serde_json::from_slice(padded.value.as_deref().unwrap()).unwrap();
+    data["padding"] = json!("P".repeat(VALUE_BYTES));
+    padded.value = Some(serde_json::to_vec(&data).unwrap());
+    let mut origins = Vec::new();
+    for record in [&garbage, &padded] {
+        let sent = FutureRecord::to(&topic)
+            .key(record.key.as_deref().unwrap())
+            .payload(record.value.as_deref().unwrap())
+            .headers(owned_headers(record));
+        origins.push(writer.send(sent, Duration::from_secs(10)).await.unwrap());
+    }
+    let producer = EventProducer::new(&kafka, "behind").unwrap();
+    for user in [a, b] {
+        let token = outgoing(&envelope_of(&token_issued(user)));
+        producer.send_record(&topic, &token).await.unwrap();
+    }
+
+    wait_for_processed(&pool, 4, Duration::from_secs(60)).await;
+    let dead = eventually(Duration::from_secs(60), "two dead letters", || async {
+        let dead = dead_letters(&context).await;
+        (dead.len() >= 2).then_some(dead)
+    })
+    .await;
+    assert_eq!(dead.len(), 2);
+    let expected = [
+        (a, "invalid data", "value (1010000 bytes), 7 header(s)"),
+        (
+            stranger,
+            "its retry copy is larger than the retry topic accepts",
+            "value (1010",
+        ),
+    ];
+    for ((user, reason, dropped), origin) in expected.iter().zip(&origins) {
+        let (partition, offset) = (origin.partition, origin.offset);
+        let record = dead
+            .iter()
+            .find(|record| {
+                header_text(record, header::ORIGIN_PARTITION) == partition.to_string()
+                    && header_text(record, header::ORIGIN_OFFSET) == offset.to_string()
+            })
+            .unwrap_or_else(|| panic!("no dead letter for {partition}@{offset} ({reason})"));
+        assert_eq!(record.key, Some(user.to_string().into_bytes()), "key kept");
+        assert_eq!(record.value, None, "value dropped");
+        assert_eq!(header_text(record, header::ERROR_CLASS), "permanent");
+        assert_eq!(header_text(record, header::ORIGIN_TOPIC), topic);
+        let message = header_text(record, header::ERROR_MESSAGE);
+        assert!(message.contains(reason), "`{message}` should say `{reason}`");
+        let said = header_text(record, header::DROPPED_CONTENT);
+        assert!(said.starts_with(dropped), "`{said}` should start with `{dropped}`");
+    }
+    let counts = e2e::read_model_token_counts(&pool).await;
+    assert_eq!((counts[&a], counts[&b]), (1, 1));
+    assert_eq!(processed_count(&pool).await, 4);
+    let parked: i64 = sqlx::query_scalar("SELECT count(*) FROM parked_records")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(parked, 0, "the token's parking ended");
+    assert_offsets_at_end(&context).await;
+
+    // Redriving a dead letter without its record would publish an empty
+    // one: refused, saying where the original is.
+    let operator = e2e::token_keys().service_token("operator");
+    let response = Client::new()
+        .post(format!("{}/dead-letters/redrive", consumer.url()))
+        .bearer_auth(operator.expose_secret())
+        .json(&json!({ "records": [{ "partition": dead[0].partition, "offset": dead[0].offset }] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 422);
+    let body: Value = response.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("does not hold its record") && message.contains(&topic),
+        "{message}"
+    );
 
     consumer.kill().await;
     pool.close().await;
@@ -260,15 +421,21 @@ async fn exhausted_records_are_dead_lettered_in_order_and_an_operator_redrives_t
     context.drop_databases().await;
 }
 
-/// A retry copy forged (or left stale) with a `retry-not-before` in the
-/// year 2100, for user A's key (so on A's retry partition) and an origin
-/// that was never parked, is on the retry topic before A's own record is
-/// parked behind it; a second one, for user B, copies B's real parked
-/// origin. The first is skipped without waiting, so A's record is applied
-/// when due once the producer answers; the second is dead-lettered at once
-/// with the reason, since no schedule waits that long.
+/// Retry copies that are not what they claim, on the retry topic while
+/// users A's and B's real tokens are parked (the producer refuses look-ups
+/// until the end):
+///
+/// - for A's key, an origin that was never parked, due in the year 2100:
+///   skipped without waiting, so it holds up nothing behind it;
+/// - naming B's real parked origin, with another token's content, due in
+///   2100, and again due now; and naming it with the key of a user nobody
+///   knows: each is dead-lettered as forged under its own coordinates, and
+///   B's record stays parked.
+///
+/// Once the producer answers, A's and B's real tokens are applied, once
+/// each, and nothing forged is.
 #[tokio::test]
-async fn far_future_retry_copies_neither_block_their_partition_nor_wait() {
+async fn forged_retry_copies_are_dead_lettered_and_the_parked_records_they_name_applied() {
     let _serial = crate::one_at_a_time().await;
     let (context, producer, users) = users_the_consumer_has_not_seen(2).await;
     let (a, b) = (users[0], users[1]);
@@ -280,7 +447,8 @@ async fn far_future_retry_copies_neither_block_their_partition_nor_wait() {
     kafka_service::ensure_topics(&kafka, &kafka.topics.specs(&Topic::ALL))
         .await
         .unwrap();
-    let forged = |user, origin_offset: i64, origin_partition: i32| {
+    // A retry copy of a new token of `user`, naming `origin`, due at `due`.
+    let forged = |user, (origin_partition, origin_offset): (i32, i64), due: &str| {
         let mut record = outgoing(&envelope_of(&token_issued(user)));
         for (name, value) in [
             (header::ORIGIN_TOPIC, tokens_topic.clone()),
@@ -288,20 +456,21 @@ async fn far_future_retry_copies_neither_block_their_partition_nor_wait() {
             (header::ORIGIN_OFFSET, origin_offset.to_string()),
             (header::ATTEMPTS, "1".to_owned()),
             (header::RETRY_ROUND, "1".to_owned()),
-            (header::RETRY_NOT_BEFORE, "2100-01-01T00:00:00Z".to_owned()),
+            (header::RETRY_NOT_BEFORE, due.to_owned()),
             (header::ERROR_MESSAGE, "forged".to_owned()),
         ] {
             record.headers.push((name.to_owned(), Some(value.into_bytes())));
         }
         record
     };
+    let far = "2100-01-01T00:00:00Z";
     records
-        .send_record(&retry_topic, &forged(a, 1_000_000, 0))
+        .send_record(&retry_topic, &forged(a, (0, 1_000_000), far))
         .await
         .unwrap();
 
-    // Rounds 2 s and 4 s apart: A's record stays parked until the producer
-    // answers again.
+    // Rounds 2 s and 4 s apart: the real tokens stay parked until the
+    // producer answers again.
     let slower = [
         ("APP_RETRY__TOPIC_INITIAL_DELAY_MS", "2000"),
         ("APP_RETRY__TOPIC_MAX_DELAY_MS", "4000"),
@@ -320,36 +489,96 @@ async fn far_future_retry_copies_neither_block_their_partition_nor_wait() {
         (parked.len() == 2).then_some((b_row.1, b_row.2))
     })
     .await;
-    records
-        .send_record(&retry_topic, &forged(b, b_origin.1, b_origin.0))
+    let now = chrono::Utc::now().to_rfc3339();
+    let mut other_key = forged(b, b_origin, &now);
+    let stranger = uuid::Uuid::new_v4().to_string();
+    other_key.key = Some(stranger.clone().into_bytes());
+    let forgeries = [
+        (forged(b, b_origin, far), "its value differs"),
+        (forged(b, b_origin, &now), "its value differs"),
+        (other_key, "its key differs"),
+    ];
+    let mut forged_at = Vec::new();
+    for (record, _) in &forgeries {
+        forged_at.push(records.send_record(&retry_topic, record).await.unwrap());
+    }
+
+    let dead = eventually(Duration::from_secs(20), "the forgeries dead-lettered", || async {
+        let dead = dead_letters(&context).await;
+        (dead.len() >= forgeries.len()).then_some(dead)
+    })
+    .await;
+    assert_eq!(dead.len(), forgeries.len(), "{dead:?}");
+    for ((forgery, reason), at) in forgeries.iter().zip(&forged_at) {
+        let record = dead
+            .iter()
+            .find(|record| {
+                header_text(record, header::ORIGIN_TOPIC) == retry_topic
+                    && header_text(record, header::ORIGIN_PARTITION) == at.partition.to_string()
+                    && header_text(record, header::ORIGIN_OFFSET) == at.offset.to_string()
+            })
+            .unwrap_or_else(|| panic!("no dead letter under the forgery's own coordinates {at:?}"));
+        assert_eq!(record.key, forgery.key);
+        assert_eq!(header_text(record, header::ERROR_CLASS), "permanent");
+        let message = header_text(record, header::ERROR_MESSAGE);
+        assert!(
+            message.contains("forged retry copy") && message.contains(reason),
+            "`{message}` should say `{reason}`"
+        );
+    }
+    let still_parked: i64 = sqlx::query_scalar("SELECT count(*) FROM parked_records")
+        .fetch_one(&pool)
         .await
         .unwrap();
-
-    let dead = eventually(Duration::from_secs(20), "B's far-future copy dead-lettered", || async {
-        dead_letters(&context).await.into_iter().find(|record| {
-            record.key.as_deref() == Some(b.to_string().as_bytes())
-                && header_text(record, header::ERROR_MESSAGE).contains("beyond the retry schedule")
-        })
-    })
-    .await;
-    assert_eq!(header_text(&dead, header::ERROR_CLASS), "permanent");
+    assert_eq!(still_parked, 2, "neither real token was unparked by a forgery");
 
     proxy.set(Mode::Forward);
-    eventually(Duration::from_secs(30), "A's token applied when due", || async {
-        (e2e::read_model_token_counts(&pool).await.get(&a) == Some(&1)).then_some(())
+    eventually(Duration::from_secs(30), "the real tokens applied when due", || async {
+        let counts = e2e::read_model_token_counts(&pool).await;
+        (counts.get(&a) == Some(&1) && counts.get(&b) == Some(&1)).then_some(())
     })
     .await;
-    let dead = dead_letters(&context).await;
-    assert!(
-        dead.iter()
-            .all(|record| record.key.as_deref() != Some(a.to_string().as_bytes())),
-        "nothing of A dead-lettered"
+    let forged_ids: Vec<uuid::Uuid> = forgeries
+        .iter()
+        .map(|(record, _)| header_text_of(record, "ce_id").parse().unwrap())
+        .collect();
+    let applied_forgeries: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_events WHERE event_id = ANY($1)")
+        .bind(&forged_ids)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(applied_forgeries, 0, "nothing forged applied");
+    let b_applied: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM processed_events WHERE topic = $1 AND \"partition\" = $2 AND \"offset\" = $3",
+    )
+    .bind(&tokens_topic)
+    .bind(b_origin.0)
+    .bind(b_origin.1)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(b_applied, 1, "B's real token applied from its own origin");
+    assert_eq!(
+        dead_letters(&context).await.len(),
+        forgeries.len(),
+        "nothing real dead-lettered"
     );
 
     consumer.kill().await;
     pool.close().await;
     producer.stop().await.unwrap();
     context.drop_databases().await;
+}
+
+/// The value of `record`'s header `name` as text (empty when absent).
+fn header_text_of<'r>(record: &'r OutgoingRecord, name: &str) -> &'r str {
+    record
+        .headers
+        .iter()
+        .find(|(key, _)| key == name)
+        .and_then(|(_, value)| value.as_deref())
+        .map(|value| std::str::from_utf8(value).unwrap())
+        .unwrap_or_default()
 }
 
 /// Redrive against a broker that stops confirming records: librdkafka's

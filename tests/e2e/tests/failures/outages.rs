@@ -60,6 +60,72 @@ async fn a_database_outage_commits_nothing_past_unapplied_records() {
     context.drop_databases().await;
 }
 
+/// 3000 users and 1 token each. Mid-stream (while workers are in the
+/// middle of their transactions) the consumer's database stops
+/// answering, as a server that froze or a connection the network dropped
+/// without a reset would: through a proxy, every open connection goes into
+/// a black hole for good, and new ones hang for 3 s, then work again. The
+/// consumer gives up each call at its deadline (statement timeout 1 s here,
+/// so 6 s for a parking call and 6.5 s for a handling), the server ends the
+/// frozen transactions (`idle_in_transaction_session_timeout`, 2 s here)
+/// and with them their row locks, readiness says `database` meanwhile, and
+/// every record is applied exactly once, in order, with nothing
+/// dead-lettered and no restart. Before, a worker waited on its frozen
+/// connection for ever, and each released connection that never answered
+/// kept a slot of the pool.
+#[tokio::test]
+async fn a_database_that_stops_answering_holds_up_no_partition_for_good() {
+    let _serial = crate::one_at_a_time().await;
+    let context = TestContext::new();
+    let (users, created) = new_users(3000);
+    publish(&context, &created).await;
+    // postgres://user@host:port/database, with the proxy as host:port.
+    let url = &context.consumer_database_url;
+    let authority = url.split('@').nth(1).and_then(|rest| rest.split('/').next()).unwrap();
+    let proxy = FaultProxy::start(authority.to_owned(), Mode::Forward).await;
+    let proxied = url.replace(authority, &format!("127.0.0.1:{}", proxy.port));
+    let consumer = context
+        .start_consumer_process(
+            NO_PRODUCER,
+            &[
+                ("APP_DATABASE__URL", &proxied),
+                ("APP_DATABASE__STATEMENT_TIMEOUT_MS", "1000"),
+                // The frozen connections' transactions hold row locks that
+                // the retries wait for, until the server ends them.
+                ("APP_DATABASE__IDLE_IN_TRANSACTION_TIMEOUT_MS", "2000"),
+                // Rounds 1, 2, 4, 4 s apart: longer than the locks are held.
+                ("APP_RETRY__TOPIC_INITIAL_DELAY_MS", "1000"),
+                ("APP_RETRY__TOPIC_MAX_DELAY_MS", "4000"),
+            ],
+        )
+        .await;
+    let pool = context.consumer_pool().await;
+    wait_for_processed(&pool, 200, Duration::from_secs(60)).await;
+
+    proxy.set(Mode::BlackHole);
+    let client = Client::new();
+    let ready = format!("{}/health/ready", consumer.url());
+    let said = eventually(Duration::from_secs(20), "readiness to name the database", || async {
+        let response = client.get(&ready).send().await.ok()?;
+        let body = response.text().await.ok()?;
+        body.contains("database").then_some(body)
+    })
+    .await;
+    assert!(said.contains("not_ready"), "{said}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    proxy.set(Mode::Forward);
+
+    publish_tokens_then_assert_exact_state(&context, &pool, &users, 1).await;
+    eventually(Duration::from_secs(20), "readiness back", || async {
+        let response = client.get(&ready).send().await.ok()?;
+        response.status().is_success().then_some(())
+    })
+    .await;
+    consumer.kill().await;
+    pool.close().await;
+    context.drop_databases().await;
+}
+
 /// The consumer's producer look-ups (a token for a user it has not seen)
 /// first hang past the client timeout, then are refused, then work again.
 /// 6 users, 3 tokens each (18 records). The records go through in-place

@@ -16,9 +16,11 @@ use crate::{header_text, outgoing};
 /// A token for a user the producer cannot be asked about (nothing listens
 /// where it should be): three tries in place, then parked for round 1. The
 /// broker (librdkafka's mock cluster) refuses the copy's first produce
-/// request. The copy sent on the next try is the same one, round 1 with 3
-/// attempts, not a round-0 copy "behind" the record's own parking (which
-/// is what re-running the whole step made of it).
+/// request (`INVALID_RECORD`, which librdkafka does not retry by itself;
+/// `MSG_SIZE_TOO_LARGE` would dead-letter the record, as a copy that can
+/// never be written). The copy sent on the next try is the same one, round
+/// 1 with 3 attempts, not a round-0 copy "behind" the record's own parking
+/// (which is what re-running the whole step made of it).
 #[tokio::test]
 async fn a_retry_copy_refused_once_is_sent_again_with_its_round_and_attempts() {
     use rdkafka::mocking::MockCluster;
@@ -49,7 +51,7 @@ async fn a_retry_copy_refused_once_is_sent_again_with_its_round_and_attempts() {
         .unwrap();
     cluster.request_errors(
         RDKafkaApiKey::Produce,
-        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_INVALID_RECORD],
     );
 
     let retry_topic = kafka.topics.name(Topic::Retry);

@@ -42,6 +42,7 @@ fn record_of(event: &UserEvent, offset: i64) -> Record {
             .collect(),
         value: Some(envelope.data.clone()),
         timestamp_ms: None,
+        unreadable_header_names: 0,
     }
 }
 
@@ -56,7 +57,7 @@ async fn isolated_consumer(producer_url: &str) -> (TestContext, e2e::Service, Ha
     let service = context.spawn_consumer(producer_url).await;
     let pool = context.consumer_pool().await;
     let client = ProducerClient::new(producer_url, Duration::from_secs(2), keys()).unwrap();
-    let handler = Handler::new(pool.clone(), client, consumer::feed::Feed::default());
+    let handler = Handler::new(pool.clone(), client, consumer::feed::Feed::default(), None);
     (context.clone(), service, handler, pool)
 }
 

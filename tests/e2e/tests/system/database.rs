@@ -13,6 +13,7 @@ fn settings(url: String) -> DatabaseSettings {
         max_connections: 1,
         create_if_missing: true,
         statement_timeout_ms: 10_000,
+        idle_in_transaction_timeout_ms: 30_000,
         keepalive: Default::default(),
     }
 }
@@ -49,8 +50,8 @@ async fn sslmode_require_encrypts_or_refuses_to_connect() {
     context.drop_databases().await;
 }
 
-/// Every pool connection carries the configured statement timeout and
-/// keepalives (a long statement is cancelled by the server), while the
+/// Every pool connection carries the configured statement timeout, idle
+/// in transaction timeout and keepalives (a long statement is cancelled by the server), while the
 /// migrations run without the timeout: a migration slower than it
 /// completes.
 #[tokio::test]
@@ -59,6 +60,7 @@ async fn connections_carry_the_statement_timeout_and_keepalives_but_migrations_d
     let mut database = settings(context.producer_database_url.clone());
     database.max_connections = 2;
     database.statement_timeout_ms = 1_000;
+    database.idle_in_transaction_timeout_ms = 2_000;
     database.keepalive = service_common::configuration::KeepaliveSettings {
         idle_secs: 7,
         interval_secs: 3,
@@ -88,6 +90,7 @@ async fn connections_carry_the_statement_timeout_and_keepalives_but_migrations_d
         }
     };
     assert_eq!(show("statement_timeout").await, "1s");
+    assert_eq!(show("idle_in_transaction_session_timeout").await, "2s");
     assert_eq!(show("tcp_keepalives_idle").await, "7");
     assert_eq!(show("tcp_keepalives_interval").await, "3");
     assert_eq!(show("tcp_keepalives_count").await, "2");
