@@ -45,6 +45,24 @@ pub struct OutgoingRecord {
 /// retries without duplicating or reordering records within a partition,
 /// and a record counts as delivered only once every in-sync replica has it.
 ///
+/// # Requests in flight
+///
+/// One request at a time per broker connection
+/// (`max.in.flight.requests.per.connection=1`; idempotence allows up to
+/// 5), because more loses records. With two requests to a partition in
+/// flight, the first can fail with a retriable error (`NOT_ENOUGH_REPLICAS`
+/// while the partition is under `min.insync.replicas`) and the second,
+/// sent a moment later, succeed once the partition takes writes again: a
+/// broker that has no state yet for this producer on that partition takes
+/// any first sequence number. librdkafka then takes the first request's
+/// records for written (`rd_kafka_handle_idempotent_Produce_success`
+/// acknowledges every record before the successful batch, on the
+/// assumption that an earlier failure was only a lost response) and
+/// reports them delivered, though no replica has them. The cluster fault
+/// test `the_relay_keeps_publishing_…` lost two records this way. With one
+/// request in flight the second is not sent before the first succeeds.
+/// The cost is throughput: see `docs/benchmarks.md`.
+///
 /// It recovers from a fatal error. librdkafka raises one when it can no
 /// longer vouch for the idempotent producer's state (a head-of-line
 /// `OUT_OF_ORDER_SEQUENCE_NUMBER`, for example; its `INTRODUCTION.md`,
@@ -144,6 +162,9 @@ impl EventProducer {
             &[
                 ("enable.idempotence", "true".to_owned()),
                 ("acks", "all".to_owned()),
+                // One request in flight per broker connection, not 5: see
+                // the type's documentation, "Requests in flight".
+                ("max.in.flight.requests.per.connection", "1".to_owned()),
                 ("message.timeout.ms", settings.message_timeout_ms.to_string()),
                 // Records produced in a burst (the relay sends a batch of
                 // outbox rows at once) share one request per partition.
