@@ -4,8 +4,13 @@
 # and the tests expect. The services create their own databases
 # (database.create_if_missing in the local configuration).
 #
-#   scripts/postgres.sh          start (or find) the server
-#   scripts/postgres.sh stop     stop the server this script started
+#   scripts/postgres.sh [start] [--port P] [--dir D]   start (or find) the server
+#   scripts/postgres.sh stop [--dir D]                 stop the server this script started
+#   scripts/postgres.sh restart [--dir D]              stop it (fast: open transactions
+#                                                      are rolled back) and start it again
+#
+# --port (default 5432) and --dir (default PGDATA_DIR) give a cluster of its
+# own, e.g. the soak's (scripts/soak.sh), which restarts it as a fault.
 #
 # If a server already answers on 127.0.0.1:5432 it is used as it is. If not,
 # this starts a PostgreSQL cluster of the project's own, from the installed
@@ -24,13 +29,24 @@
 set -euo pipefail
 
 data_dir=${PGDATA_DIR:-/var/tmp/kafka-example-postgres}
+port=5432
+command=start
+[[ ${1:-} != --* && -n ${1:-} ]] && { command=$1; shift; }
+while (($#)); do
+  case $1 in
+    --port) port=$2; shift 2 ;;
+    --dir) data_dir=$2; shift 2 ;;
+    *) echo "postgres: unknown option $1" >&2; exit 2 ;;
+  esac
+done
+data_dir=$(realpath -m "$data_dir")
 
 die() {
   echo "postgres: $*" >&2
   exit 1
 }
 
-answers() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; }
+answers() { pg_isready -q -h 127.0.0.1 -p "$port" 2>/dev/null; }
 
 # The newest installed server's bin directory (Debian keeps each major
 # version in /usr/lib/postgresql/N/bin), or `pg_config --bindir`.
@@ -71,29 +87,39 @@ start() {
     as_owner "$bin/initdb" -D "$data_dir" -U postgres -A trust -E UTF8 --locale=C.UTF-8 >/dev/null
   fi
   as_owner "$bin/pg_ctl" -D "$data_dir" -l "$data_dir/server.log" -w -t 30 \
-    -o "-c listen_addresses=127.0.0.1 -p 5432 -k $data_dir" start >/dev/null ||
+    -o "-c listen_addresses=127.0.0.1 -p $port -k $data_dir" start >/dev/null ||
     { tail -n 20 "$data_dir/server.log" >&2; die "the server did not start; its log is $data_dir/server.log (above)"; }
-  answers || die "the server started but nothing answers on 127.0.0.1:5432"
-  echo "postgres: $("$bin/postgres" --version) on 127.0.0.1:5432 (data in $data_dir)" >&2
+  answers || die "the server started but nothing answers on 127.0.0.1:$port"
+  echo "postgres: $("$bin/postgres" --version) on 127.0.0.1:$port (data in $data_dir)" >&2
 }
 
 # A server that was already running must let `postgres` in without a
 # password; say how to fix it when it does not.
 check_trust() {
-  psql -w -h 127.0.0.1 -p 5432 -U postgres -d postgres -Atqc 'SELECT 1' >/dev/null 2>&1 && return 0
-  die "a server answers on 127.0.0.1:5432 but user postgres cannot log in without a password." \
+  psql -w -h 127.0.0.1 -p "$port" -U postgres -d postgres -Atqc 'SELECT 1' >/dev/null 2>&1 && return 0
+  die "a server answers on 127.0.0.1:$port but user postgres cannot log in without a password." \
     "Stop it (e.g. \`pg_ctlcluster 15 main stop\`) so that this script starts the project's own," \
     "or allow it: a pg_hba.conf line \`host all postgres 127.0.0.1/32 trust\`."
 }
 
-case ${1:-start} in
+stop() {
+  local bin
+  bin=$(server_bin) || return 0
+  [[ -f $data_dir/postmaster.pid ]] && as_owner "$bin/pg_ctl" -D "$data_dir" -m fast stop >/dev/null
+  return 0
+}
+
+case $command in
   start) start ;;
-  stop)
-    bin=$(server_bin) || exit 0
-    [[ -f $data_dir/postmaster.pid ]] && as_owner "$bin/pg_ctl" -D "$data_dir" -m fast stop >/dev/null
+  stop) stop ;;
+  restart)
+    [[ -f $data_dir/postmaster.pid ]] || die "no server of this script runs in $data_dir"
+    port=$(sed -n 4p "$data_dir/postmaster.pid")
+    stop
+    start
     ;;
   *)
-    echo "usage: scripts/postgres.sh [start|stop]" >&2
+    echo "usage: scripts/postgres.sh [start|stop|restart] [--port P] [--dir D]" >&2
     exit 2
     ;;
 esac

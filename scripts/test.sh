@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: the offline validators of the deployment files; unit
-# tests, API tests and end-to-end tests; then schemathesis against both
-# services' APIs (scripts/api-fuzz.sh) and libFuzzer against the record
+# tests, API tests and end-to-end tests; a short soak under random faults
+# (scripts/soak.sh); then schemathesis against both services' APIs (scripts/api-fuzz.sh) and libFuzzer against the record
 # decoder (scripts/fuzz.sh). All against a real
 # broker (Apache Kafka on 127.0.0.1:19092, installed and started here by
 # scripts/broker.sh and stopped at the end) and PostgreSQL on 127.0.0.1:5432
@@ -40,6 +40,12 @@ cargo test --workspace --locked "$@"
 # --workspace, as above: `-p e2e` would resolve features differently and
 # rebuild half the dependency graph.
 TEST_KAFKA_GROUP_PROTOCOL=consumer cargo test --workspace --locked --test failures rebalances
+
+# The soak (docs/delivery.md, "The soak"): random faults on a three-broker
+# cluster under traffic, then the history checker; once with a fixed seed,
+# once with a fresh one that it prints, so that a failure can be replayed.
+scripts/soak.sh --minutes 2 --seed 20261203 --out .run/soak/fixed
+scripts/soak.sh --minutes 2
 
 # Hostile HTTP input against both services, from their OpenAPI documents.
 scripts/api-fuzz.sh

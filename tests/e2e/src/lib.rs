@@ -93,9 +93,14 @@ impl TestContext {
 
     /// A fresh context against the broker at `bootstrap_servers`.
     pub fn with_broker(bootstrap_servers: String) -> Self {
+        Self::with_servers(bootstrap_servers, &database_server_url())
+    }
+
+    /// A fresh context against the broker at `bootstrap_servers` and the
+    /// PostgreSQL server at `server` (a URL without database name).
+    pub fn with_servers(bootstrap_servers: String, server: &str) -> Self {
         let id = Uuid::new_v4().simple().to_string();
         let id = &id[..12];
-        let server = database_server_url();
         Self {
             bootstrap_servers,
             topics: TopicRegistry::default()

@@ -67,6 +67,21 @@ impl ServiceProcess {
         self.child.id().expect("process still running")
     }
 
+    /// How the process ended, if it has (without waiting).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// SIGSTOP: the process holds its sockets and answers nothing.
+    pub fn pause(&self) {
+        signal(self.pid(), "STOP");
+    }
+
+    /// SIGCONT after [`pause`](Self::pause).
+    pub fn resume(&self) {
+        signal(self.pid(), "CONT");
+    }
+
     /// SIGKILL, and waits for the process to be gone.
     pub async fn kill(mut self) {
         signal(self.pid(), "KILL");
@@ -230,13 +245,25 @@ impl TestContext {
     }
 }
 
+/// Starts `name` with `env`, on the port its `APP_HTTP__PORT` names or a
+/// free one. A process started again on the same port appends to the same
+/// log.
 async fn start(name: &'static str, mut env: Vec<(String, String)>) -> ServiceProcess {
-    let port = free_port();
+    let named = env
+        .iter()
+        .rev()
+        .find(|(key, _)| key == "APP_HTTP__PORT")
+        .map(|(_, port)| port.parse().expect("APP_HTTP__PORT is a port"));
+    let port = named.unwrap_or_else(free_port);
     env.push(("APP_HTTP__PORT".to_owned(), port.to_string()));
     let logs = std::env::temp_dir().join("e2e-logs");
     std::fs::create_dir_all(&logs).expect("log directory");
     let log = logs.join(format!("{name}-{port}.log"));
-    let file = std::fs::File::create(&log).expect("log file");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .expect("log file");
     let child = Command::new(binary(name))
         .envs(env)
         .stdin(Stdio::null())
