@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use events::{TokenIssued, UserCreated, UserEvent};
 use futures::future::try_join_all;
-use kafka_service::{Envelope, EventProducer, Topic};
+use kafka_service::{Envelope, EventProducer, OutgoingRecord, Topic};
+use rdkafka::message::{Header, OwnedHeaders};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -25,6 +26,33 @@ pub fn envelope_of(event: &UserEvent) -> Envelope {
         subject: event.user_id().to_string(),
         data: serde_json::to_vec(&event.data()).expect("events serialize"),
     }
+}
+
+/// The record `envelope` would be, with its headers as bytes.
+pub fn outgoing(envelope: &Envelope) -> OutgoingRecord {
+    OutgoingRecord {
+        key: Some(envelope.key().to_vec()),
+        value: Some(envelope.data.clone()),
+        headers: envelope
+            .headers()
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), Some(value.into_bytes())))
+            .collect(),
+    }
+}
+
+/// `record`'s headers as rust-rdkafka takes them, for tests that write
+/// records through rust-rdkafka itself.
+pub fn owned_headers(record: &OutgoingRecord) -> OwnedHeaders {
+    record
+        .headers
+        .iter()
+        .fold(OwnedHeaders::new(), |headers, (name, value)| {
+            headers.insert(Header {
+                key: name,
+                value: value.as_deref(),
+            })
+        })
 }
 
 /// A `user.created.v1` event for `user_id`.

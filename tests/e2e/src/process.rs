@@ -31,6 +31,15 @@ pub const NO_PRODUCER: &str = "http://127.0.0.1:9";
 /// same 10 s and 3 s.
 pub const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Replication factor 3 for every topic the services provision, for
+/// services on a three-broker cluster.
+pub const REPLICATED: [(&str, &str); 4] = [
+    ("APP_KAFKA__TOPICS__NEW_USER_CREATED__REPLICATION_FACTOR", "3"),
+    ("APP_KAFKA__TOPICS__ISSUED_TOKEN__REPLICATION_FACTOR", "3"),
+    ("APP_KAFKA__TOPICS__RETRY__REPLICATION_FACTOR", "3"),
+    ("APP_KAFKA__TOPICS__DEAD_LETTER__REPLICATION_FACTOR", "3"),
+];
+
 /// A service process listening on `127.0.0.1:<port>`.
 pub struct ServiceProcess {
     /// `producer` or `consumer`.

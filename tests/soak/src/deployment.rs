@@ -14,7 +14,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use e2e::broker::Broker;
-use e2e::process::ServiceProcess;
+use e2e::process::{ServiceProcess, REPLICATED};
 use e2e::proxy::{FaultProxy, Mode};
 use e2e::TestContext;
 use kafka_service::Topic;
@@ -25,14 +25,6 @@ use rdkafka::ClientConfig;
 pub const PRODUCERS: usize = 2;
 /// Consumer instances that run throughout; one more is added and removed.
 pub const CONSUMERS: usize = 3;
-
-/// Replication factor 3 for every topic the services provision.
-const REPLICATED: [(&str, &str); 4] = [
-    ("APP_KAFKA__TOPICS__NEW_USER_CREATED__REPLICATION_FACTOR", "3"),
-    ("APP_KAFKA__TOPICS__ISSUED_TOKEN__REPLICATION_FACTOR", "3"),
-    ("APP_KAFKA__TOPICS__RETRY__REPLICATION_FACTOR", "3"),
-    ("APP_KAFKA__TOPICS__DEAD_LETTER__REPLICATION_FACTOR", "3"),
-];
 
 /// The consumers' retries: 3 tries in place, then 8 rounds through the
 /// retry topic 0.5, 1, 2, 4 and then 8 s apart (39.5 s in all). Longer
@@ -172,7 +164,7 @@ impl Deployment {
             .collect();
         let mut consumers = Vec::new();
         for n in 1..=CONSUMERS + 1 {
-            let proxy = FaultProxy::start(format!("127.0.0.1:{}", postgres.port), Mode::Forward).await;
+            let proxy = FaultProxy::postgres(format!("127.0.0.1:{}", postgres.port), Mode::Forward).await;
             let port = ports.next();
             let database = context
                 .consumer_database_url
@@ -235,43 +227,16 @@ impl Deployment {
     /// Services that exited without being told to: each is started again,
     /// as ECS would (the added consumer is not). Returns what happened.
     pub async fn restart_exited(&mut self) -> Vec<String> {
-        let mut exited = Vec::new();
-        for (index, service) in self.producers.iter_mut().enumerate() {
-            if let Some(status) = service.process.as_mut().and_then(ServiceProcess::exited) {
-                exited.push((
-                    true,
-                    index,
-                    format!(
-                        "{} exited on its own ({status}); its log: {}",
-                        service.name,
-                        service.log().display()
-                    ),
-                ));
-                service.process = None;
-            }
+        let mut said = Vec::new();
+        let producers = exited(&mut self.producers, &mut said);
+        let consumers = exited(&mut self.consumers, &mut said);
+        for index in producers {
+            self.start_producer(index).await;
         }
-        for (index, service) in self.consumers.iter_mut().enumerate() {
-            if let Some(status) = service.process.as_mut().and_then(ServiceProcess::exited) {
-                exited.push((
-                    false,
-                    index,
-                    format!(
-                        "{} exited on its own ({status}); its log: {}",
-                        service.name,
-                        service.log().display()
-                    ),
-                ));
-                service.process = None;
-            }
+        for index in consumers.into_iter().filter(|index| *index < CONSUMERS) {
+            self.start_consumer(index).await;
         }
-        for (producer, index, _) in &exited {
-            match (producer, *index) {
-                (true, index) => self.start_producer(index).await,
-                (false, index) if index < CONSUMERS => self.start_consumer(index).await,
-                (false, _) => {}
-            }
-        }
-        exited.into_iter().map(|(_, _, said)| said).collect()
+        said
     }
 
     /// The cluster.
@@ -324,6 +289,25 @@ impl Deployment {
         drop(self.cluster.take());
         self.postgres.script(&["stop"]);
     }
+}
+
+/// The indexes of `services` whose process has exited, each then marked
+/// stopped and said in `said`.
+fn exited(services: &mut [Service], said: &mut Vec<String>) -> Vec<usize> {
+    let mut indexes = Vec::new();
+    for (index, service) in services.iter_mut().enumerate() {
+        if let Some(status) = service.process.as_mut().and_then(ServiceProcess::exited) {
+            let log = service.log();
+            said.push(format!(
+                "{} exited on its own ({status}); its log: {}",
+                service.name,
+                log.display()
+            ));
+            service.process = None;
+            indexes.push(index);
+        }
+    }
+    indexes
 }
 
 fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {

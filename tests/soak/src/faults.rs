@@ -56,10 +56,10 @@ pub enum Fault {
     /// `pg_terminate_backend` on one of the consumers' database sessions,
     /// preferably one inside a transaction.
     TerminateBackend,
-    /// Every consumer's database connections answer nothing: open ones
-    /// freeze for good, new ones are held unanswered. Just before, 2000
-    /// records are redelivered, and the freeze comes the moment a
-    /// consumer's session is inside a transaction.
+    /// Every consumer's database connections freeze for good the next
+    /// time they are inside a transaction (the proxy's
+    /// `FreezeInTransaction`). Just before, up to 2000 records are
+    /// redelivered, so that the consumers are busy.
     BlackHole,
     /// A fourth consumer joins the group, then leaves it (SIGTERM).
     AddConsumer,
@@ -80,7 +80,7 @@ impl fmt::Display for Fault {
             Self::KillPartitionLeader(p) => write!(f, "SIGKILL the leader of issued-token[{p}], restart"),
             Self::RestartPostgres => write!(f, "restart PostgreSQL"),
             Self::TerminateBackend => write!(f, "terminate a consumer's database session"),
-            Self::BlackHole => write!(f, "black-hole the consumers' database connections"),
+            Self::BlackHole => write!(f, "freeze the consumers' database connections mid-transaction"),
             Self::AddConsumer => write!(f, "add consumer-{}, then remove it", CONSUMERS + 1),
             Self::Peer(hostile) => write!(f, "hostile: {hostile}"),
         }
@@ -238,18 +238,17 @@ pub async fn inject(world: &mut Deployment, planned: &Planned, peers: &mut Vec<p
         }
         Fault::TerminateBackend => terminate_backend(world).await,
         Fault::BlackHole => {
-            // The consumers busy in their database, and the black hole
-            // opened the moment one of them is inside a transaction, so
-            // that it catches a query in flight, as a server that freezes
-            // under load does.
+            // The consumers busy in their database, each connection frozen
+            // the next time it is inside a transaction: a query in flight
+            // that is never answered, as from a server that freezes under
+            // load.
             let redelivered = peer::redeliver(world, REDELIVERY_BURST).await;
-            let caught = in_transaction(world).await;
             for consumer in &world.consumers {
                 consumer
                     .database
                     .as_ref()
                     .expect("a consumer's proxy")
-                    .set(Mode::BlackHole);
+                    .set(Mode::FreezeInTransaction);
             }
             tokio::time::sleep(hold).await;
             for consumer in &world.consumers {
@@ -260,7 +259,7 @@ pub async fn inject(world: &mut Deployment, planned: &Planned, peers: &mut Vec<p
                     .set(Mode::Forward);
             }
             format!(
-                "{} s, after {redelivered} records were redelivered, {caught}; the connections open then stay frozen",
+                "{} s, after {redelivered} records were redelivered; the connections frozen then stay frozen",
                 hold.as_secs()
             )
         }
@@ -287,32 +286,6 @@ pub async fn inject(world: &mut Deployment, planned: &Planned, peers: &mut Vec<p
             said.join("; ")
         }
     }
-}
-
-/// Waits up to 5 s for a session of the consumers' database to be inside
-/// a transaction or running a statement, and says whether one was.
-async fn in_transaction(world: &Deployment) -> &'static str {
-    let server = format!("postgres://postgres@127.0.0.1:{}/postgres", world.postgres.port);
-    let Ok(mut admin) = PgConnection::connect(&server).await else {
-        return "PostgreSQL not reachable";
-    };
-    let database = consumer_database(world);
-    for _ in 0..1_000 {
-        let busy: Option<i32> = sqlx::query_scalar(
-            "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid() \
-             AND state IN ('idle in transaction', 'active') LIMIT 1",
-        )
-        .bind(&database)
-        .fetch_optional(&mut admin)
-        .await
-        .ok()
-        .flatten();
-        if busy.is_some() {
-            return "a session in a transaction";
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    "no session in a transaction within 5 s"
 }
 
 /// The consumers' database name.

@@ -7,10 +7,10 @@ use std::collections::HashSet;
 use std::fmt;
 use std::time::Duration;
 
-use e2e::load::{envelope_of, token_issued};
+use e2e::load::{envelope_of, outgoing, owned_headers, token_issued};
 use kafka_service::failure::header;
 use kafka_service::{OutgoingRecord, Topic};
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use sqlx::{Connection, PgConnection};
@@ -376,30 +376,4 @@ async fn latest_user(world: &Deployment) -> Uuid {
     subject
         .and_then(|subject| subject.parse().ok())
         .unwrap_or_else(Uuid::new_v4)
-}
-
-/// The record the producer's relay would publish for `envelope`.
-fn outgoing(envelope: &kafka_service::Envelope) -> OutgoingRecord {
-    OutgoingRecord {
-        key: Some(envelope.key().to_vec()),
-        value: Some(envelope.data.clone()),
-        headers: envelope
-            .headers()
-            .into_iter()
-            .map(|(name, value)| (name.to_owned(), Some(value.into_bytes())))
-            .collect(),
-    }
-}
-
-/// `record`'s headers as rust-rdkafka takes them.
-fn owned_headers(record: &OutgoingRecord) -> OwnedHeaders {
-    record
-        .headers
-        .iter()
-        .fold(OwnedHeaders::new(), |headers, (name, value)| {
-            headers.insert(Header {
-                key: name,
-                value: value.as_deref(),
-            })
-        })
 }

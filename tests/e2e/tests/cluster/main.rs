@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use e2e::broker::Broker;
-use e2e::process::ServiceProcess;
+use e2e::process::{ServiceProcess, REPLICATED};
 use e2e::{create_user, eventually, issue_token, TestContext};
 use kafka_service::Topic;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -52,14 +52,6 @@ const STEADY: Duration = Duration::from_secs(5);
 const OUTAGE: Duration = Duration::from_secs(8);
 
 static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// Replication factor 3 for every topic the services provision.
-const REPLICATED: [(&str, &str); 4] = [
-    ("APP_KAFKA__TOPICS__NEW_USER_CREATED__REPLICATION_FACTOR", "3"),
-    ("APP_KAFKA__TOPICS__ISSUED_TOKEN__REPLICATION_FACTOR", "3"),
-    ("APP_KAFKA__TOPICS__RETRY__REPLICATION_FACTOR", "3"),
-    ("APP_KAFKA__TOPICS__DEAD_LETTER__REPLICATION_FACTOR", "3"),
-];
 
 /// The producer's settings: [`REPLICATED`], and a login limit per client
 /// address above the load's rate (every login comes from 127.0.0.1).

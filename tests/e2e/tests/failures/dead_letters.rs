@@ -4,15 +4,14 @@
 use std::time::Duration;
 
 use e2e::load::{
-    assert_offsets_at_end, dead_letters, envelope_of, new_users, processed_count, publish, token_issued,
-    wait_for_processed,
+    assert_offsets_at_end, dead_letters, envelope_of, new_users, outgoing, owned_headers, processed_count, publish,
+    token_issued, wait_for_processed,
 };
 use e2e::process::{ServiceProcess, NO_PRODUCER};
 use e2e::proxy::{FaultProxy, Mode};
 use e2e::{eventually, TestContext};
 use kafka_service::failure::header;
 use kafka_service::{Delivery, EventProducer, OutgoingRecord, Topic};
-use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use reqwest::Client;
@@ -20,8 +19,8 @@ use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
+use crate::header_text;
 use crate::outages::users_the_consumer_has_not_seen;
-use crate::{header_text, outgoing};
 
 /// Produced straight to `issued-token`: a good token for user A, then 16
 /// hostile records (a value that is not JSON, of the wrong shape, 256 KiB
@@ -176,19 +175,6 @@ async fn two_users_applied() -> (TestContext, ServiceProcess, PgPool, [uuid::Uui
     let pool = context.consumer_pool().await;
     wait_for_processed(&pool, 2, Duration::from_secs(30)).await;
     (context, consumer, pool, [users[0], users[1]])
-}
-
-/// `record`'s headers as rust-rdkafka takes them.
-fn owned_headers(record: &OutgoingRecord) -> OwnedHeaders {
-    record
-        .headers
-        .iter()
-        .fold(OwnedHeaders::new(), |headers, (name, value)| {
-            headers.insert(Header {
-                key: name,
-                value: value.as_deref(),
-            })
-        })
 }
 
 /// Sends `record` with one more header after its own, named `\xff\xfe`

@@ -24,19 +24,6 @@ pub async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
     LOCK.lock().await
 }
 
-/// The record `envelope` would be, with its headers as bytes.
-pub fn outgoing(envelope: &kafka_service::Envelope) -> kafka_service::OutgoingRecord {
-    kafka_service::OutgoingRecord {
-        key: Some(envelope.key().to_vec()),
-        value: Some(envelope.data.clone()),
-        headers: envelope
-            .headers()
-            .into_iter()
-            .map(|(name, value)| (name.to_owned(), Some(value.into_bytes())))
-            .collect(),
-    }
-}
-
 /// The value of `record`'s header `name` as text (empty when absent).
 pub fn header_text<'r>(record: &'r kafka_service::Record, name: &str) -> &'r str {
     std::str::from_utf8(record.header(name).unwrap_or_default()).unwrap()

@@ -5,13 +5,13 @@
 
 use std::time::Duration;
 
-use e2e::load::{dead_letters, envelope_of, new_users, token_issued};
+use e2e::load::{dead_letters, envelope_of, new_users, outgoing, token_issued};
 use e2e::process::NO_PRODUCER;
 use e2e::{eventually, TestContext};
 use kafka_service::failure::header;
 use kafka_service::{EventProducer, Topic};
 
-use crate::{header_text, outgoing};
+use crate::header_text;
 
 /// A token for a user the producer cannot be asked about (nothing listens
 /// where it should be): three tries in place, then parked for round 1. The
