@@ -24,7 +24,7 @@ use crate::peer::{self, Hostile};
 /// fences it and moves its leaderships.
 const LEADER_OUTAGE: Duration = Duration::from_secs(8);
 
-/// Records redelivered just before a black hole: about 10 s of the
+/// Records redelivered just before the database freezes: about 10 s of the
 /// consumers' work at the soak's traffic.
 const REDELIVERY_BURST: usize = 2_000;
 
@@ -60,7 +60,7 @@ pub enum Fault {
     /// time they are inside a transaction (the proxy's
     /// `FreezeInTransaction`). Just before, up to 2000 records are
     /// redelivered, so that the consumers are busy.
-    BlackHole,
+    FreezeDatabase,
     /// A fourth consumer joins the group, then leaves it (SIGTERM).
     AddConsumer,
     /// Records from a hostile peer.
@@ -80,7 +80,7 @@ impl fmt::Display for Fault {
             Self::KillPartitionLeader(p) => write!(f, "SIGKILL the leader of issued-token[{p}], restart"),
             Self::RestartPostgres => write!(f, "restart PostgreSQL"),
             Self::TerminateBackend => write!(f, "terminate a consumer's database session"),
-            Self::BlackHole => write!(f, "freeze the consumers' database connections mid-transaction"),
+            Self::FreezeDatabase => write!(f, "freeze the consumers' database connections mid-transaction"),
             Self::AddConsumer => write!(f, "add consumer-{}, then remove it", CONSUMERS + 1),
             Self::Peer(hostile) => write!(f, "hostile: {hostile}"),
         }
@@ -160,7 +160,7 @@ impl Schedule {
             Fault::KillPartitionLeader(rng.i32(0..8)),
             Fault::RestartPostgres,
             Fault::TerminateBackend,
-            Fault::BlackHole,
+            Fault::FreezeDatabase,
             Fault::AddConsumer,
         ];
         deck.extend(Hostile::ALL.map(Fault::Peer));
@@ -237,7 +237,7 @@ pub async fn inject(world: &mut Deployment, planned: &Planned, peers: &mut Vec<p
             format!("127.0.0.1:{postgres} restarted")
         }
         Fault::TerminateBackend => terminate_backend(world).await,
-        Fault::BlackHole => {
+        Fault::FreezeDatabase => {
             // The consumers busy in their database, each connection frozen
             // the next time it is inside a transaction: a query in flight
             // that is never answered, as from a server that freezes under
