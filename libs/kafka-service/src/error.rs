@@ -73,6 +73,15 @@ pub enum ProduceError {
     /// The broker's metadata could not be fetched (used by readiness checks).
     #[error("kafka broker unreachable")]
     Unreachable(#[source] KafkaError),
+    /// The client the caller enqueues on was replaced after a fatal error
+    /// ([`EventProducer::enqueue_on`](crate::EventProducer::enqueue_on)):
+    /// the caller waits for the old client's reports, then starts over on
+    /// the new one.
+    #[error("the producer's client {generation} was replaced after a fatal error")]
+    Replaced {
+        /// The generation the caller named.
+        generation: u64,
+    },
 }
 
 impl ProduceError {

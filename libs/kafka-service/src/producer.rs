@@ -70,8 +70,12 @@ pub struct OutgoingRecord {
 /// first failure seen after it replaces the client with a new one (a new
 /// producer id): the records the old client had not delivered fail, and are
 /// the caller's to send again (consumers deduplicate by `ce_id`), in order.
-/// [`fatal_error`](Self::fatal_error) says so until a record is delivered
-/// again.
+/// [`fatal_error`](Self::fatal_error) says so until the new client delivers
+/// a record (a late delivery on the old one does not count). A caller that
+/// keeps many records in flight and must not let a key's record on the new
+/// client overtake its earlier ones on the old client enqueues with
+/// [`enqueue_on`](Self::enqueue_on), which refuses once the client it
+/// names was replaced.
 ///
 /// Every record it sends is counted, whoever sends it (the relay, the
 /// consumer's retry and dead-letter copies, a redrive), once
@@ -134,18 +138,25 @@ impl ProducerMetrics {
 
 struct Shared {
     /// The client, replaced after a fatal error.
-    client: RwLock<FutureProducer<KafkaContext>>,
+    client: RwLock<Current>,
     /// What builds a client: the settings' configuration and context.
     config: rdkafka::ClientConfig,
     context: KafkaContext,
-    /// The fatal error the client was last replaced for, until a record is
-    /// delivered again.
+    /// The fatal error the client was last replaced for, until the new
+    /// client delivers a record.
     fatal: Mutex<Option<String>>,
     /// Whether `fatal` is set, so that a delivery, the common case, need
     /// not take its lock.
     recovering: AtomicBool,
     /// Every record's end, by topic.
     metrics: ProducerMetrics,
+}
+
+/// The client records go out on, and its generation.
+struct Current {
+    client: FutureProducer<KafkaContext>,
+    /// 0 for the first client, one more at each replacement.
+    generation: u64,
 }
 
 impl EventProducer {
@@ -177,7 +188,7 @@ impl EventProducer {
             .map_err(ProduceError::Config)?;
         Ok(Self {
             shared: Arc::new(Shared {
-                client: RwLock::new(client),
+                client: RwLock::new(Current { client, generation: 0 }),
                 config,
                 context,
                 fatal: Mutex::new(None),
@@ -206,18 +217,36 @@ impl EventProducer {
     }
 
     /// The fatal error the client was replaced for, from the first failure
-    /// after it until a record is delivered again: while it lasts, records
-    /// fail and must be sent again.
+    /// after it until the new client delivers a record: while it lasts,
+    /// records fail and must be sent again.
     pub fn fatal_error(&self) -> Option<String> {
         self.shared.fatal.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
-    fn client(&self) -> FutureProducer<KafkaContext> {
+    /// Which client records go out on now: 0 for the first, one more each
+    /// time a fatal error replaced it. See [`enqueue_on`](Self::enqueue_on).
+    pub fn generation(&self) -> u64 {
         self.shared
             .client
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+            .generation
+    }
+
+    fn client(&self) -> FutureProducer<KafkaContext> {
+        self.current().0
+    }
+
+    /// The current client and its generation, read together.
+    fn current(&self) -> (FutureProducer<KafkaContext>, u64) {
+        let current = self.shared.client.read().unwrap_or_else(PoisonError::into_inner);
+        (current.client.clone(), current.generation)
+    }
+
+    /// Whether `used` is the current client.
+    fn is_current(&self, used: &FutureProducer<KafkaContext>) -> bool {
+        let current = self.shared.client.read().unwrap_or_else(PoisonError::into_inner);
+        current.client.client().native_ptr() == used.client().native_ptr()
     }
 
     /// After a record failed on `used`: when `used` is in a fatal state and
@@ -228,14 +257,15 @@ impl EventProducer {
             return;
         };
         let mut current = self.shared.client.write().unwrap_or_else(PoisonError::into_inner);
-        if current.client().native_ptr() != used.client().native_ptr() {
+        if current.client.client().native_ptr() != used.client().native_ptr() {
             // Replaced already; this may be the old client's last handle.
             tokio::task::spawn_blocking(move || drop(used));
             return;
         }
         match self.shared.config.create_with_context(self.shared.context.clone()) {
             Ok(fresh) => {
-                let old = std::mem::replace(&mut *current, fresh);
+                let old = std::mem::replace(&mut current.client, fresh);
+                current.generation += 1;
                 drop(current);
                 tracing::error!(
                     ?code,
@@ -252,9 +282,12 @@ impl EventProducer {
         }
     }
 
-    /// Records a delivery: the client works, whatever came before.
-    fn delivered(&self) {
-        if !self.shared.recovering.load(Ordering::Acquire) {
+    /// Records a delivery on `used`: when it is the current client, that
+    /// client works, whatever came before. A late delivery on a replaced
+    /// client says nothing of the records it failed, which are still to be
+    /// sent again.
+    fn delivered(&self, used: &FutureProducer<KafkaContext>) {
+        if !self.shared.recovering.load(Ordering::Acquire) || !self.is_current(used) {
             return;
         }
         let mut fatal = self.shared.fatal.lock().unwrap_or_else(PoisonError::into_inner);
@@ -278,27 +311,43 @@ impl EventProducer {
     }
 
     /// Hands `envelope`, with `extra` headers after its own (a
-    /// `traceparent`, say), to the client's queue
+    /// `traceparent`, say), to client `generation`'s queue
     /// and returns a future of its delivery report that need not be polled
     /// for the record to go out. Records enqueued one after another keep
     /// that order within their partition, so a caller can keep many records
     /// in flight without giving up per-key order.
     ///
+    /// That order holds on one client only. When a fatal error replaces the
+    /// client, the records the old one had not delivered fail, while records
+    /// enqueued on the new one may already be delivered: a key's later
+    /// record would overtake its earlier one, sent again. So a caller takes
+    /// [`generation`](Self::generation) before its first record, enqueues
+    /// on it, and once refused with [`ProduceError::Replaced`] waits for
+    /// every report of the old client before it starts over on the new
+    /// generation.
+    ///
     /// # Errors
     ///
-    /// [`ProduceError::Delivery`] at once when the client refuses the record
-    /// (its queue is full, `queue.buffering.max.messages`, 100 000 records
-    /// by default; the record is larger than `message.max.bytes`; the topic
-    /// is unknown to the client): the record was not enqueued, so a caller
-    /// can hold back what must not overtake it. The future resolves to
-    /// [`ProduceError::Delivery`] as `send`'s does.
-    pub fn enqueue_with_headers(
+    /// At once, the record not enqueued (so a caller can hold back what
+    /// must not overtake it):
+    /// - [`ProduceError::Replaced`] when client `generation` was replaced;
+    /// - [`ProduceError::Delivery`] when the client refuses the record (its
+    ///   queue is full, `queue.buffering.max.messages`, 100 000 records by
+    ///   default; the record is larger than `message.max.bytes`; the topic
+    ///   is unknown to the client).
+    ///
+    /// The future resolves to [`ProduceError::Delivery`] as `send`'s does.
+    pub fn enqueue_on(
         &self,
+        generation: u64,
         topic: &str,
         envelope: &Envelope,
         extra: &[(&str, String)],
     ) -> Result<impl Future<Output = Result<Delivery, ProduceError>> + Send + 'static, ProduceError> {
-        let client = self.client();
+        let (client, current) = self.current();
+        if current != generation {
+            return Err(ProduceError::Replaced { generation });
+        }
         let started = Instant::now();
         let delivery = match client.send_result(envelope_record(topic, envelope, extra)) {
             Ok(delivery) => delivery,
@@ -339,7 +388,7 @@ impl EventProducer {
         self.shared.metrics.count(&topic, report.is_ok(), started);
         match report {
             Ok(delivery) => {
-                self.delivered();
+                self.delivered(&used);
                 Ok(delivery)
             }
             Err(source) => {

@@ -34,7 +34,10 @@
 //! instances), the idempotent producer keeps a partition's records in the
 //! order they were enqueued, and it retries a record until delivered
 //! (`message_timeout_ms = 0`), so a record never overtakes an earlier one of
-//! the same key.
+//! the same key. That holds on one producer client; when a fatal error
+//! replaces it, the relay sends nothing on the new client until every row
+//! in flight on the old one has its report, then starts over from the first
+//! unconfirmed row ([`EventProducer::enqueue_on`]).
 //!
 //! A row that cannot be published (an event type this instance does not
 //! know, a full client queue, a record over `message.max.bytes`, a broker
@@ -96,6 +99,12 @@ pub const RELAY_APPLICATION_NAME: &str = "producer outbox relay";
 /// How long a relay told to stop waits for the batches in flight before it
 /// abandons them (their rows stay pending and are published again later).
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// How many request timeouts (`kafka.request_timeout_ms`) a relay waits for
+/// the reports of the rows in flight on a producer client replaced after a
+/// fatal error: one for a request already sent to be answered or time out,
+/// one more for the report's way back.
+const REPLACED_CLIENT_GRACE: u32 = 2;
 
 /// Locks the row of user `user_id` until the caller's transaction ends, so
 /// that one user's appends run one after another: call it before taking the
@@ -550,13 +559,19 @@ impl Relay {
     async fn publish(&self, connection: &mut PgConnection, shutdown: &CancellationToken) -> anyhow::Result<()> {
         let mut listener = PgListener::connect_with(&self.pool).await.context("could not LISTEN")?;
         listener.listen(CHANNEL).await.context("could not LISTEN")?;
+        // Every row of this leadership goes out on this client: once it is
+        // replaced, the relay starts over (see `start_over`).
+        let generation = self.producer.generation();
         let mut in_flight = InFlight::default();
         // Whether the last read found fewer rows than a batch: then nothing
         // is read again until a NOTIFY, the poll interval or a failed row.
         let mut caught_up = false;
         loop {
             if !caught_up {
-                caught_up = self.fill(connection, &mut in_flight, shutdown).await?;
+                caught_up = self.fill(connection, &mut in_flight, shutdown, generation).await?;
+            }
+            if self.producer.generation() != generation {
+                return self.start_over(connection, in_flight, generation).await;
             }
             if in_flight.deliveries.is_empty() {
                 if shutdown.is_cancelled() {
@@ -577,18 +592,14 @@ impl Relay {
             tokio::select! {
                 Some(result) = in_flight.deliveries.next() => {
                     let results = ready_too(&mut in_flight.deliveries, result);
-                    let settled = self.settle(connection, &mut in_flight.rows, results);
+                    let settled = self.settle(connection, &mut in_flight.rows, results, generation);
                     if !self.bounded(settled).await? {
                         // Read again: the rows left behind are skipped
                         // until due, and other keys' rows may be waiting.
                         caught_up = false;
                     }
-                    if let Some(error) = self.producer.fatal_error() {
-                        // The client was replaced: give up the leadership
-                        // and start over with nothing in flight, so every
-                        // row not confirmed goes out again, in order, on
-                        // the new client.
-                        return Err(RelayError::ProducerFatal(error).into());
+                    if self.producer.generation() != generation {
+                        return self.start_over(connection, in_flight, generation).await;
                     }
                 }
                 notification = listener.recv(), if caught_up => {
@@ -596,20 +607,52 @@ impl Relay {
                     caught_up = false;
                 }
                 () = sleep_until(release), if !caught_up && release.is_some() => {}
-                () = shutdown.cancelled() => return self.drain(connection, in_flight).await,
+                () = shutdown.cancelled() => return self.drain(connection, in_flight, generation).await,
             }
         }
+    }
+
+    /// After a fatal error replaced the producer's client `generation`: no
+    /// row goes out on the new client while an earlier row of its key may
+    /// still be delivered by the old one (it would be overtaken, then sent
+    /// again behind it). So this settles every row in flight on the old
+    /// client as its report arrives (the records it had not sent fail at
+    /// once; a request already sent is answered or times out within a
+    /// request timeout: [`REPLACED_CLIENT_GRACE`] request timeouts at
+    /// most), then gives up the leadership, and the relay starts over from
+    /// the first unconfirmed row on the new client.
+    async fn start_over(
+        &self,
+        connection: &mut PgConnection,
+        in_flight: InFlight<'_>,
+        generation: u64,
+    ) -> anyhow::Result<()> {
+        let grace = self.stalled_after * REPLACED_CLIENT_GRACE;
+        if !self.settle_all(connection, in_flight, grace, generation).await? {
+            tracing::warn!(
+                waited_secs = grace.as_secs_f64(),
+                "the replaced producer client did not report on every outbox row in time; starting over anyway"
+            );
+        }
+        let error = self
+            .producer
+            .fatal_error()
+            .unwrap_or_else(|| format!("client {generation} replaced"));
+        Err(RelayError::ProducerFatal(error).into())
     }
 
     /// Reads pending rows and hands them to the producer, up to a batch per
     /// read, until the window is full, a read finds fewer rows than it asked
     /// for (returns `true`: caught up), or shutdown begins. Rows the
     /// producer refuses are settled at once.
+    /// Stops early, without an error, once the producer's client
+    /// `generation` was replaced.
     async fn fill<'a>(
         &'a self,
         connection: &mut PgConnection,
         in_flight: &mut InFlight<'a>,
         shutdown: &CancellationToken,
+        generation: u64,
     ) -> Result<bool, RelayError> {
         let stalled_before = in_flight.rows.stalled();
         let released = in_flight.rows.release_stalled(self.stalled_after);
@@ -621,22 +664,20 @@ impl Relay {
                  publishing goes on, and the producer retries them until the broker takes them"
             );
         }
-        while in_flight.rows.counted.len() < self.window && !shutdown.is_cancelled() {
+        while in_flight.rows.counted.len() < self.window
+            && !shutdown.is_cancelled()
+            && self.producer.generation() == generation
+        {
             let limit = (self.window - in_flight.rows.counted.len()).min(self.batch_size as usize);
             let rows = self
                 .bounded(self.pending_rows(connection, &in_flight.rows.ids, limit))
                 .await?;
             let caught_up = rows.len() < limit;
             if !rows.is_empty() {
-                let refused = self.send_batch(rows, in_flight);
+                let refused = self.send_batch(rows, in_flight, generation);
                 if !refused.is_empty() {
-                    self.bounded(self.settle(connection, &mut in_flight.rows, refused))
+                    self.bounded(self.settle(connection, &mut in_flight.rows, refused, generation))
                         .await?;
-                    if let Some(error) = self.producer.fatal_error() {
-                        // Refused for the client's fatal error: reading
-                        // again would only be refused again.
-                        return Err(RelayError::ProducerFatal(error));
-                    }
                 }
             }
             if caught_up {
@@ -646,27 +687,48 @@ impl Relay {
         Ok(false)
     }
 
-    /// At shutdown: settles the batches in flight as their reports arrive,
+    /// At shutdown: settles the rows in flight as their reports arrive,
     /// for at most [`SHUTDOWN_GRACE`]; rows still unconfirmed then stay
     /// pending and go out again after the restart.
-    async fn drain(&self, connection: &mut PgConnection, mut in_flight: InFlight<'_>) -> anyhow::Result<()> {
-        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+    async fn drain(
+        &self,
+        connection: &mut PgConnection,
+        in_flight: InFlight<'_>,
+        generation: u64,
+    ) -> anyhow::Result<()> {
+        let rows = in_flight.rows.ids.len();
+        if !self
+            .settle_all(connection, in_flight, SHUTDOWN_GRACE, generation)
+            .await?
+        {
+            tracing::warn!(rows, "shutdown: abandoning undelivered outbox rows; they stay pending");
+        }
+        Ok(())
+    }
+
+    /// Settles every row in flight as its report arrives, for at most
+    /// `grace`. Returns whether all were settled; those that were not stay
+    /// pending.
+    async fn settle_all(
+        &self,
+        connection: &mut PgConnection,
+        mut in_flight: InFlight<'_>,
+        grace: Duration,
+        generation: u64,
+    ) -> Result<bool, RelayError> {
+        let settled = tokio::time::timeout(grace, async {
             while let Some(result) = in_flight.deliveries.next().await {
                 let results = ready_too(&mut in_flight.deliveries, result);
-                self.bounded(self.settle(connection, &mut in_flight.rows, results))
+                self.bounded(self.settle(connection, &mut in_flight.rows, results, generation))
                     .await?;
             }
             Ok::<(), RelayError>(())
         })
         .await;
-        match drained {
-            Ok(settled) => settled?,
-            Err(_) => tracing::warn!(
-                rows = in_flight.rows.ids.len(),
-                "shutdown: abandoning undelivered outbox rows; they stay pending"
-            ),
+        match settled {
+            Ok(settled) => settled.map(|()| true),
+            Err(_) => Ok(false),
         }
-        Ok(())
     }
 
     /// Runs `query` on the leadership connection within the statement
@@ -726,22 +788,36 @@ impl Relay {
         Ok(rows)
     }
 
-    /// Hands `rows` to the producer in `id` order before it returns, and
-    /// puts their delivery reports in flight. A row the producer refuses
-    /// holds back its key's later rows in `rows`; the refused and held-back
-    /// rows are returned, to be settled before the next read.
-    fn send_batch<'a>(&'a self, rows: Vec<PendingRow>, in_flight: &mut InFlight<'a>) -> Vec<DeliveryResult> {
+    /// Hands `rows` to client `generation` in `id` order before it returns,
+    /// and puts their delivery reports in flight. A row the producer refuses
+    /// holds back its key's later rows in `rows`, and once the client was
+    /// replaced every row is held back; the refused and held-back rows are
+    /// returned, to be settled before the next read.
+    fn send_batch<'a>(
+        &'a self,
+        rows: Vec<PendingRow>,
+        in_flight: &mut InFlight<'a>,
+        generation: u64,
+    ) -> Vec<DeliveryResult> {
         let mut blocked = HashSet::new();
         let mut refused = Vec::new();
         for row in rows {
             let sent = if blocked.contains(&row.subject) {
                 Sent::HeldBack
             } else {
-                match self.enqueue(&row) {
+                match self.enqueue(&row, generation) {
                     Ok((topic, delivery)) => {
                         in_flight.rows.sent(row.id);
                         in_flight.deliveries.push(self.delivered(row, topic, delivery).boxed());
                         continue;
+                    }
+                    Err(error)
+                        if matches!(
+                            error.downcast_ref::<ProduceError>(),
+                            Some(ProduceError::Replaced { .. })
+                        ) =>
+                    {
+                        Sent::HeldBack
                     }
                     Err(error) => {
                         blocked.insert(row.subject.clone());
@@ -754,11 +830,12 @@ impl Relay {
         refused
     }
 
-    /// Hands `row` to the producer: its topic and the future of its
+    /// Hands `row` to client `generation`: its topic and the future of its
     /// delivery report.
     fn enqueue(
         &self,
         row: &PendingRow,
+        generation: u64,
     ) -> anyhow::Result<(
         String,
         impl std::future::Future<Output = Result<Delivery, ProduceError>>,
@@ -779,7 +856,7 @@ impl Relay {
             .iter()
             .map(|value| (service_common::telemetry::TRACEPARENT, value.clone()))
             .collect();
-        let delivery = self.producer.enqueue_with_headers(&topic, &envelope, &trace)?;
+        let delivery = self.producer.enqueue_on(generation, &topic, &envelope, &trace)?;
         Ok((topic, delivery))
     }
 
@@ -803,25 +880,26 @@ impl Relay {
     /// Settles rows: marks the delivered ones published, records each failed
     /// row's attempt with its backoff and logs it, and forgets them as in
     /// flight (held-back rows are read again once their key's failing row
-    /// is published). Returns whether every row was delivered.
+    /// is published). Rows that failed once client `generation` was
+    /// replaced are not to blame: they are held back, and sent again on the
+    /// new client without backoff. Returns whether every row was delivered.
     async fn settle(
         &self,
         connection: &mut PgConnection,
         in_flight: &mut Window,
         results: Vec<DeliveryResult>,
+        generation: u64,
     ) -> Result<bool, RelayError> {
         let stalled_before = in_flight.stalled();
         let mut delivered = Vec::new();
         let mut failed = Vec::new();
         let mut held_back = 0;
-        // A row that failed because the client hit a fatal error is not to
-        // blame: it is sent again on the new client without backoff.
-        let fatal = self.producer.fatal_error().is_some();
+        let replaced = self.producer.generation() != generation;
         for result in results {
             in_flight.settled(result.id);
             match result.sent {
                 Sent::Delivered => delivered.push(result.id),
-                Sent::Failed(_) if fatal => held_back += 1,
+                Sent::Failed(_) if replaced => held_back += 1,
                 Sent::Failed(error) => failed.push((result.id, format!("{error:#}"))),
                 Sent::HeldBack => held_back += 1,
             }

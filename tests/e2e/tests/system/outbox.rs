@@ -416,6 +416,93 @@ async fn the_relay_recovers_from_a_fatal_producer_error() {
     context.drop_databases().await;
 }
 
+/// A fatal producer error while the relay is still handing rows to the
+/// client reorders no key (issue 23, N2). A backlog of 1500 token rows of
+/// 15 users, interleaved, read 10 at a time with room for all of them in
+/// flight: the relay is still reading and sending when the mock cluster
+/// answers the first produce request with `OUT_OF_ORDER_SEQUENCE_NUMBER`.
+/// The client's next enqueue is refused and the client replaced. Before,
+/// the rest of that batch went out on the new client while the rows before
+/// it, on the old one, had yet to fail; they were sent again later, after
+/// their key's later rows. Each user's distinct records must reach the
+/// topic in outbox order.
+#[tokio::test]
+async fn a_fatal_producer_error_while_sending_reorders_no_key() {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+    let cluster = MockCluster::new(1).unwrap();
+    let context = TestContext::with_broker(cluster.bootstrap_servers());
+    for topic in Topic::ALL {
+        cluster.create_topic(context.topics.name(topic), 8, 1).unwrap();
+    }
+    // The first run creates the database and its tables.
+    context.spawn_producer().await.stop().await.unwrap();
+    let pool = context.producer_pool().await;
+    let users: Vec<Uuid> = (0..15).map(|_| Uuid::now_v7()).collect();
+    sqlx::query(
+        "INSERT INTO outbox (event_id, event_type, subject, occurred_at, data) \
+         SELECT gen_random_uuid(), 'user.token_issued.v1', subject::text, now(), \
+                json_build_object('user_id', subject, 'token_id', gen_random_uuid(), \
+                  'issued_at', now(), 'expires_at', now() + interval '15 minutes') \
+         FROM (SELECT n, ($1::uuid[])[n % 15 + 1] AS subject FROM generate_series(1, 1500) AS n) AS rows \
+         ORDER BY n",
+    )
+    .bind(&users)
+    .execute(&pool)
+    .await
+    .unwrap();
+
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER],
+    );
+    let mut settings = context.producer_settings();
+    settings.outbox.batch_size = 10;
+    settings.outbox.batches_in_flight = 200;
+    let producer = context.spawn_producer_with(settings).await;
+    all_published(&pool, Duration::from_secs(60)).await;
+    let metrics = Client::new()
+        .get(format!("{}/metrics", producer.url()))
+        .send()
+        .await
+        .unwrap();
+    let failed: f64 = e2e::metrics::samples(&metrics.text().await.unwrap(), "kafka_records_published_total")
+        .iter()
+        .filter(|(labels, _)| labels["result"] == "failed")
+        .map(|(_, count)| count)
+        .sum();
+    assert!(failed > 0.0, "the fault happened: records failed on the old client");
+
+    let kafka = context.kafka();
+    let records = kafka_service::reader::read_topic(&kafka, kafka.topics.name(Topic::IssuedToken))
+        .await
+        .unwrap();
+    for user in &users {
+        let key = user.to_string();
+        let expected: Vec<Uuid> = sqlx::query_scalar("SELECT event_id FROM outbox WHERE subject = $1 ORDER BY id")
+            .bind(&key)
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        let mut seen = std::collections::HashSet::new();
+        let distinct: Vec<Uuid> = records
+            .iter()
+            .filter(|record| record.key.as_deref() == Some(key.as_bytes()))
+            .map(|record| Envelope::decode(record).expect("a valid envelope").id)
+            .filter(|id| seen.insert(*id))
+            .collect();
+        assert_eq!(distinct.len(), expected.len(), "every event of {user} published");
+        assert!(
+            distinct == expected,
+            "the events of {user} reached the topic out of outbox order"
+        );
+    }
+    pool.close().await;
+    producer.stop().await.unwrap();
+    context.drop_databases().await;
+}
+
 /// A backlog of 6000 rows, read 100 at a time (60 reads): the relay counts
 /// the pending rows at most about once a second while it catches up, not
 /// after every read (counting a large backlog costs more than reading a
