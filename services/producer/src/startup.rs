@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::configuration::Settings;
 use crate::login_limit::LoginLimiter;
 use crate::openapi;
-use crate::outbox::{Relay, RelayMetrics};
+use crate::outbox::{OutboxGauges, Relay};
 use crate::routes::auth::TokenTtl;
 use crate::routes::{auth, outbox, users};
 
@@ -28,6 +28,8 @@ pub struct Application {
     port: u16,
     server: Server,
     relay: Relay,
+    /// Measures the outbox's gauges in the background.
+    gauges: OutboxGauges,
     /// Checks the broker in the background, for readiness and its metric.
     broker: BrokerProbe,
     producer: EventProducer,
@@ -54,7 +56,7 @@ impl Application {
         let ttl = TokenTtl(chrono::Duration::seconds(settings.auth.token_ttl_secs as i64));
         let mut registry = Registry::default();
         producer.register_metrics(&mut registry);
-        let relay_metrics = RelayMetrics::new(&mut registry);
+        let gauges = OutboxGauges::new(pool.clone(), settings.database.statement_deadline(), &mut registry);
         let broker = BrokerProbe::new(producer.clone(), &mut registry);
         let metrics = Metrics::new(registry);
         let limiter = LoginLimiter::new(&settings.login_limit);
@@ -67,12 +69,13 @@ impl Application {
             broker: broker.clone(),
         };
         let server = run_server(listener, metrics, drain, data)?;
-        let relay = Relay::new(pool, producer.clone(), &settings, relay_metrics);
+        let relay = Relay::new(pool.clone(), producer.clone(), &settings);
         tracing::info!(%address, port, "producer listening");
         Ok(Self {
             port,
             server,
             relay,
+            gauges,
             broker,
             producer,
             shutdown_timeout: settings.shutdown.timeout(),
@@ -98,6 +101,7 @@ impl Application {
         let mut server = tokio::spawn(self.server);
         let mut relay = tokio::spawn(self.relay.run(shutdown.clone()));
         tokio::spawn(self.broker.run(shutdown.clone()));
+        tokio::spawn(self.gauges.run(shutdown.clone()));
         let outcome = tokio::select! {
             () = shutdown.cancelled() => Ok(()),
             result = &mut server => result.context("http server panicked")?.context("http server failed"),

@@ -35,6 +35,27 @@ async fn users_created_while_the_broker_is_down_arrive_after_it_returns() {
     // The producer still takes requests: ready, reporting the broker as of
     // its last check (every 10 s).
     e2e::wait_until_ready_without_broker(&client, &producer.url()).await;
+    // The gauges an operator alerts on move during the outage: the rows
+    // wait, and the oldest one's age grows (issue 23, N4: measured by the
+    // relay only, they stood still once it had sent the rows).
+    let gauge = |name: &'static str| {
+        let (client, url) = (client.clone(), producer.url());
+        async move {
+            let metrics = client.get(format!("{url}/metrics")).send().await.unwrap();
+            e2e::metrics::samples(&metrics.text().await.unwrap(), name)[0].1
+        }
+    };
+    eventually(Duration::from_secs(10), "the waiting rows counted", || async {
+        (gauge("outbox_pending_rows").await == 10.0).then_some(())
+    })
+    .await;
+    let age = gauge("outbox_oldest_pending_age_seconds").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let later = gauge("outbox_oldest_pending_age_seconds").await;
+    assert!(
+        later >= age + 2.0,
+        "the oldest waiting row's age grows: {age} s, then {later} s 3 s later"
+    );
 
     broker.start();
     eventually(

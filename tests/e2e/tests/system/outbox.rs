@@ -503,10 +503,43 @@ async fn a_fatal_producer_error_while_sending_reorders_no_key() {
     context.drop_databases().await;
 }
 
-/// A backlog of 6000 rows, read 100 at a time (60 reads): the relay counts
-/// the pending rows at most about once a second while it catches up, not
-/// after every read (counting a large backlog costs more than reading a
-/// batch of it). Counted from its `outbox pending rows measured` lines.
+/// Every producer instance measures the outbox gauges, not only the relay's
+/// leader (issue 23, N4): a standby reports a row that cannot be published,
+/// so the alert on them fires whichever instance is scraped, and while no
+/// relay leads. Before, only the leader measured them, inside its reads: a
+/// standby kept 0, and a leader that could not read kept its last values.
+#[tokio::test]
+async fn a_standby_instance_reports_the_outbox_gauges_too() {
+    let context = TestContext::new();
+    let leader = context.spawn_producer().await;
+    let pool = context.producer_pool().await;
+    eventually(Duration::from_secs(10), "a relay elected", || relay_leader(&pool)).await;
+    let standby = context.spawn_producer().await;
+    let client = Client::new();
+    let user = create_user(&client, &leader.url(), "gauges").await;
+    append_raw(&pool, &user, "user.renamed.v1", json!({"user_id": user.id})).await;
+    producer::outbox::notify(&pool).await;
+
+    eventually(Duration::from_secs(10), "the standby's gauges", || async {
+        let metrics = client.get(format!("{}/metrics", standby.url())).send().await.unwrap();
+        let metrics = metrics.text().await.unwrap();
+        let gauge = |name| e2e::metrics::samples(&metrics, name).first().map(|(_, value)| *value);
+        (gauge("outbox_pending_rows") == Some(1.0)
+            && gauge("outbox_failing_rows") == Some(1.0)
+            && gauge("outbox_oldest_failing_age_seconds") > Some(0.0))
+        .then_some(())
+    })
+    .await;
+    pool.close().await;
+    standby.stop().await.unwrap();
+    leader.stop().await.unwrap();
+    context.drop_databases().await;
+}
+
+/// A backlog of 6000 rows, read 100 at a time (60 reads): the pending rows
+/// are counted about once a second while the relay catches up, not after
+/// every read (counting a large backlog costs more than reading a batch of
+/// it). Counted from the `outbox pending rows measured` lines.
 #[tokio::test]
 async fn catching_up_on_a_backlog_counts_pending_rows_about_once_a_second() {
     let context = TestContext::new();

@@ -1,96 +1,28 @@
-//! The transactional outbox and its relay.
-//!
-//! [`append`] inserts an event in the caller's transaction; after the commit
-//! the caller calls [`notify`], which wakes the relay through the `outbox`
-//! channel (`NOTIFY`). The notification goes out after the commit, not
-//! inside the transaction, because PostgreSQL serializes the commits of
-//! transactions that notify (it holds a database-wide lock from before the
-//! commit until after its WAL flush, `PreCommit_Notify` in
-//! `src/backend/commands/async.c`), which undoes group commit: 8 clients
-//! appending one row per transaction reached 2700 to 2900 commits/s with
-//! the `NOTIFY` inside and 4400 to 4600 with it after (pgbench, 2 cores,
-//! `fsync` on; docs/benchmarks.md). A notification lost to a crash between
-//! the two costs only latency: the relay also reads every
-//! `outbox.poll_interval_ms`. The [`Relay`]
-//! hands pending rows to the producer in `id` order, a batch at a time, and
-//! marks each published as its delivery report arrives. It does not wait
-//! for one batch's reports before it sends the next: up to
-//! `outbox.batches_in_flight` × `outbox.batch_size` rows are in flight at
-//! once, so the broker's acknowledgement time is paid once per window, not
-//! once per batch.
-//!
-//! A partition that cannot be written (its leader is gone, or it is under
-//! `min.insync.replicas`) does not stop the others: reports arrive row by
-//! row, so every other partition's rows are settled and make room, and a
-//! row whose report has not come within `kafka.request_timeout_ms` stops
-//! counting against the window. The stuck partition's records wait in the
-//! producer's queue, which librdkafka retries until the partition takes
-//! them (`message_timeout_ms = 0`) and which bounds them
-//! (`queue.buffering.max.messages`; a row refused for a full queue is
-//! retried with backoff, below).
-//!
-//! Per-key order: rows are handed to the producer in `id` order by one relay
-//! at a time (a PostgreSQL advisory lock elects it among all producer
-//! instances), the idempotent producer keeps a partition's records in the
-//! order they were enqueued, and it retries a record until delivered
-//! (`message_timeout_ms = 0`), so a record never overtakes an earlier one of
-//! the same key. That holds on one producer client; when a fatal error
-//! replaces it, the relay sends nothing on the new client until every row
-//! in flight on the old one has its report, then starts over from the first
-//! unconfirmed row ([`EventProducer::enqueue_on`]).
-//!
-//! A row that cannot be published (an event type this instance does not
-//! know, a full client queue, a record over `message.max.bytes`, a broker
-//! that rejects it) holds back its key: the key's later rows are not handed
-//! to the producer until it is published or an operator sets it aside, while
-//! other keys keep flowing. It is retried with backoff (1 s after the first
-//! failure, doubling up to 60 s), logged at `warn` with the reason at each
-//! failure, and counted in `outbox_failing_rows`. Operators list such rows
-//! and retry or set one aside over `/outbox/failing` ([`failing_rows`],
-//! [`retry_now`], [`set_aside`]). One gap remains: a row the broker rejects
-//! in its delivery report (authorization, a broker-side size limit) may be
-//! overtaken by later rows of its key that were already handed to the
-//! producer while its report was pending; a refusal at enqueue (the cases
-//! above but the last) holds them back before they are sent.
-//!
-//! At-least-once: a crash after delivery but before the row is marked
-//! republishes the row with the same `ce_id`; consumers deduplicate on it.
+//! The relay: one producer instance at a time, elected through a
+//! PostgreSQL advisory lock, hands pending rows to the Kafka producer in
+//! `id` order and marks each published as its delivery report arrives (see
+//! the [module docs](super)).
 
 use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use events::UserEvent;
 use futures::future::{BoxFuture, FutureExt};
 use futures::stream::{FuturesUnordered, StreamExt};
 use kafka_service::{Delivery, Envelope, EventProducer, KafkaSettings, ProduceError, Topic};
-use prometheus_client::metrics::gauge::Gauge;
-use serde::Serialize;
-use service_common::metrics::Registry;
 use service_common::retry::{backoff, sleep_or_cancel};
 use sqlx::postgres::{PgListener, PgNotification};
 use sqlx::{Connection, PgConnection, PgPool};
-use std::sync::atomic::AtomicU64;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::{failing, CHANNEL};
 use crate::configuration::Settings;
-
-/// The PostgreSQL notification channel [`append`] notifies.
-pub const CHANNEL: &str = "outbox";
 
 /// Advisory lock key that elects the one relay publishing at a time
 /// (`pg_try_advisory_lock`). Any constant unique within the database.
 const RELAY_LOCK_KEY: i64 = 0x6f75_7462_6f78; // "outbox"
-
-/// Backoff of a row whose publishing failed: it is read again this long
-/// after its first failure, twice as long after each further one, and at
-/// most [`FAILED_ROW_MAX_BACKOFF`] later. Long enough that a row that cannot
-/// be published costs one attempt a minute, short enough that one that
-/// failed for a passing reason (a full queue) is retried at once.
-const FAILED_ROW_FIRST_BACKOFF: Duration = Duration::from_secs(1);
-const FAILED_ROW_MAX_BACKOFF: Duration = Duration::from_secs(60);
 
 /// The leadership connection's `application_name`, which finds it in
 /// `pg_stat_activity`.
@@ -105,149 +37,6 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// fatal error: one for a request already sent to be answered or time out,
 /// one more for the report's way back.
 const REPLACED_CLIENT_GRACE: u32 = 2;
-
-/// Locks the row of user `user_id` until the caller's transaction ends, so
-/// that one user's appends run one after another: call it before taking the
-/// event's time. The relay publishes in outbox id order, and ids are taken
-/// at insert; with the lock, a user's later insert comes after the earlier
-/// transaction committed, so the user's records reach their partition in
-/// commit order, with event times (`ce_time`) that never go backwards.
-///
-/// # Errors
-///
-/// The database error, which should abort the transaction.
-pub async fn lock_subject(tx: &mut PgConnection, user_id: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE")
-        .bind(user_id)
-        .execute(&mut *tx)
-        .await
-        .map(drop)
-}
-
-/// Appends `event` to the outbox inside the caller's transaction and
-/// returns its event id (`ce_id`). Call [`notify`] once the transaction has
-/// committed. An event of an existing user must be preceded by
-/// [`lock_subject`], with the event's time taken after it.
-///
-/// # Errors
-///
-/// The database error, which should abort the transaction.
-pub async fn append(tx: &mut PgConnection, event: &UserEvent) -> Result<Uuid, sqlx::Error> {
-    let event_id = Uuid::now_v7();
-    sqlx::query(
-        "INSERT INTO outbox (event_id, event_type, subject, occurred_at, data, traceparent) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
-    )
-    .bind(event_id)
-    .bind(event.event_type())
-    .bind(event.user_id().to_string())
-    .bind(event.time())
-    .bind(event.data())
-    .bind(service_common::telemetry::current_traceparent())
-    .execute(&mut *tx)
-    .await?;
-    Ok(event_id)
-}
-
-/// Wakes the relay for rows committed by [`append`]: `NOTIFY outbox`, in a
-/// statement of its own. Not an error to the caller when it fails (the
-/// events are committed, and the relay finds them within
-/// `outbox.poll_interval_ms`); it is logged at `warn`.
-pub async fn notify(pool: &PgPool) {
-    let notified = sqlx::query("SELECT pg_notify($1, '')")
-        .bind(CHANNEL)
-        .execute(pool)
-        .await;
-    if let Err(error) = notified {
-        tracing::warn!(%error, "could not notify the outbox relay; it reads on its next poll");
-    }
-}
-
-/// A pending outbox row whose publishing failed, as operators see it.
-#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct FailingRow {
-    /// The outbox row id (what retry and set-aside take).
-    pub id: i64,
-    /// The event id (`ce_id`).
-    pub event_id: Uuid,
-    /// The event type (`ce_type`).
-    pub event_type: String,
-    /// The record key: the user id.
-    pub key: String,
-    /// When the event happened.
-    pub occurred_at: DateTime<Utc>,
-    /// Failed publishing attempts.
-    pub attempts: i32,
-    /// Why the last attempt failed.
-    pub last_error: Option<String>,
-    /// When the relay tries it again.
-    pub next_attempt_at: Option<DateTime<Utc>>,
-    /// Later rows of its key that wait for it.
-    pub waiting_rows: i64,
-}
-
-/// A [`FailingRow`]'s columns, from `outbox failing`.
-const FAILING_ROW: &str = "id, event_id, event_type, subject AS key, occurred_at, attempts, last_error, \
-    next_attempt_at, (SELECT count(*) FROM outbox later WHERE later.subject = failing.subject \
-    AND later.id > failing.id AND later.published_at IS NULL AND later.set_aside_at IS NULL) AS waiting_rows";
-
-/// A failing row: pending (neither published nor set aside), and failed at
-/// least once.
-const IS_FAILING: &str = "published_at IS NULL AND set_aside_at IS NULL AND attempts > 0";
-
-/// Pending rows whose publishing failed at least once, oldest first, at
-/// most `limit`.
-///
-/// # Errors
-///
-/// The database error.
-pub async fn failing_rows(pool: &PgPool, limit: i64) -> Result<Vec<FailingRow>, sqlx::Error> {
-    let query = format!("SELECT {FAILING_ROW} FROM outbox failing WHERE {IS_FAILING} ORDER BY id LIMIT $1");
-    sqlx::query_as(&query).bind(limit).fetch_all(pool).await
-}
-
-/// Makes failing row `id` due now (after the cause was fixed: a deploy
-/// that knows its event type, say) and wakes the relay. Returns the row,
-/// or `None` when no pending row with that id has failed.
-///
-/// # Errors
-///
-/// The database error.
-pub async fn retry_now(pool: &PgPool, id: i64) -> Result<Option<FailingRow>, sqlx::Error> {
-    let query = format!(
-        "UPDATE outbox failing SET next_attempt_at = now() WHERE id = $1 AND {IS_FAILING} RETURNING {FAILING_ROW}"
-    );
-    let row = sqlx::query_as(&query).bind(id).fetch_optional(pool).await?;
-    if row.is_some() {
-        notify(pool).await;
-    }
-    Ok(row)
-}
-
-/// Sets failing row `id` aside: it is never published, the later rows of
-/// its key flow again, and the row stays in the outbox with `set_aside_at`
-/// and `reason` as the record of it. Wakes the relay. Returns the row as it
-/// was, or `None` when no pending row with that id has failed.
-///
-/// # Errors
-///
-/// The database error.
-pub async fn set_aside(pool: &PgPool, id: i64, reason: &str) -> Result<Option<FailingRow>, sqlx::Error> {
-    let query = format!(
-        "UPDATE outbox failing SET set_aside_at = now(), set_aside_reason = $2 WHERE id = $1 AND {IS_FAILING} \
-         RETURNING {FAILING_ROW}"
-    );
-    let row: Option<FailingRow> = sqlx::query_as(&query)
-        .bind(id)
-        .bind(reason)
-        .fetch_optional(pool)
-        .await?;
-    if let Some(row) = &row {
-        tracing::warn!(outbox_id = row.id, event_id = %row.event_id, key = row.key, reason, "outbox row set aside; it will not be published");
-        notify(pool).await;
-    }
-    Ok(row)
-}
 
 #[derive(sqlx::FromRow)]
 struct PendingRow {
@@ -290,18 +79,7 @@ pub struct Relay {
     ///
     /// [`DatabaseSettings::statement_deadline`]: service_common::configuration::DatabaseSettings::statement_deadline
     statement_deadline: Option<Duration>,
-    /// The outbox's gauges.
-    metrics: RelayMetrics,
-    /// When the pending-rows metrics were last measured: during a catch-up
-    /// they are measured at most every [`PENDING_METRICS_INTERVAL`], since
-    /// counting a large backlog costs more than reading a batch of it.
-    measured_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
-
-/// How often the pending-rows metrics are measured while the relay reads
-/// full batches (catching up); a read that finds less than a batch always
-/// measures them (the backlog is small then).
-const PENDING_METRICS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What became of an outbox row in a batch the relay sent.
 struct DeliveryResult {
@@ -388,66 +166,11 @@ impl Window {
     }
 }
 
-/// The relay's metrics:
-///
-/// - `outbox_pending_rows`: rows not yet published, as of the last read
-///   that found less than a batch, or at most a second old while the relay
-///   catches up;
-/// - `outbox_oldest_pending_age_seconds`: age of the oldest of them (0 when
-///   none), measured with it;
-/// - `outbox_failing_rows`: pending rows whose publishing failed at least
-///   once (each holds back its key's later rows), measured with them;
-/// - `outbox_oldest_failing_age_seconds`: age of the oldest of those (0 when
-///   none);
-///
-/// (What it publishes is counted by the [`EventProducer`] itself.) While no
-/// instance is elected (or the database is down) they stand still.
-#[derive(Clone)]
-pub struct RelayMetrics {
-    pending: Gauge,
-    oldest_age: Gauge<f64, AtomicU64>,
-    failing: Gauge,
-    oldest_failing_age: Gauge<f64, AtomicU64>,
-}
-
-impl RelayMetrics {
-    /// The metrics, registered in `registry`.
-    pub fn new(registry: &mut Registry) -> Self {
-        let metrics = Self {
-            pending: Gauge::default(),
-            oldest_age: Gauge::default(),
-            failing: Gauge::default(),
-            oldest_failing_age: Gauge::default(),
-        };
-        registry.register(
-            "outbox_pending_rows",
-            "Outbox rows not yet published",
-            metrics.pending.clone(),
-        );
-        registry.register(
-            "outbox_oldest_pending_age_seconds",
-            "Age of the oldest outbox row not yet published",
-            metrics.oldest_age.clone(),
-        );
-        registry.register(
-            "outbox_failing_rows",
-            "Outbox rows not yet published whose publishing failed; each holds back its key",
-            metrics.failing.clone(),
-        );
-        registry.register(
-            "outbox_oldest_failing_age_seconds",
-            "Age of the oldest outbox row whose publishing failed",
-            metrics.oldest_failing_age.clone(),
-        );
-        metrics
-    }
-}
-
 impl Relay {
     /// A relay over the outbox of `pool`'s database, configured by
     /// `settings.outbox`, `settings.kafka` and `settings.database`'s
     /// statement timeout.
-    pub fn new(pool: PgPool, producer: EventProducer, settings: &Settings, metrics: RelayMetrics) -> Self {
+    pub fn new(pool: PgPool, producer: EventProducer, settings: &Settings) -> Self {
         let outbox = &settings.outbox;
         Self {
             pool,
@@ -458,8 +181,6 @@ impl Relay {
             stalled_after: Duration::from_millis(settings.kafka.request_timeout_ms),
             poll_interval: Duration::from_millis(outbox.poll_interval_ms),
             statement_deadline: settings.database.statement_deadline(),
-            metrics,
-            measured_at: std::sync::Mutex::new(None),
         }
     }
 
@@ -759,8 +480,7 @@ impl Relay {
 
     /// Up to `limit` pending rows in `id` order, leaving out those in
     /// flight and those of a key whose earliest failing row is not due yet
-    /// (that row included); updates the pending-rows metrics when the read
-    /// found fewer, or [`PENDING_METRICS_INTERVAL`] after the last time.
+    /// (that row included).
     async fn pending_rows(
         &self,
         connection: &mut PgConnection,
@@ -768,7 +488,7 @@ impl Relay {
         limit: usize,
     ) -> Result<Vec<PendingRow>, RelayError> {
         let in_flight: Vec<i64> = in_flight.iter().copied().collect();
-        let rows = sqlx::query_as(
+        sqlx::query_as(
             "SELECT id, event_id, event_type, subject, occurred_at, data, traceparent FROM outbox pending \
              WHERE published_at IS NULL AND set_aside_at IS NULL AND id <> ALL($2) \
                AND NOT EXISTS (SELECT 1 FROM outbox failing \
@@ -781,11 +501,7 @@ impl Relay {
         .bind(&in_flight)
         .fetch_all(&mut *connection)
         .await
-        .map_err(RelayError::Database)?;
-        if rows.len() < limit || self.measure_due() {
-            self.measure_pending(connection).await?;
-        }
-        Ok(rows)
+        .map_err(RelayError::Database)
     }
 
     /// Hands `rows` to client `generation` in `id` order before it returns,
@@ -912,34 +628,9 @@ impl Relay {
                 .map_err(RelayError::Database)?;
         }
         if !failed.is_empty() {
-            let ids: Vec<i64> = failed.iter().map(|(id, _)| *id).collect();
-            let errors: Vec<&str> = failed.iter().map(|(_, error)| error.as_str()).collect();
-            let recorded: Vec<(i64, Uuid, String, String, i32, f64, String)> = sqlx::query_as(
-                "UPDATE outbox o SET attempts = o.attempts + 1, last_error = f.error, \
-                   next_attempt_at = now() + make_interval(secs => least($3 * 2 ^ least(o.attempts, 30), $4)) \
-                 FROM UNNEST($1::bigint[], $2::text[]) AS f(id, error) WHERE o.id = f.id \
-                 RETURNING o.id, o.event_id, o.event_type, o.subject, o.attempts, \
-                   EXTRACT(EPOCH FROM o.next_attempt_at - now())::float8, o.last_error",
-            )
-            .bind(&ids)
-            .bind(&errors)
-            .bind(FAILED_ROW_FIRST_BACKOFF.as_secs_f64())
-            .bind(FAILED_ROW_MAX_BACKOFF.as_secs_f64())
-            .fetch_all(&mut *connection)
-            .await
-            .map_err(RelayError::Database)?;
-            for (id, event_id, event_type, key, attempts, retry_in, error) in recorded {
-                tracing::warn!(
-                    outbox_id = id,
-                    %event_id,
-                    event_type,
-                    key,
-                    attempts,
-                    retry_in_secs = retry_in,
-                    error,
-                    "outbox row not published; its key's later rows wait for it (GET /outbox/failing)"
-                );
-            }
+            failing::record_failures(connection, &failed)
+                .await
+                .map_err(RelayError::Database)?;
         }
         if stalled_before > 0 && in_flight.stalled() == 0 {
             tracing::info!("the outbox rows that waited for their delivery reports are settled");
@@ -951,43 +642,6 @@ impl Relay {
             );
         }
         Ok(failed.is_empty() && held_back == 0)
-    }
-}
-
-impl Relay {
-    /// Updates `outbox_pending_rows` and `outbox_oldest_pending_age_seconds`
-    /// (the partial index on unpublished rows keeps this cheap).
-    /// Whether [`PENDING_METRICS_INTERVAL`] has passed since the last
-    /// measurement.
-    fn measure_due(&self) -> bool {
-        self.measured_at
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .is_none_or(|at| at.elapsed() >= PENDING_METRICS_INTERVAL)
-    }
-
-    async fn measure_pending(&self, connection: &mut PgConnection) -> Result<(), RelayError> {
-        let (pending, oldest_age, failing, oldest_failing_age): (i64, Option<f64>, i64, Option<f64>) = sqlx::query_as(
-            "SELECT count(*), EXTRACT(EPOCH FROM now() - min(occurred_at))::float8, \
-                   count(*) FILTER (WHERE attempts > 0), \
-                   EXTRACT(EPOCH FROM now() - min(occurred_at) FILTER (WHERE attempts > 0))::float8 \
-                 FROM outbox WHERE published_at IS NULL AND set_aside_at IS NULL",
-        )
-        .fetch_one(&mut *connection)
-        .await
-        .map_err(RelayError::Database)?;
-        tracing::debug!(pending, failing, "outbox pending rows measured");
-        self.metrics.pending.set(pending);
-        self.metrics.oldest_age.set(oldest_age.unwrap_or(0.0).max(0.0));
-        self.metrics.failing.set(failing);
-        self.metrics
-            .oldest_failing_age
-            .set(oldest_failing_age.unwrap_or(0.0).max(0.0));
-        *self
-            .measured_at
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(std::time::Instant::now());
-        Ok(())
     }
 }
 
