@@ -25,6 +25,17 @@ pub enum ApiError {
     /// `404 not_found`.
     #[error("no such resource")]
     NotFound,
+    /// `409 conflict`: the outbox row is due, so the relay may be
+    /// publishing it now.
+    #[error(
+        "the row is due (next attempt {}), so the relay may be publishing it now; \
+         set it aside once this attempt failed",
+        next_attempt_at.map_or_else(|| "unknown".to_owned(), |at| at.to_rfc3339())
+    )]
+    Due {
+        /// When it was due.
+        next_attempt_at: Option<chrono::DateTime<chrono::Utc>>,
+    },
     /// `429 too_many_requests` with `Retry-After` (whole seconds, rounded
     /// up): too many login attempts from this address or for this username.
     #[error("too many login attempts; retry in {} s", retry_after_secs(.0))]
@@ -38,7 +49,7 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Conflict(_) | ApiError::Due { .. } => StatusCode::CONFLICT,
             ApiError::InvalidCredentials => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
@@ -50,7 +61,7 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let code = match self {
             ApiError::Validation(_) => "validation_failed",
-            ApiError::Conflict(_) => "conflict",
+            ApiError::Conflict(_) | ApiError::Due { .. } => "conflict",
             ApiError::InvalidCredentials => "invalid_credentials",
             ApiError::Forbidden => "forbidden",
             ApiError::NotFound => "not_found",

@@ -80,29 +80,56 @@ pub async fn retry_now(pool: &PgPool, id: i64) -> Result<Option<FailingRow>, sql
     Ok(row)
 }
 
+/// What [`set_aside`] did.
+#[derive(Debug)]
+pub enum SetAside {
+    /// The row, as it was, is set aside.
+    Done(FailingRow),
+    /// The row is due, so the relay may be publishing it now: it is left as
+    /// it was. Once this attempt fails it is due again later
+    /// (`next_attempt_at`), and can be set aside then.
+    Due(FailingRow),
+    /// No pending row with that id has failed.
+    NotFailing,
+}
+
+/// How far ahead a failing row must be due for [`set_aside`] to take it:
+/// the relay reads a row once it is due, so a row due later than this is
+/// not in flight, and will not be read before the set-aside commits (the
+/// `UPDATE` would have to take longer than this).
+const SET_ASIDE_MARGIN_SECS: f64 = 1.0;
+
 /// Sets failing row `id` aside: it is never published, the later rows of
 /// its key flow again, and the row stays in the outbox with `set_aside_at`
-/// and `reason` as the record of it. Wakes the relay. Returns the row as it
-/// was, or `None` when no pending row with that id has failed.
+/// and `reason` as the record of it. Wakes the relay.
+///
+/// Only a row that is not due (within a second) is taken:
+/// a due row may be in flight, and its record delivered after it was set
+/// aside ([`SetAside::Due`]).
 ///
 /// # Errors
 ///
 /// The database error.
-pub async fn set_aside(pool: &PgPool, id: i64, reason: &str) -> Result<Option<FailingRow>, sqlx::Error> {
+pub async fn set_aside(pool: &PgPool, id: i64, reason: &str) -> Result<SetAside, sqlx::Error> {
     let query = format!(
         "UPDATE outbox failing SET set_aside_at = now(), set_aside_reason = $2 WHERE id = $1 AND {IS_FAILING} \
+           AND next_attempt_at > clock_timestamp() + make_interval(secs => $3) \
          RETURNING {FAILING_ROW}"
     );
     let row: Option<FailingRow> = sqlx::query_as(&query)
         .bind(id)
         .bind(reason)
+        .bind(SET_ASIDE_MARGIN_SECS)
         .fetch_optional(pool)
         .await?;
-    if let Some(row) = &row {
+    if let Some(row) = row {
         tracing::warn!(outbox_id = row.id, event_id = %row.event_id, key = row.key, reason, "outbox row set aside; it will not be published");
         notify(pool).await;
+        return Ok(SetAside::Done(row));
     }
-    Ok(row)
+    let query = format!("SELECT {FAILING_ROW} FROM outbox failing WHERE id = $1 AND {IS_FAILING}");
+    let due: Option<FailingRow> = sqlx::query_as(&query).bind(id).fetch_optional(pool).await?;
+    Ok(due.map_or(SetAside::NotFailing, SetAside::Due))
 }
 
 /// Records one failed attempt of each row in `failed` (outbox id, error):

@@ -14,7 +14,7 @@ use utoipa::ToSchema;
 
 use crate::domain::ValidationError;
 use crate::error::ApiError;
-use crate::outbox::{self, FailingRow};
+use crate::outbox::{self, FailingRow, SetAside};
 
 /// Most rows `GET /outbox/failing` lists.
 pub const MAX_ROWS: i64 = 500;
@@ -98,7 +98,9 @@ pub async fn retry(
 /// not delivered, so use this only for an event that must not or cannot be
 /// published, and say why.
 ///
-/// `200` with the row as it was; `422` for an empty or overlong reason;
+/// `200` with the row as it was; `409` when the row is due, so the relay
+/// may be publishing it now (set it aside once that attempt failed, after
+/// which it is due again later); `422` for an empty or overlong reason;
 /// `404` and `401`/`403` as for retry.
 #[utoipa::path(
     post,
@@ -113,6 +115,7 @@ pub async fn retry(
         (status = 401, description = "`unauthorized`: no valid token", body = ErrorBody),
         (status = 403, description = "`forbidden`: a user token; this needs a service credential", body = ErrorBody),
         (status = 404, description = "`not_found`: no failing row with this id", body = ErrorBody),
+        (status = 409, description = "`conflict`: the row is due, so the relay may be publishing it now", body = ErrorBody),
         (status = 413, description = "`payload_too_large`: body over 16 KiB", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`: not `application/json`", body = ErrorBody),
         (status = 422, description = "`validation_failed`: the reason is empty or too long", body = ErrorBody),
@@ -130,10 +133,16 @@ pub async fn set_aside(
         field: "reason",
         rule: "must be 1 to 1000 characters",
     })?;
-    let row = outbox::set_aside(&pool, path.into_inner(), reason)
+    let set_aside = outbox::set_aside(&pool, path.into_inner(), reason)
         .await
         .context("could not set the outbox row aside")?;
-    row.map(|row| HttpResponse::Ok().json(row)).ok_or(ApiError::NotFound)
+    match set_aside {
+        SetAside::Done(row) => Ok(HttpResponse::Ok().json(row)),
+        SetAside::Due(row) => Err(ApiError::Due {
+            next_attempt_at: row.next_attempt_at,
+        }),
+        SetAside::NotFailing => Err(ApiError::NotFound),
+    }
 }
 
 fn require_operator(caller: &Authenticated) -> Result<(), ApiError> {

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use e2e::{create_user, eventually, CreatedUser, TestContext};
 use kafka_service::{Envelope, KafkaSettings, Topic};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
 use reqwest::{Client, StatusCode};
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
@@ -376,14 +378,9 @@ async fn relay_leader(pool: &PgPool) -> Option<i32> {
 /// failed from then on.)
 #[tokio::test]
 async fn the_relay_recovers_from_a_fatal_producer_error() {
-    use rdkafka::mocking::MockCluster;
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
-    let cluster = MockCluster::new(1).unwrap();
-    let context = TestContext::with_broker(cluster.bootstrap_servers());
-    for topic in Topic::ALL {
-        cluster.create_topic(context.topics.name(topic), 8, 1).unwrap();
-    }
+    let (cluster, context) = mock_cluster();
     let producer = context.spawn_producer().await;
     let client = Client::new();
     let kafka = context.kafka();
@@ -428,14 +425,9 @@ async fn the_relay_recovers_from_a_fatal_producer_error() {
 /// topic in outbox order.
 #[tokio::test]
 async fn a_fatal_producer_error_while_sending_reorders_no_key() {
-    use rdkafka::mocking::MockCluster;
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
-    let cluster = MockCluster::new(1).unwrap();
-    let context = TestContext::with_broker(cluster.bootstrap_servers());
-    for topic in Topic::ALL {
-        cluster.create_topic(context.topics.name(topic), 8, 1).unwrap();
-    }
+    let (cluster, context) = mock_cluster();
     // The first run creates the database and its tables.
     context.spawn_producer().await.stop().await.unwrap();
     let pool = context.producer_pool().await;
@@ -536,6 +528,81 @@ async fn a_standby_instance_reports_the_outbox_gauges_too() {
     context.drop_databases().await;
 }
 
+/// An operator cannot set aside a row the relay is publishing (issue 23):
+/// the set-aside would claim the event is never published while its record
+/// is on its way to the broker. The mock cluster refuses the row's first
+/// produce request (`MSG_SIZE_TOO_LARGE`, for good: the row fails and is due
+/// again in a second), then answers after 4 s, so the second attempt is in
+/// flight when the operator asks: `409`. Before, the row was set aside and
+/// published both. Once it is published, it is no longer failing: `404`.
+#[tokio::test]
+async fn a_row_in_flight_cannot_be_set_aside() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+    let (cluster, context) = mock_cluster();
+    let producer = context.spawn_producer().await;
+    let client = Client::new();
+    let user = create_user(&client, &producer.url(), "in-flight").await;
+    let kafka = context.kafka();
+    records_of(&kafka, Topic::NewUserCreated, &user, 1).await;
+    let pool = context.producer_pool().await;
+
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
+    );
+    let token = append_token(&pool, &user).await;
+    producer::outbox::notify(&pool).await;
+    let id: i64 = eventually(Duration::from_secs(10), "the row's first attempt to fail", || async {
+        sqlx::query_scalar("SELECT id FROM outbox WHERE event_id = $1 AND attempts = 1")
+            .bind(token)
+            .fetch_optional(&pool)
+            .await
+            .unwrap()
+    })
+    .await;
+    cluster.broker_round_trip_time(1, Duration::from_secs(4)).unwrap();
+    // Due a second after the failure; the relay reads it within its poll
+    // interval (200 ms), so by then it is in flight for 4 s.
+    eventually(Duration::from_secs(10), "the row's second attempt", || async {
+        let due: bool =
+            sqlx::query_scalar("SELECT next_attempt_at < now() - interval '1 second' FROM outbox WHERE id = $1")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        due.then_some(())
+    })
+    .await;
+    let operator = operator_token();
+    let response = set_aside(&client, &producer.url(), &operator, id, "must not go out").await;
+    assert_eq!(
+        response.status(),
+        StatusCode::CONFLICT,
+        "a row in flight is not set aside"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "conflict", "{body}");
+
+    all_published(&pool, Duration::from_secs(30)).await;
+    let set_aside_at: Option<chrono::DateTime<chrono::Utc>> =
+        sqlx::query_scalar("SELECT set_aside_at FROM outbox WHERE id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(set_aside_at, None, "published, and not set aside");
+    let response = set_aside(&client, &producer.url(), &operator, id, "too late").await;
+    assert_eq!(
+        response.status(),
+        StatusCode::NOT_FOUND,
+        "a published row is not failing"
+    );
+    pool.close().await;
+    producer.stop().await.unwrap();
+    context.drop_databases().await;
+}
+
 /// A backlog of 6000 rows, read 100 at a time (60 reads): the pending rows
 /// are counted about once a second while the relay catches up, not after
 /// every read (counting a large backlog costs more than reading a batch of
@@ -576,6 +643,17 @@ async fn catching_up_on_a_backlog_counts_pending_rows_about_once_a_second() {
     producer.kill().await;
     pool.close().await;
     context.drop_databases().await;
+}
+
+/// librdkafka's mock cluster (one broker) with every topic of a fresh test
+/// context, 8 partitions each; and the context.
+fn mock_cluster() -> (MockCluster<'static, DefaultProducerContext>, TestContext) {
+    let cluster = MockCluster::new(1).unwrap();
+    let context = TestContext::with_broker(cluster.bootstrap_servers());
+    for topic in Topic::ALL {
+        cluster.create_topic(context.topics.name(topic), 8, 1).unwrap();
+    }
+    (cluster, context)
 }
 
 /// Waits up to `timeout` for every outbox row to be marked published.
