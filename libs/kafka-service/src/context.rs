@@ -12,7 +12,7 @@
 //! librdkafka asks for tokens while the client is polled. The producer and
 //! the group consumer are polled continuously; the short-lived metadata
 //! clients poll once before their first request
-//! ([`KafkaContext::base_consumer`]). rdkafka's `AdminClient` never polls the
+//! (`KafkaContext::base_consumer`). rdkafka's `AdminClient` never polls the
 //! queue where token requests arrive (rust-rdkafka issue #757), so under MSK
 //! IAM topic creation fails; see [`crate::admin::ensure_topics`].
 

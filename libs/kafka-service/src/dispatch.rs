@@ -41,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::consumer::{EventConsumer, PartitionLease, Record};
 use crate::error::ConsumeError;
+use crate::settings::ConsumerSettings;
 
 /// What became of a record, as far as its offset is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +83,19 @@ pub struct DispatchSettings {
     /// At shutdown, how long workers may take to finish the record in hand
     /// before they are aborted (their records are then redelivered).
     pub drain_timeout: Duration,
+}
+
+impl DispatchSettings {
+    /// The settings `consumer` gives (`partition_queue_capacity`,
+    /// `max_batch_records`), workers getting `drain_timeout` at shutdown to
+    /// finish the record in hand.
+    pub fn new(consumer: &ConsumerSettings, drain_timeout: Duration) -> Self {
+        Self {
+            queue_capacity: consumer.partition_queue_capacity,
+            max_batch_records: consumer.max_batch_records,
+            drain_timeout,
+        }
+    }
 }
 
 enum Progress {

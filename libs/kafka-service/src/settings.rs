@@ -123,12 +123,12 @@ pub struct ConsumerSettings {
     #[serde(default = "default_commit_interval_ms")]
     pub commit_interval_ms: u64,
     /// Records queued per partition for its worker before the partition is
-    /// paused (see [`crate::dispatch`]).
+    /// paused (see `dispatch`).
     #[serde(default = "default_partition_queue_capacity")]
     pub partition_queue_capacity: usize,
     /// The most records of one partition its worker hands to the handler at
     /// once; the consumer service applies them in one database transaction
-    /// (see [`crate::dispatch`]), so this bounds a transaction's size.
+    /// (see `dispatch`), so this bounds a transaction's size.
     #[serde(default = "default_max_batch_records")]
     pub max_batch_records: usize,
     /// The longest a fetch request waits at the broker for records to
@@ -256,16 +256,6 @@ impl GroupProtocol {
 }
 
 impl ConsumerSettings {
-    /// The dispatcher's settings ([`crate::dispatch`]) from these, workers
-    /// getting `drain_timeout` at shutdown to finish the record in hand.
-    pub fn dispatch(&self, drain_timeout: std::time::Duration) -> crate::dispatch::DispatchSettings {
-        crate::dispatch::DispatchSettings {
-            queue_capacity: self.partition_queue_capacity,
-            max_batch_records: self.max_batch_records,
-            drain_timeout,
-        }
-    }
-
     /// Settings for group `group_id` with every other field at its default.
     pub fn new(group_id: impl Into<String>) -> Self {
         Self {

@@ -82,12 +82,17 @@ pub struct RetrySettings {
     pub orphan_after_ms: Option<u64>,
 }
 
+/// How far past the retry schedule's longest wait a retry copy's
+/// `retry-not-before` may lie before the copy counts as poison: clocks of
+/// the instances that wrote and read it may differ by this much.
+pub const DUE_TIME_MARGIN: Duration = Duration::from_secs(300);
+
 impl RetrySettings {
     /// [`orphan_after_ms`](Self::orphan_after_ms), or its default.
     pub fn orphan_after(&self) -> Duration {
         self.orphan_after_ms
             .map(Duration::from_millis)
-            .unwrap_or(Duration::from_millis(self.topic_max_delay_ms) + crate::delivery::DUE_TIME_MARGIN)
+            .unwrap_or(Duration::from_millis(self.topic_max_delay_ms) + DUE_TIME_MARGIN)
     }
 
     /// The wait before retry round `round` (1-based):

@@ -16,6 +16,8 @@
 //! - [`recovery`]: parked records whose copies were lost, and the
 //!   operator's actions on parked records;
 //! - [`dead_letters`]: reading and redriving dead letters;
+//! - [`dead_letter_requests`]: records an operator asked to dead-letter by
+//!   their offset;
 //! - [`processing`]: the event handlers (one attempt at applying a record);
 //! - [`read_model`]: the read model's queries;
 //! - [`feed`]: the live feed of applied events (Server-Sent Events);
@@ -26,6 +28,7 @@
 #![warn(missing_docs)]
 
 pub mod configuration;
+pub mod dead_letter_requests;
 pub mod dead_letters;
 pub mod delivery;
 pub mod error;

@@ -5,7 +5,7 @@
 use service_common::openapi::BearerAuth;
 use utoipa::OpenApi;
 
-use crate::routes::{dead_letters, events, health, parked, users};
+use crate::routes::{dead_letters, events, health, parked, records, users};
 
 /// The document.
 #[derive(OpenApi)]
@@ -25,6 +25,7 @@ use crate::routes::{dead_letters, events, health, parked, users};
         parked::list,
         parked::release,
         parked::dead_letter,
+        records::dead_letter,
         events::stream,
         health::live,
         health::ready,
@@ -35,6 +36,7 @@ use crate::routes::{dead_letters, events, health, parked, users};
         (name = "users", description = "The read model"),
         (name = "dead letters", description = "Operating the dead-letter topic (service credential)"),
         (name = "parked", description = "Records parked on the retry topic: list, release, dead-letter (service credential)"),
+        (name = "records", description = "Consumed records by topic, partition and offset: dead-letter one that no handling gets past (service credential)"),
         (name = "events", description = "The live feed of applied events"),
         (name = "health", description = "Liveness and readiness"),
         (name = "operations", description = "Metrics"),

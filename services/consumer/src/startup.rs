@@ -14,6 +14,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::configuration::Settings;
+use crate::dead_letter_requests::DeadLetterRequests;
 use crate::delivery::{Delivery, DeliveryMetrics};
 use crate::feed::Feed;
 use crate::openapi;
@@ -23,7 +24,7 @@ use crate::producer_client::ProducerClient;
 use crate::recovery::Recovery;
 use crate::routes::events::{self, StreamsClosed};
 use crate::routes::health::{self, StallCheck};
-use crate::routes::{dead_letters, parked, users};
+use crate::routes::{dead_letters, parked, records, users};
 
 /// The consumer: HTTP server and processing loop, ready to run.
 pub struct Application {
@@ -35,6 +36,9 @@ pub struct Application {
     delivery: Delivery,
     /// Copies again parked records whose copy was lost; measures parking.
     recovery: Recovery,
+    /// Records an operator asked to dead-letter, read again in the
+    /// background.
+    requests: DeadLetterRequests,
     producer: EventProducer,
     monitor: GroupMonitor,
 }
@@ -79,6 +83,9 @@ impl Application {
             &mut registry,
         );
         let metrics = Metrics::new(registry);
+        let requests = DeadLetterRequests::load(pool.clone(), database_deadline)
+            .await
+            .context("could not read the dead-letter requests")?;
         let topics = &settings.kafka.topics;
         let stall = StallCheck {
             monitor: monitor.clone(),
@@ -102,6 +109,7 @@ impl Application {
                 kafka: settings.kafka.clone(),
                 stall,
                 recovery: recovery.clone(),
+                requests: requests.clone(),
                 feed: feed.clone(),
                 streams_closed: StreamsClosed(streams_closed.clone()),
             },
@@ -114,6 +122,7 @@ impl Application {
             topics.clone(),
             settings.retry.clone(),
             delivery_metrics,
+            requests.clone(),
         );
         Ok(Self {
             port,
@@ -122,6 +131,7 @@ impl Application {
             settings,
             delivery,
             recovery,
+            requests,
             producer,
             monitor,
         })
@@ -149,6 +159,7 @@ impl Application {
         let mut server = tokio::spawn(self.server);
         let mut consumer = tokio::spawn(consume(self.settings, self.delivery, self.monitor, shutdown.clone()));
         tokio::spawn(self.recovery.run(shutdown.clone()));
+        tokio::spawn(self.requests.run(shutdown.clone()));
         let outcome = tokio::select! {
             () = shutdown.cancelled() => Ok(()),
             result = &mut server => result.context("http server panicked")?.context("http server failed"),
@@ -217,7 +228,7 @@ async fn consume(
         .timeout()
         .saturating_sub(COMMIT_RESERVE)
         .max(Duration::from_secs(1));
-    let dispatch_settings = settings.consumer.dispatch(drain_timeout);
+    let dispatch_settings = dispatch::DispatchSettings::new(&settings.consumer, drain_timeout);
     dispatch::run(consumer, delivery, dispatch_settings, shutdown)
         .await
         .context("final offset commit failed")
@@ -234,6 +245,7 @@ struct AppData {
     kafka: KafkaSettings,
     stall: StallCheck,
     recovery: Recovery,
+    requests: DeadLetterRequests,
 }
 
 fn run_server(listener: TcpListener, metrics: Metrics, drain: Duration, data: AppData) -> std::io::Result<Server> {
@@ -244,6 +256,7 @@ fn run_server(listener: TcpListener, metrics: Metrics, drain: Duration, data: Ap
     let kafka = web::Data::new(data.kafka);
     let stall = web::Data::new(data.stall);
     let recovery = web::Data::new(data.recovery);
+    let requests = web::Data::new(data.requests);
     let feed = web::Data::new(data.feed);
     let streams_closed = web::Data::new(data.streams_closed);
     service_common::server::serve(listener, metrics, drain, move |config| {
@@ -254,6 +267,7 @@ fn run_server(listener: TcpListener, metrics: Metrics, drain: Duration, data: Ap
             .app_data(producer.clone())
             .app_data(kafka.clone())
             .app_data(recovery.clone())
+            .app_data(requests.clone())
             .app_data(stall.clone())
             .app_data(feed.clone())
             .app_data(streams_closed.clone())
@@ -265,6 +279,7 @@ fn run_server(listener: TcpListener, metrics: Metrics, drain: Duration, data: Ap
             .route("/parked", web::get().to(parked::list))
             .route("/parked/release", web::post().to(parked::release))
             .route("/parked/dead-letter", web::post().to(parked::dead_letter))
+            .route("/records/dead-letter", web::post().to(records::dead_letter))
             .route("/events/stream", web::get().to(events::stream))
             .route("/feed", web::get().to(events::page))
             .route("/feed.js", web::get().to(events::script))

@@ -4,6 +4,7 @@ pub mod dead_letters;
 pub mod events;
 pub mod health;
 pub mod parked;
+pub mod records;
 pub mod users;
 
 use service_common::auth::{Authenticated, Principal};

@@ -165,6 +165,90 @@ async fn poison_records_are_dead_lettered_and_the_records_behind_them_processed(
     context.drop_databases().await;
 }
 
+/// An operator dead-letters a record by its topic, partition and offset
+/// (issue 23): for a record that stops its partition on every member in
+/// turn, such as one whose handler panics. The request goes through a
+/// member that reaches no broker, so nothing consumes meanwhile; the member
+/// that then takes the partition dead-letters the record (`permanent`,
+/// with the operator's reason) without handling it, and applies the record
+/// behind it. Before, no operator action skipped a record by its offset.
+#[tokio::test]
+async fn an_operator_dead_letters_a_record_by_its_offset_and_its_partition_moves_on() {
+    let _serial = crate::one_at_a_time().await;
+    let (context, consumer, pool, [a, _]) = two_users_applied().await;
+    consumer.terminate(Duration::from_secs(20)).await;
+    let kafka = context.kafka();
+    let topic = kafka.topics.name(Topic::IssuedToken).to_owned();
+    let records = EventProducer::new(&kafka, "stuck").unwrap();
+    let (stuck, behind) = (envelope_of(&token_issued(a)), envelope_of(&token_issued(a)));
+    let at = records.send(&topic, &stuck).await.unwrap();
+    records.send(&topic, &behind).await.unwrap();
+
+    let cut_off = context
+        .start_consumer_process(NO_PRODUCER, &[("APP_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:1")])
+        .await;
+    let client = Client::new();
+    let ask = |token: String, record: Value| {
+        let request = client
+            .post(format!("{}/records/dead-letter", cut_off.url()))
+            .bearer_auth(token)
+            .json(&json!({"record": record, "reason": "its handler panics"}));
+        async move { request.send().await.unwrap() }
+    };
+    let operator = e2e::token_keys().service_token("operator").expose_secret().to_owned();
+    let record = json!({"topic": topic, "partition": at.partition, "offset": at.offset});
+    let user = e2e::token_keys()
+        .issue_user_token(a, chrono::Duration::minutes(5))
+        .token;
+    assert_eq!(
+        ask(user.expose_secret().to_owned(), record.clone()).await.status(),
+        403,
+        "a user token"
+    );
+    let retry = json!({"topic": kafka.topics.name(Topic::Retry), "partition": 0, "offset": 0});
+    assert_eq!(ask(operator.clone(), retry).await.status(), 422, "not an event topic");
+    let response = ask(operator, record).await;
+    assert_eq!(response.status(), 202);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["reason"], "its handler panics", "{body}");
+    cut_off.kill().await;
+
+    let consumer = context.start_consumer_process(NO_PRODUCER, &[]).await;
+    wait_for_processed(&pool, 3, Duration::from_secs(30)).await;
+    let dead = eventually(Duration::from_secs(30), "the dead letter", || async {
+        let dead = dead_letters(&context).await;
+        (!dead.is_empty()).then_some(dead)
+    })
+    .await;
+    assert_eq!(dead.len(), 1, "one dead letter");
+    assert_eq!(header_text(&dead[0], header::ORIGIN_TOPIC), topic);
+    assert_eq!(
+        header_text(&dead[0], header::ORIGIN_PARTITION),
+        at.partition.to_string()
+    );
+    assert_eq!(header_text(&dead[0], header::ORIGIN_OFFSET), at.offset.to_string());
+    assert_eq!(header_text(&dead[0], header::ERROR_CLASS), "permanent");
+    assert_eq!(
+        header_text(&dead[0], header::ERROR_MESSAGE),
+        "dead-lettered by an operator: its handler panics"
+    );
+    let applied: Vec<uuid::Uuid> = sqlx::query_scalar("SELECT event_id FROM processed_events WHERE topic = $1")
+        .bind(&topic)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        applied,
+        vec![behind.id],
+        "the record behind is applied, the dead-lettered one is not"
+    );
+    assert_offsets_at_end(&context).await;
+
+    consumer.kill().await;
+    pool.close().await;
+    context.drop_databases().await;
+}
+
 /// A fresh context whose consumer (not knowing the producer) has applied
 /// the creation of two users; the pool is the consumer's database.
 async fn two_users_applied() -> (TestContext, ServiceProcess, PgPool, [uuid::Uuid; 2]) {
