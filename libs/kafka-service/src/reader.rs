@@ -89,6 +89,41 @@ impl PartitionReader {
         .await
     }
 
+    /// The offset of the first record of `partition` of `topic` whose
+    /// timestamp is `timestamp_ms` (milliseconds since the epoch) or later;
+    /// the high watermark when there is none (`ListOffsets` by time).
+    ///
+    /// # Errors
+    ///
+    /// [`AdminError::Broker`] when the broker does not answer within
+    /// `request_timeout_ms`.
+    pub async fn offset_at(&self, topic: &str, partition: i32, timestamp_ms: i64) -> Result<i64, AdminError> {
+        let topic = topic.to_owned();
+        self.blocking(move |consumer, timeout| {
+            let broker = |context: &str| {
+                let context = format!("{context} {topic}[{partition}]");
+                move |source| AdminError::Broker { context, source }
+            };
+            let mut times = TopicPartitionList::with_capacity(1);
+            times
+                .add_partition_offset(&topic, partition, Offset::Offset(timestamp_ms))
+                .map_err(broker("could not ask for the offset by time of"))?;
+            let offsets = consumer
+                .offsets_for_times(times, timeout)
+                .map_err(broker("could not find the offset by time of"))?;
+            match offsets.find_partition(&topic, partition).map(|found| found.offset()) {
+                Some(Offset::Offset(offset)) => Ok(offset),
+                _ => {
+                    let (_, high) = consumer
+                        .fetch_watermarks(&topic, partition, timeout)
+                        .map_err(broker("could not fetch watermarks of"))?;
+                    Ok(high)
+                }
+            }
+        })
+        .await
+    }
+
     async fn blocking<T: Send + 'static>(
         &self,
         read: impl FnOnce(&BaseConsumer<KafkaContext>, Duration) -> Result<T, AdminError> + Send + 'static,

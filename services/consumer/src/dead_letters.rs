@@ -246,3 +246,40 @@ fn existing_partition(partition: i32, count: i32) -> Result<i32, DeadLetterError
         Err(DeadLetterError::NoPartition { partition, count })
     }
 }
+
+/// How far before a dead-lettering's time its copy's timestamp may lie
+/// ([`find_copy`]): the copy is timestamped when it is produced, after the
+/// decision, by the same instance's clock; this leaves room for a clock
+/// step.
+const COPY_TIME_MARGIN: chrono::TimeDelta = chrono::TimeDelta::minutes(1);
+
+/// Where on `topic` (the dead-letter topic) a copy of the record from
+/// `origin` is, among the records timestamped from `since` (less
+/// a minute) on; `None` when there is none. Every partition is
+/// searched, from the offset of that time (`ListOffsets`) to its end.
+///
+/// # Errors
+///
+/// [`AdminError::Broker`] when the broker does not answer.
+pub async fn find_copy(
+    reader: &PartitionReader,
+    topic: &str,
+    origin: &Origin,
+    since: chrono::DateTime<chrono::Utc>,
+) -> Result<Option<Position>, AdminError> {
+    let from = (since - COPY_TIME_MARGIN).timestamp_millis();
+    for partition in 0..reader.partition_count(topic).await? {
+        let offset = reader.offset_at(topic, partition, from).await?;
+        let records = reader.read(topic, partition, offset, usize::MAX).await?;
+        if let Some(copy) = records
+            .iter()
+            .find(|record| Origin::of(record).is_ok_and(|of| of == *origin))
+        {
+            return Ok(Some(Position {
+                partition,
+                offset: copy.offset,
+            }));
+        }
+    }
+    Ok(None)
+}

@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use kafka_service::failure::{self, Origin, RetryHeaders};
+use kafka_service::failure::{self, DeadLetterHeaders, FailureClass, Origin, RetryHeaders};
 use kafka_service::Record;
 use service_common::database::bounded;
 use sqlx::PgPool;
@@ -33,6 +33,11 @@ pub enum Position {
     /// `parked_records`. Whoever wrote it, it must neither be applied in the
     /// parked record's place nor end that record's parking.
     Forged(String),
+    /// Its dead-lettering was decided ([`Parking::dead_lettering`]) but
+    /// not finished: the dead-letter copy may or may not be out, and the
+    /// record is still parked. Finish it, with these headers; never apply
+    /// it.
+    DeadLettering(DeadLetterHeaders),
 }
 
 /// A parked record as `parked_records` keeps it.
@@ -137,6 +142,12 @@ impl From<ParkedRow> for Parked {
 /// forgeries.
 #[derive(sqlx::FromRow)]
 struct KeptRecord {
+    /// The dead-lettering decided for it, if any: class, attempts, reason
+    /// and time.
+    dead_letter_class: Option<String>,
+    dead_letter_attempts: Option<i32>,
+    dead_letter_reason: Option<String>,
+    dead_lettered_at: Option<DateTime<Utc>>,
     record_key: Option<Vec<u8>>,
     /// `None` for a row parked before records were kept: only the key can
     /// be compared then.
@@ -146,6 +157,22 @@ struct KeptRecord {
 }
 
 impl KeptRecord {
+    /// The dead-letter headers decided for the record from `origin`, when
+    /// its dead-lettering was decided.
+    fn dead_lettering(&self, origin: &Origin) -> Option<DeadLetterHeaders> {
+        Some(DeadLetterHeaders {
+            origin: origin.clone(),
+            class: self
+                .dead_letter_class
+                .as_deref()?
+                .parse()
+                .unwrap_or(FailureClass::Permanent),
+            attempts: u32::try_from(self.dead_letter_attempts?).unwrap_or_default(),
+            error: self.dead_letter_reason.clone()?,
+            failed_at: self.dead_lettered_at?,
+        })
+    }
+
     /// What of `copy` differs from this record (`key`, `value` or
     /// `headers`), if anything. Failure headers are not compared: every
     /// copy has its own.
@@ -402,7 +429,8 @@ impl Parking {
     pub async fn position(&self, origin: &Origin, copy: &Record) -> sqlx::Result<Position> {
         bounded(self.deadline, async {
             let kept: Option<KeptRecord> = sqlx::query_as(
-                "SELECT record_key, record_value, header_names, header_values FROM parked_records \
+                "SELECT record_key, record_value, header_names, header_values, dead_letter_class, \
+                   dead_letter_attempts, dead_letter_reason, dead_lettered_at FROM parked_records \
                  WHERE origin_topic = $1 AND origin_partition = $2 AND origin_offset = $3",
             )
             .bind(&origin.topic)
@@ -417,6 +445,9 @@ impl Parking {
                 return Ok(Position::Forged(format!(
                     "forged retry copy: its {difference} differs from the parked record {origin} it names"
                 )));
+            }
+            if let Some(headers) = kept.dead_lettering(origin) {
+                return Ok(Position::DeadLettering(headers));
             }
             let Some(key) = kept.record_key else {
                 return Ok(Position::Head);
@@ -439,6 +470,36 @@ impl Parking {
             } else {
                 Position::Behind(head.to_string())
             })
+        })
+        .await
+    }
+
+    /// Records that the record from `origin` is to be dead-lettered with
+    /// `headers`, before its copy is produced: until it is unparked, a
+    /// copy of it read from the retry topic finishes that
+    /// ([`Position::DeadLettering`]) instead of being tried. Nothing
+    /// happens when it is not parked.
+    ///
+    /// # Errors
+    ///
+    /// When the database fails or does not answer within the deadline.
+    pub async fn dead_lettering(&self, origin: &Origin, headers: &DeadLetterHeaders) -> sqlx::Result<()> {
+        bounded(self.deadline, async {
+            sqlx::query(
+                "UPDATE parked_records SET dead_letter_class = $4, dead_letter_attempts = $5, \
+                   dead_letter_reason = $6, dead_lettered_at = $7 \
+                 WHERE origin_topic = $1 AND origin_partition = $2 AND origin_offset = $3",
+            )
+            .bind(&origin.topic)
+            .bind(origin.partition)
+            .bind(origin.offset)
+            .bind(headers.class.as_str())
+            .bind(i32::try_from(headers.attempts).unwrap_or(i32::MAX))
+            .bind(&headers.error)
+            .bind(headers.failed_at)
+            .execute(&self.pool)
+            .await
+            .map(drop)
         })
         .await
     }

@@ -1,12 +1,14 @@
 //! Builds the application and runs it until shutdown.
 
 use std::net::TcpListener;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::web;
 use anyhow::Context;
 use kafka_service::dispatch;
+use kafka_service::reader::PartitionReader;
 use kafka_service::{EventConsumer, EventProducer, GroupMonitor, KafkaSettings, Topic};
 use service_common::auth::TokenKeys;
 use service_common::metrics::{Metrics, Registry};
@@ -15,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::configuration::Settings;
 use crate::dead_letter_requests::DeadLetterRequests;
-use crate::delivery::{Delivery, DeliveryMetrics};
+use crate::delivery::{Copies, Delivery, DeliveryMetrics};
 use crate::feed::Feed;
 use crate::openapi;
 use crate::parking::Parking;
@@ -118,8 +120,11 @@ impl Application {
         let delivery = Delivery::new(
             Handler::new(pool.clone(), producer_client, feed, handling_deadline),
             Parking::new(pool, database_deadline),
-            producer.clone(),
-            topics.clone(),
+            Copies {
+                producer: producer.clone(),
+                reader: Arc::new(PartitionReader::new(&settings.kafka).context("invalid configuration: kafka")?),
+                topics: topics.clone(),
+            },
             settings.retry.clone(),
             delivery_metrics,
             requests.clone(),

@@ -196,3 +196,45 @@ fn first_ephemeral_port() -> u16 {
         .filter(|&port: &u16| port > 12_000)
         .unwrap_or(32_768)
 }
+
+/// Runs `action` on the broker in `slot` on a blocking thread (starting and
+/// stopping nodes waits on `scripts/broker.sh`), and puts the broker back.
+///
+/// # Panics
+///
+/// When `slot` is empty.
+pub async fn on_blocking_thread(slot: &mut Option<Broker>, action: impl FnOnce(&mut Broker) + Send + 'static) {
+    let mut broker = slot.take().expect("a broker");
+    let broker = tokio::task::spawn_blocking(move || {
+        action(&mut broker);
+        broker
+    })
+    .await
+    .expect("the broker action panicked");
+    *slot = Some(broker);
+}
+
+/// The node that leads `partition` of `topic`, from the metadata of the
+/// brokers at `bootstrap_servers`: `None` when the partition has no leader
+/// or no broker answers within 5 s.
+pub async fn leader_of(bootstrap_servers: String, topic: String, partition: i32) -> Option<u8> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    tokio::task::spawn_blocking(move || {
+        let client: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", bootstrap_servers)
+            .create()
+            .ok()?;
+        let metadata = client
+            .fetch_metadata(Some(&topic), std::time::Duration::from_secs(5))
+            .ok()?;
+        let leader = metadata
+            .topics()
+            .first()?
+            .partitions()
+            .get(usize::try_from(partition).ok()?)?
+            .leader();
+        u8::try_from(leader).ok()
+    })
+    .await
+    .expect("the metadata request panicked")
+}

@@ -18,8 +18,6 @@ use e2e::process::{ServiceProcess, REPLICATED};
 use e2e::proxy::{FaultProxy, Mode};
 use e2e::TestContext;
 use kafka_service::Topic;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::ClientConfig;
 
 /// Producer instances.
 pub const PRODUCERS: usize = 2;
@@ -247,36 +245,14 @@ impl Deployment {
     /// Runs `action` on the cluster on a blocking thread (as
     /// `scripts/broker.sh` blocks), and takes the cluster back.
     pub async fn with_cluster(&mut self, action: impl FnOnce(&mut Broker) + Send + 'static) {
-        let mut cluster = self.cluster.take().expect("the cluster");
-        self.cluster = Some(
-            tokio::task::spawn_blocking(move || {
-                action(&mut cluster);
-                cluster
-            })
-            .await
-            .unwrap(),
-        );
+        e2e::broker::on_blocking_thread(&mut self.cluster, action).await;
     }
 
     /// The node that leads `partition` of `topic`, from the cluster's
     /// metadata.
     pub async fn leader_of(&self, topic: Topic, partition: i32) -> Option<u8> {
-        let mut config = ClientConfig::new();
-        config.set("bootstrap.servers", self.cluster().bootstrap_servers());
         let name = self.context.topics.name(topic).to_owned();
-        tokio::task::spawn_blocking(move || {
-            let client: BaseConsumer = config.create().ok()?;
-            let metadata = client.fetch_metadata(Some(&name), Duration::from_secs(5)).ok()?;
-            let leader = metadata
-                .topics()
-                .first()?
-                .partitions()
-                .get(usize::try_from(partition).ok()?)?
-                .leader();
-            u8::try_from(leader).ok()
-        })
-        .await
-        .unwrap()
+        e2e::broker::leader_of(self.cluster().bootstrap_servers(), name, partition).await
     }
 
     /// Stops every service (SIGTERM), the cluster and PostgreSQL.

@@ -50,7 +50,7 @@ impl Delivery {
             );
             let reason = format!("dead-lettered by an operator: {reason}");
             let origin = Origin::consumed_at(record);
-            return Ok(self.dead_lettered(record, origin, FailureClass::Permanent, 0, reason));
+            return Ok(self.dead_lettered(record, origin, FailureClass::Permanent, 0, reason, true));
         }
         if self.is_retry(record) {
             return self.decide_retry(record, cancel).await;
@@ -74,10 +74,10 @@ impl Delivery {
                 Finish::default()
             }
             Tried::Rejected { reason, tries } => {
-                self.dead_lettered(record, origin, FailureClass::Permanent, tries, reason)
+                self.dead_lettered(record, origin, FailureClass::Permanent, tries, reason, false)
             }
             Tried::Exhausted { error, tries } if self.policy.topic_rounds == 0 => {
-                self.dead_lettered(record, origin, FailureClass::Exhausted, tries, error)
+                self.dead_lettered(record, origin, FailureClass::Exhausted, tries, error, false)
             }
             Tried::Exhausted { error, tries } => {
                 let delay = self.policy.round_delay(1);
@@ -103,21 +103,22 @@ impl Delivery {
             Err(error) => {
                 let reason = format!("not a retry record: {error}");
                 let origin = Origin::consumed_at(record);
-                return Ok(self.dead_lettered(record, origin, FailureClass::Permanent, 0, reason));
+                return Ok(self.dead_lettered(record, origin, FailureClass::Permanent, 0, reason, false));
             }
         };
         let origin = &headers.origin;
         match self.when_due(record, &headers, cancel).await? {
             WhenDue::TooFar(reason) => {
                 let attempts = headers.attempts;
-                Ok(self.dead_lettered(record, origin.clone(), FailureClass::Permanent, attempts, reason))
+                Ok(self.dead_lettered(record, origin.clone(), FailureClass::Permanent, attempts, reason, true))
             }
             WhenDue::At(Position::Forged(reason)) => {
                 // Under its own coordinates: the record it names stays
                 // parked, on its own schedule.
                 let own = Origin::consumed_at(record);
-                Ok(self.dead_lettered(record, own, FailureClass::Permanent, 0, reason))
+                Ok(self.dead_lettered(record, own, FailureClass::Permanent, 0, reason, false))
             }
+            WhenDue::At(Position::DeadLettering(headers)) => Ok(self.dead_lettering_resumed(record, headers)),
             WhenDue::At(Position::Resolved) => {
                 tracing::info!(%origin, "second copy of a record already applied or dead-lettered; skipped");
                 Ok(Finish::counted("skipped", []))
@@ -131,8 +132,9 @@ impl Delivery {
     }
 
     /// Waits until the copy is due, and returns where its record stands
-    /// then. A copy whose record is no longer parked is answered before any
-    /// wait, so a stale or forged copy holds up nothing behind it; a due
+    /// then. A copy whose record is no longer parked, or is being
+    /// dead-lettered, is answered before any wait, so a stale or forged
+    /// copy holds up nothing behind it; a due
     /// time beyond the retry schedule's longest wait is not waited for.
     async fn when_due(
         &self,
@@ -141,7 +143,10 @@ impl Delivery {
         cancel: &CancellationToken,
     ) -> Result<WhenDue, Interrupted> {
         let position = self.parking.position(&headers.origin, record).await?;
-        if matches!(position, Position::Resolved | Position::Forged(_)) {
+        if matches!(
+            position,
+            Position::Resolved | Position::Forged(_) | Position::DeadLettering(_)
+        ) {
             return Ok(WhenDue::At(position));
         }
         let wait = (headers.not_before - Utc::now()).to_std().unwrap_or_default();
@@ -216,11 +221,11 @@ impl Delivery {
             }
             Tried::Rejected { reason, tries } => {
                 let attempts = headers.attempts + tries;
-                self.dead_lettered(record, origin.clone(), FailureClass::Permanent, attempts, reason)
+                self.dead_lettered(record, origin.clone(), FailureClass::Permanent, attempts, reason, true)
             }
             Tried::Exhausted { error, tries } if headers.round >= self.policy.topic_rounds => {
                 let attempts = headers.attempts + tries;
-                self.dead_lettered(record, origin.clone(), FailureClass::Exhausted, attempts, error)
+                self.dead_lettered(record, origin.clone(), FailureClass::Exhausted, attempts, error, true)
             }
             Tried::Exhausted { error, tries } => {
                 let round = headers.round + 1;
@@ -326,8 +331,14 @@ impl Delivery {
         )
     }
 
-    /// Dead-lettering `record`: copy it to the dead-letter topic, then end
-    /// its parking (if it was parked).
+    /// Dead-lettering `record`, from `origin`: copy it to the dead-letter
+    /// topic. When it may be `parked`, the dead-lettering is recorded on its
+    /// parked row first, and its parking ended after the copy: a member
+    /// that takes the partition in between (a revoke, a crash) finishes the
+    /// dead-lettering ([`Position::DeadLettering`]) instead of trying the
+    /// record again. A record known not to be parked has no row to record
+    /// it on or to unpark, so its copy is the only write, and there is no
+    /// in between.
     fn dead_lettered(
         &self,
         record: &Record,
@@ -335,26 +346,63 @@ impl Delivery {
         class: FailureClass,
         attempts: u32,
         reason: String,
+        parked: bool,
     ) -> Finish {
-        let copy = DeadLetterHeaders {
+        let headers = DeadLetterHeaders {
             origin: origin.clone(),
             class,
             attempts,
             error: reason.clone(),
             failed_at: Utc::now(),
+        };
+        let produce = Step::Produce {
+            origin: origin.clone(),
+            copy: headers.copy(record),
+            kind: CopyKind::DeadLettered {
+                class,
+                attempts,
+                reason,
+            },
+        };
+        if !parked {
+            return Finish::counted("dead_lettered", [produce]);
         }
-        .copy(record);
         Finish::counted(
             "dead_lettered",
             [
-                Step::Produce {
+                Step::DeadLettering {
                     origin: origin.clone(),
-                    copy,
-                    kind: CopyKind::DeadLettered {
-                        class,
-                        attempts,
-                        reason,
-                    },
+                    headers,
+                },
+                produce,
+                Step::Unpark(origin),
+            ],
+        )
+    }
+
+    /// Finishing a dead-lettering that a member decided but did not finish
+    /// (`headers`, recorded on the parked row): the copy, with the same
+    /// headers, unless it is on the dead-letter topic already; then the
+    /// unparking. The record is not tried again.
+    fn dead_lettering_resumed(&self, record: &Record, headers: DeadLetterHeaders) -> Finish {
+        tracing::warn!(
+            origin = %headers.origin,
+            "this record's dead-lettering was decided but not finished (a revoke or a crash in between); finishing it"
+        );
+        let origin = headers.origin.clone();
+        let kind = CopyKind::DeadLettered {
+            class: headers.class,
+            attempts: headers.attempts,
+            reason: headers.error.clone(),
+        };
+        Finish::counted(
+            "dead_lettered",
+            [
+                Step::ProduceUnlessOut {
+                    origin: origin.clone(),
+                    copy: headers.copy(record),
+                    kind,
+                    since: headers.failed_at,
                 },
                 Step::Unpark(origin),
             ],

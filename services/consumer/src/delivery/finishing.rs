@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use kafka_service::failure::{self, DeadLetterHeaders, FailureClass, Origin};
 use kafka_service::{OutgoingRecord, Record, Topic};
 
@@ -50,6 +50,35 @@ impl Delivery {
                             continue;
                         }
                         Err(error) => return Err(error.into()),
+                    }
+                }
+                Step::DeadLettering { origin, headers } => self.parking.dead_lettering(origin, headers).await?,
+                Step::ProduceUnlessOut {
+                    origin,
+                    copy,
+                    kind,
+                    since,
+                } => {
+                    let topic = self.topics.name(Topic::DeadLetter);
+                    let found = crate::dead_letters::find_copy(&self.reader, topic, origin, *since)
+                        .await
+                        .map_err(|error| Interrupted::Infrastructure(error.into()))?;
+                    if let Some(position) = found {
+                        tracing::info!(
+                            %origin,
+                            dead_letter_partition = position.partition,
+                            dead_letter_offset = position.offset,
+                            "its dead-letter copy is out already; not producing another"
+                        );
+                    } else {
+                        let produce = Step::Produce {
+                            origin: origin.clone(),
+                            copy: copy.clone(),
+                            kind: kind.clone(),
+                        };
+                        finish.0.pop_front();
+                        finish.0.push_front(produce);
+                        continue;
                     }
                 }
                 Step::Unpark(origin) => self.parking.unpark(origin).await?,
@@ -118,15 +147,19 @@ fn too_large(
             );
             tracing::error!(%origin, reason, "retry copy too large; dead-lettering the record instead");
             let class = FailureClass::Permanent;
-            let copy = DeadLetterHeaders {
+            let headers = DeadLetterHeaders {
                 origin: origin.clone(),
                 class,
                 attempts: *attempts,
                 error: reason.clone(),
                 failed_at: Utc::now(),
-            }
-            .copy(record);
+            };
+            let copy = headers.copy(record);
             let steps = vec![
+                Step::DeadLettering {
+                    origin: origin.clone(),
+                    headers,
+                },
                 Step::Produce {
                     origin: origin.clone(),
                     copy,
@@ -178,6 +211,18 @@ pub(super) enum Step {
         origin: Origin,
         copy: OutgoingRecord,
         kind: CopyKind,
+    },
+    /// Record on `origin`'s parked row that it is being dead-lettered with
+    /// `headers`, before its copy is produced.
+    DeadLettering { origin: Origin, headers: DeadLetterHeaders },
+    /// As [`Produce`](Self::Produce) of a dead-letter copy, unless a copy
+    /// of `origin` reached the dead-letter topic at `since` or later: the
+    /// dead-lettering a member decided and did not finish.
+    ProduceUnlessOut {
+        origin: Origin,
+        copy: OutgoingRecord,
+        kind: CopyKind,
+        since: DateTime<Utc>,
     },
     /// End the parking of `origin`: applied or dead-lettered.
     Unpark(Origin),

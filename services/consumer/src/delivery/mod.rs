@@ -33,6 +33,9 @@
 //! - `finishing`: the writes that carry the decision out, in order, each
 //!   resumed where it failed.
 
+use std::sync::Arc;
+
+use kafka_service::reader::PartitionReader;
 use kafka_service::{Disposition, EventProducer, PartitionLease, Record, RecordHandler, Topic, TopicRegistry};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -70,6 +73,9 @@ pub struct Delivery {
     metrics: DeliveryMetrics,
     /// Records an operator asked to dead-letter instead of handling them.
     requests: DeadLetterRequests,
+    /// Reads the dead-letter topic, to find whether the copy of a
+    /// dead-lettering that was not finished is out already.
+    reader: Arc<PartitionReader>,
 }
 
 /// What became of each record, by topic:
@@ -263,16 +269,27 @@ impl RecordHandler for Delivery {
     }
 }
 
+/// Where a record's copies go, and how they are found again: the retry
+/// and dead-letter topics of `topics`, written through `producer` and read
+/// through `reader`.
+pub struct Copies {
+    /// Sends the retry and dead-letter copies.
+    pub producer: EventProducer,
+    /// Reads the dead-letter topic.
+    pub reader: Arc<PartitionReader>,
+    /// The topics' physical names.
+    pub topics: TopicRegistry,
+}
+
 impl Delivery {
-    /// Applies records with `handler`, parks them on the retry topic of
-    /// `topics` and dead-letters them to its dead-letter topic through
-    /// `producer`, under `policy`; dead-letters the records in `requests`
-    /// without handling them.
+    /// Applies records with `handler`, parks them on the retry topic and
+    /// dead-letters them to the dead-letter topic of `copies`, under
+    /// `policy`; dead-letters the records in `requests` without handling
+    /// them.
     pub fn new(
         handler: Handler,
         parking: Parking,
-        producer: EventProducer,
-        topics: TopicRegistry,
+        copies: Copies,
         policy: RetrySettings,
         metrics: DeliveryMetrics,
         requests: DeadLetterRequests,
@@ -280,11 +297,12 @@ impl Delivery {
         Self {
             handler,
             parking,
-            producer,
-            topics,
+            producer: copies.producer,
+            topics: copies.topics,
             policy,
             metrics,
             requests,
+            reader: copies.reader,
         }
     }
 

@@ -364,10 +364,9 @@ impl Relay {
 
     /// Reads pending rows and hands them to the producer, up to a batch per
     /// read, until the window is full, a read finds fewer rows than it asked
-    /// for (returns `true`: caught up), or shutdown begins. Rows the
-    /// producer refuses are settled at once.
-    /// Stops early, without an error, once the producer's client
-    /// `generation` was replaced.
+    /// for (returns `true`: caught up), shutdown begins, or the producer's
+    /// client `generation` was replaced (no error: the caller starts over).
+    /// Rows the producer refuses are settled at once.
     async fn fill<'a>(
         &'a self,
         connection: &mut PgConnection,

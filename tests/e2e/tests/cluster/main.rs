@@ -27,7 +27,6 @@ use e2e::{create_user, eventually, issue_token, TestContext};
 use kafka_service::Topic;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 use reqwest::Client;
 use sqlx::PgPool;
@@ -98,15 +97,7 @@ impl World {
     /// Runs `action` on the cluster on a blocking thread (as
     /// `scripts/broker.sh` blocks), and takes the cluster back.
     async fn with_cluster(&mut self, action: impl FnOnce(&mut Broker) + Send + 'static) {
-        let mut cluster = self.cluster.take().expect("the cluster");
-        self.cluster = Some(
-            tokio::task::spawn_blocking(move || {
-                action(&mut cluster);
-                cluster
-            })
-            .await
-            .unwrap(),
-        );
+        e2e::broker::on_blocking_thread(&mut self.cluster, action).await;
     }
 
     fn cluster(&self) -> &Broker {
@@ -115,16 +106,10 @@ impl World {
 
     /// The node that leads `partition` of `topic`.
     async fn leader_of(&self, topic: Topic, partition: i32) -> u8 {
-        let config = client_config(&self.cluster().bootstrap_servers());
         let name = self.context.topics.name(topic).to_owned();
-        tokio::task::spawn_blocking(move || {
-            let client: BaseConsumer = config.create().unwrap();
-            let metadata = client.fetch_metadata(Some(&name), Duration::from_secs(5)).unwrap();
-            let leader = metadata.topics()[0].partitions()[usize::try_from(partition).unwrap()].leader();
-            u8::try_from(leader).expect("a node id")
-        })
-        .await
-        .unwrap()
+        e2e::broker::leader_of(self.cluster().bootstrap_servers(), name, partition)
+            .await
+            .expect("a leader")
     }
 
     async fn ready(&self, service: &ServiceProcess) -> (u16, String) {

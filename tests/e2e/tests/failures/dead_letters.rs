@@ -249,6 +249,76 @@ async fn an_operator_dead_letters_a_record_by_its_offset_and_its_partition_moves
     context.drop_databases().await;
 }
 
+/// A member stopped between a parked record's dead-letter copy and its
+/// unparking (issue 23). The test holds a `FOR KEY SHARE` lock on the
+/// parked row, which lets the row be updated but not deleted, so once the
+/// record exhausts its rounds (the producer refuses every look-up) and its
+/// dead letter is out, the member cannot unpark it; it is killed while it
+/// retries. Then the producer answers again, and the member that takes the
+/// partition reads the last retry copy again. Before, it tried the record
+/// again and applied the record it had dead-lettered. Now it finishes the
+/// dead-lettering recorded on the row: the copy is out already, so no
+/// second dead letter, the record is not applied, and the row is gone.
+#[tokio::test]
+async fn a_member_stopped_between_a_dead_letter_and_the_unparking_neither_applies_the_record_nor_dead_letters_it_twice()
+{
+    let _serial = crate::one_at_a_time().await;
+    let (context, producer, users) = users_the_consumer_has_not_seen(1).await;
+    let proxy = FaultProxy::start(format!("127.0.0.1:{}", producer.port), Mode::Refuse).await;
+    let consumer = context.start_consumer_process(&proxy.url(), &[]).await;
+    publish(&context, &[token_issued(users[0])]).await;
+    let pool = context.consumer_pool().await;
+    let parked: i64 = eventually(Duration::from_secs(30), "the token parked", || async {
+        sqlx::query_scalar("SELECT id FROM parked_records")
+            .fetch_optional(&pool)
+            .await
+            .unwrap()
+    })
+    .await;
+    let mut lock = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM parked_records WHERE id = $1 FOR KEY SHARE")
+        .bind(parked)
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(30), "the dead letter", || async {
+        (!dead_letters(&context).await.is_empty()).then_some(())
+    })
+    .await;
+    consumer.kill().await;
+    // Its backend would still run the waiting `DELETE` once the lock goes
+    // (PostgreSQL does not notice a client gone while the backend waits).
+    sqlx::query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    lock.rollback().await.unwrap();
+
+    proxy.set(Mode::Forward);
+    let consumer = context.start_consumer_process(&proxy.url(), &[]).await;
+    eventually(Duration::from_secs(60), "the record unparked", || async {
+        let parked: i64 = sqlx::query_scalar("SELECT count(*) FROM parked_records")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        (parked == 0).then_some(())
+    })
+    .await;
+    assert_offsets_at_end(&context).await;
+    assert_eq!(dead_letters(&context).await.len(), 1, "one dead letter");
+    let applied: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM processed_events WHERE event_type = 'user.token_issued.v1'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(applied, 0, "the dead-lettered record is not applied");
+
+    consumer.kill().await;
+    pool.close().await;
+    producer.stop().await.unwrap();
+    context.drop_databases().await;
+}
+
 /// A fresh context whose consumer (not knowing the producer) has applied
 /// the creation of two users; the pool is the consumer's database.
 async fn two_users_applied() -> (TestContext, ServiceProcess, PgPool, [uuid::Uuid; 2]) {
