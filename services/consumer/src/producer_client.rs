@@ -12,6 +12,13 @@ use uuid::Uuid;
 /// Name this service presents in its service credential.
 const SERVICE_NAME: &str = "consumer";
 
+/// How long an idle connection to the producer is kept for reuse: less
+/// than the producer's keep-alive (actix-web's default, 5 s), after which
+/// the producer closes it. A request sent on a connection the server is
+/// closing fails with "connection closed before message completed" (the
+/// API fuzz in `scripts/test.sh` met it once, on `GET /users/{id}`).
+const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// A user as the producer returns it from `GET /users/{id}`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ProducerUser {
@@ -57,6 +64,7 @@ impl ProducerClient {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(2)))
+            .pool_idle_timeout(IDLE_CONNECTION_TIMEOUT)
             .build()?;
         Ok(Self {
             http,
