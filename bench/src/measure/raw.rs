@@ -72,6 +72,7 @@ pub async fn raw_client(records: usize, rate: u32, tuning: &Tuning) -> anyhow::R
         .set("bootstrap.servers", &kafka.bootstrap_servers)
         .set("enable.idempotence", "true")
         .set("acks", "all")
+        .set("partitioner", kafka_service::producer::PARTITIONER)
         .set("max.in.flight.requests.per.connection", "1")
         .set("linger.ms", "5")
         .create()?;

@@ -20,7 +20,8 @@ use crate::topics::TopicSpec;
 /// # Errors
 ///
 /// The first error retrying cannot fix ([`AdminError::is_transient`] is
-/// false): a topic with too few partitions, or one the broker refuses.
+/// false): a topic with another partition count than configured, or one
+/// the broker refuses.
 pub async fn provision_topics(
     settings: &KafkaSettings,
     specs: &[&TopicSpec],
@@ -44,7 +45,7 @@ pub async fn provision_topics(
 }
 
 /// Creates every topic in `specs` that does not exist, then checks that each
-/// has at least its configured number of partitions.
+/// has exactly its configured number of partitions.
 ///
 /// Idempotent: safe to call on every start of every instance. Topics that
 /// exist are only described, so a deployment whose topics were created
@@ -58,8 +59,8 @@ pub async fn provision_topics(
 ///   or a topic is missing under MSK IAM authentication, where rdkafka's
 ///   admin client cannot authenticate (rust-rdkafka issue #757): create the
 ///   topics first (`deploy/README.md` shows how);
-/// - [`AdminError::TooFewPartitions`] when an existing topic has fewer
-///   partitions than configured.
+/// - [`AdminError::PartitionCount`] when an existing topic has fewer or
+///   more partitions than configured: keys would not land where they did.
 pub async fn ensure_topics(settings: &KafkaSettings, specs: &[&TopicSpec]) -> Result<(), AdminError> {
     let names: Vec<String> = specs.iter().map(|spec| spec.name.clone()).collect();
     let existing = describe(settings, &names).await?;
@@ -77,8 +78,8 @@ pub async fn ensure_topics(settings: &KafkaSettings, specs: &[&TopicSpec]) -> Re
     };
 
     for (spec, actual) in specs.iter().zip(partitions) {
-        if actual < spec.partitions {
-            return Err(AdminError::TooFewPartitions {
+        if actual != spec.partitions {
+            return Err(AdminError::PartitionCount {
                 topic: spec.name.clone(),
                 expected: spec.partitions,
                 actual,

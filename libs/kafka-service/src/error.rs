@@ -28,14 +28,18 @@ pub enum AdminError {
         /// The broker's error code, as text.
         reason: String,
     },
-    /// An existing topic has fewer partitions than configured. Not
-    /// transient: an operator must add partitions (which moves keys between
-    /// partitions) or lower the configured count.
+    /// An existing topic has another partition count than configured.
+    /// Not transient. A topic keeps its partition count for life: adding
+    /// partitions moves keys to other partitions, so a user's later events
+    /// would be read before earlier ones still waiting on the old
+    /// partition. Configure the count the topic has, or migrate to a new
+    /// topic (`docs/config/topics.md`, "Changing the partition count").
     #[error(
-        "topic `{topic}` has {actual} partitions but {expected} are configured; \
-         add partitions to the topic or lower its configured partition count"
+        "topic `{topic}` has {actual} partitions but {expected} are configured; a topic keeps \
+         its partition count for life (changing it moves keys, and breaks per-key order): \
+         configure {actual}, or migrate to a new topic as docs/config/topics.md says"
     )]
-    TooFewPartitions {
+    PartitionCount {
         /// The physical topic name.
         topic: String,
         /// Partitions configured in the topic registry.

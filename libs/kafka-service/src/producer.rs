@@ -41,6 +41,16 @@ pub struct OutgoingRecord {
     pub headers: Vec<(String, Option<Vec<u8>>)>,
 }
 
+/// librdkafka's partitioner that puts a keyed record where Java clients put
+/// it: the murmur2 hash of the key, made positive, modulo the partition
+/// count (Kafka's `BuiltInPartitioner.partitionForKey`); a record without
+/// a key goes to a random partition. librdkafka's default,
+/// `consistent_random`, hashes with CRC-32 instead, so a user's events
+/// from a Java producer and from this one would land on different
+/// partitions and lose their order. Every producer of the event topics
+/// sets it, tests and benchmarks included.
+pub const PARTITIONER: &str = "murmur2_random";
+
 /// A producer with `enable.idempotence=true` and `acks=all`: librdkafka
 /// retries without duplicating or reordering records within a partition,
 /// and a record counts as delivered only once every in-sync replica has it.
@@ -62,6 +72,12 @@ pub struct OutgoingRecord {
 /// test `the_relay_keeps_publishing_…` lost two records this way. With one
 /// request in flight the second is not sent before the first succeeds.
 /// The cost is throughput: see `docs/benchmarks.md`.
+///
+/// # Partitioner
+///
+/// A record goes to partition `(murmur2(key) & 0x7fffffff) % partitions`,
+/// where Java clients put it ([`PARTITIONER`]), so that a JVM service
+/// producing to the same topics keeps a user's events on one partition.
 ///
 /// It recovers from a fatal error. librdkafka raises one when it can no
 /// longer vouch for the idempotent producer's state (a head-of-line
@@ -173,6 +189,7 @@ impl EventProducer {
             &[
                 ("enable.idempotence", "true".to_owned()),
                 ("acks", "all".to_owned()),
+                ("partitioner", PARTITIONER.to_owned()),
                 // One request in flight per broker connection, not 5: see
                 // the type's documentation, "Requests in flight".
                 ("max.in.flight.requests.per.connection", "1".to_owned()),

@@ -77,7 +77,8 @@ impl Topic {
 pub struct TopicSpec {
     /// The topic's name on the broker.
     pub name: String,
-    /// Number of partitions; at least this many must exist.
+    /// Number of partitions; an existing topic must have exactly this many
+    /// (see [`crate::AdminError::PartitionCount`]).
     pub partitions: i32,
     /// Replication factor used when the topic is created.
     pub replication_factor: i32,

@@ -155,7 +155,8 @@ impl Application {
     ///
     /// # Errors
     ///
-    /// When the server fails, a topic has too few partitions, or the final
+    /// When the server fails, a topic has another partition count than
+    /// configured, or the final
     /// commit fails.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let deadline = self.settings.shutdown.timeout();

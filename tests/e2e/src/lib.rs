@@ -19,6 +19,7 @@
 pub mod broker;
 pub mod load;
 pub mod metrics;
+pub mod partitioner;
 pub mod process;
 pub mod proxy;
 pub mod sse;

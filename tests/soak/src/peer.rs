@@ -270,6 +270,7 @@ impl Writer {
     fn new(bootstrap_servers: &str) -> Self {
         let producer = ClientConfig::new()
             .set("bootstrap.servers", bootstrap_servers)
+            .set("partitioner", kafka_service::producer::PARTITIONER)
             .set("message.max.bytes", "1048576")
             .set("message.timeout.ms", "30000")
             .create()

@@ -463,11 +463,10 @@ async fn the_relay_keeps_publishing_to_the_partitions_that_can_be_written() {
     );
 }
 
-/// The partition of 8 that the services' producer gives `key`: librdkafka's
-/// default partitioner (`consistent_random`), the CRC-32 of the key modulo
-/// the partition count.
+/// The partition of 8 that the services' producer gives `key`: the Java
+/// client's (murmur2), as `kafka_service::producer::PARTITIONER` asks.
 fn partition_of(key: &str) -> i32 {
-    i32::try_from(crc32fast::hash(key.as_bytes()) % 8).expect("a partition below 8")
+    e2e::partitioner::java_partition(key.as_bytes(), 8)
 }
 
 /// Creates `topic` with 8 partitions of two replicas each (Kafka wants

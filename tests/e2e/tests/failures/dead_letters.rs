@@ -11,6 +11,7 @@ use e2e::process::{ServiceProcess, NO_PRODUCER};
 use e2e::proxy::{FaultProxy, Mode};
 use e2e::{eventually, TestContext};
 use kafka_service::failure::header;
+use kafka_service::producer::PARTITIONER;
 use kafka_service::{Delivery, EventProducer, OutgoingRecord, Topic};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
@@ -336,6 +337,7 @@ async fn two_users_applied() -> (TestContext, ServiceProcess, PgPool, [uuid::Uui
 async fn send_with_raw_header(bootstrap_servers: &str, topic: &str, record: &OutgoingRecord) -> Delivery {
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap_servers)
+        .set("partitioner", PARTITIONER)
         .create()
         .unwrap();
     let headers = hostile::with_raw_header(owned_headers(record), b"\xff\xfe", Some(b"x"));
@@ -370,6 +372,7 @@ async fn records_too_large_to_copy_are_dead_lettered_without_their_content_and_n
     let topic = kafka.topics.name(Topic::IssuedToken).to_owned();
     let writer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &kafka.bootstrap_servers)
+        .set("partitioner", PARTITIONER)
         .set("message.max.bytes", "1048576")
         .create()
         .unwrap();
