@@ -19,6 +19,8 @@
 //! - [`metrics`]: the Prometheus registry, HTTP metrics and `GET /metrics`.
 //! - [`run`]: the shape of `main`.
 //! - [`retry`]: the backoff policy for transient failures.
+//! - [`retention`]: deleting rows older than a retention period, in
+//!   bounded batches, one instance at a time.
 #![warn(missing_docs)]
 
 pub mod auth;
@@ -28,6 +30,7 @@ pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod openapi;
+pub mod retention;
 pub mod retry;
 pub mod run;
 pub mod server;

@@ -2,11 +2,12 @@
 
 use std::time::Duration;
 
-use kafka_service::{ConsumerSettings, KafkaSettings};
+use kafka_service::{ConsumerSettings, KafkaSettings, Topic};
 use secrecy::SecretString;
 use serde::Deserialize;
 use service_common::configuration::{self, ConfigurationError, Environment, Files};
 pub use service_common::configuration::{DatabaseSettings, HttpSettings, ShutdownSettings};
+pub use service_common::retention::RetentionSettings;
 
 /// The environment variable Copilot sets to the service discovery namespace
 /// (`<env>.<app>.local`).
@@ -33,6 +34,59 @@ pub struct Settings {
     pub shutdown: ShutdownSettings,
     /// When readiness reports the member stuck.
     pub readiness: ReadinessSettings,
+    /// The deduplication window.
+    pub inbox: InboxSettings,
+}
+
+/// `inbox.*`: `processed_events`, the event ids already applied, by which
+/// a record that comes back is applied once.
+#[derive(Debug, Clone, Deserialize)]
+pub struct InboxSettings {
+    /// How long an applied event's id is kept (`inbox.retention.hours`),
+    /// and how they are pruned. At least the longest time a record can
+    /// come back ([`InboxSettings::check`]): a record older than that is
+    /// applied again.
+    pub retention: RetentionSettings,
+}
+
+/// What the broker keeps a topic's records for when neither the topic nor
+/// configuration says (`log.retention.hours`, 168).
+const BROKER_DEFAULT_RETENTION: Duration = Duration::from_secs(168 * 3600);
+
+impl InboxSettings {
+    /// Checks that the window outlasts the longest time a record can come
+    /// back: the dead-letter topic's retention (an operator may redrive
+    /// any record it still holds) plus the retry schedule
+    /// ([`RetrySettings::schedule`]: a record parked, then dead-lettered at
+    /// its end).
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigurationError::Invalid`] naming both values and the least
+    /// window that would do.
+    pub fn check(&self, kafka: &KafkaSettings, retry: &RetrySettings) -> Result<(), ConfigurationError> {
+        let dead_letter = kafka
+            .topics
+            .spec(Topic::DeadLetter)
+            .retention_ms
+            .map_or(BROKER_DEFAULT_RETENTION, |ms| Duration::from_millis(ms.max(0) as u64));
+        let schedule = retry.schedule();
+        let needed = dead_letter + schedule;
+        if self.retention.period() >= needed {
+            return Ok(());
+        }
+        let hours = |duration: Duration| duration.as_secs_f64() / 3600.0;
+        Err(ConfigurationError::Invalid(format!(
+            "inbox.retention.hours is {}, but a record can come back for {:.1} h: the dead-letter topic's \
+             retention (kafka.topics.dead_letter.retention_ms, {:.1} h) plus the retry schedule (retry.*, \
+             {:.1} h); a record older than the window would be applied again. Set it to at least {}",
+            self.retention.hours,
+            hours(needed),
+            hours(dead_letter),
+            hours(schedule),
+            needed.as_secs().div_ceil(3600),
+        )))
+    }
 }
 
 /// `readiness.*`
@@ -95,6 +149,15 @@ impl RetrySettings {
             .unwrap_or(Duration::from_millis(self.topic_max_delay_ms) + DUE_TIME_MARGIN)
     }
 
+    /// The longest a record can spend in the retry schedule before it is
+    /// dead-lettered: every retry round's wait, and the in-place tries'
+    /// pausing (`max_elapsed_ms`) at the first delivery and at each round.
+    /// About 2.5 h at the defaults.
+    pub fn schedule(&self) -> Duration {
+        let rounds: Duration = (1..=self.topic_rounds).map(|round| self.round_delay(round)).sum();
+        rounds + Duration::from_millis(self.max_elapsed_ms) * (self.topic_rounds + 1)
+    }
+
     /// The wait before retry round `round` (1-based):
     /// `topic_initial_delay_ms * topic_multiplier^(round-1)`, at most
     /// `topic_max_delay_ms`.
@@ -138,6 +201,7 @@ struct Raw {
     retry: RetrySettings,
     shutdown: ShutdownSettings,
     readiness: ReadinessSettings,
+    inbox: InboxSettings,
 }
 
 /// `kafka.*` holds the connection's settings and the group member's side
@@ -187,6 +251,7 @@ impl Settings {
                 )))
             }
         };
+        raw.inbox.check(&raw.kafka.connection, &raw.retry)?;
         Ok(Self {
             http: raw.http,
             database: raw.database,
@@ -200,6 +265,7 @@ impl Settings {
             retry: raw.retry,
             shutdown: raw.shutdown,
             readiness: raw.readiness,
+            inbox: raw.inbox,
         })
     }
 }
@@ -229,7 +295,8 @@ mod tests {
                 "topic_max_delay_ms": 3600000
             },
             "shutdown": { "timeout_ms": 20000 },
-            "readiness": { "stall_after_ms": 120000 }
+            "readiness": { "stall_after_ms": 120000 },
+            "inbox": { "retention": { "hours": 744, "batch_size": 1000, "interval_ms": 60000 } }
         }))
         .unwrap()
     }
@@ -251,6 +318,28 @@ mod tests {
             .collect();
         assert_eq!(delays, [60, 300, 1500, 3600, 3600]);
         assert_eq!(settings.retry.round_delay(40).as_secs(), 3600, "no overflow");
+    }
+
+    #[test]
+    fn an_inbox_window_shorter_than_a_record_can_come_back_is_refused() {
+        let settings = Settings::resolve(raw(Some("http://p:9001")), None).unwrap();
+        assert_eq!(settings.retry.schedule().as_secs(), 9060 + 6 * 15);
+
+        let mut short = raw(Some("http://p:9001"));
+        short.inbox.retention.hours = 722;
+        let error = Settings::resolve(short, None).unwrap_err().to_string();
+        assert!(
+            error.contains(
+                "inbox.retention.hours is 722, but a record can come back for 722.5 h: the dead-letter \
+                 topic's retention (kafka.topics.dead_letter.retention_ms, 720.0 h) plus the retry schedule"
+            ),
+            "{error}"
+        );
+        assert!(error.contains("Set it to at least 723"), "{error}");
+
+        let mut enough = raw(Some("http://p:9001"));
+        enough.inbox.retention.hours = 723;
+        Settings::resolve(enough, None).expect("723 h outlasts 722.5 h");
     }
 
     #[test]

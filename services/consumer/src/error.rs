@@ -17,6 +17,10 @@ pub enum ApiError {
     /// `400 invalid_header`: a request header has a value that cannot be.
     #[error("{0}")]
     InvalidHeader(&'static str),
+    /// `410 replay_window_passed`: what the client asks to replay is no
+    /// longer kept; the message says what to do.
+    #[error("{0}")]
+    ReplayWindowPassed(String),
     /// `422 validation_failed`: the request is well-formed but cannot be
     /// carried out; the message says why.
     #[error("{0}")]
@@ -38,6 +42,7 @@ impl ResponseError for ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::InvalidHeader(_) => StatusCode::BAD_REQUEST,
+            ApiError::ReplayWindowPassed(_) => StatusCode::GONE,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::UpstreamUnavailable(_) | ApiError::BrokerUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -49,6 +54,7 @@ impl ResponseError for ApiError {
             ApiError::Forbidden(_) => "forbidden",
             ApiError::NotFound => "not_found",
             ApiError::InvalidHeader(_) => "invalid_header",
+            ApiError::ReplayWindowPassed(_) => "replay_window_passed",
             ApiError::Validation(_) => "validation_failed",
             ApiError::BrokerUnavailable(error) => {
                 tracing::warn!(error = format!("{error:#}"), "broker unavailable");

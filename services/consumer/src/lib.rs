@@ -20,6 +20,7 @@
 //!   their offset;
 //! - [`processing`]: the event handlers (one attempt at applying a record);
 //! - [`read_model`]: the read model's queries;
+//! - [`inbox`]: retention of the deduplication window;
 //! - [`feed`]: the live feed of applied events (Server-Sent Events);
 //! - [`producer_client`]: HTTP calls to the producer service;
 //! - [`routes`]: one module per resource;
@@ -33,6 +34,7 @@ pub mod dead_letters;
 pub mod delivery;
 pub mod error;
 pub mod feed;
+pub mod inbox;
 pub mod openapi;
 pub mod parking;
 pub mod processing;

@@ -12,6 +12,7 @@ use kafka_service::reader::PartitionReader;
 use kafka_service::{EventConsumer, EventProducer, GroupMonitor, KafkaSettings, Topic};
 use service_common::auth::TokenKeys;
 use service_common::metrics::{Metrics, Registry};
+use service_common::retention::Pruner;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -19,6 +20,7 @@ use crate::configuration::Settings;
 use crate::dead_letter_requests::DeadLetterRequests;
 use crate::delivery::{Copies, Delivery, DeliveryMetrics};
 use crate::feed::Feed;
+use crate::inbox;
 use crate::openapi;
 use crate::parking::Parking;
 use crate::processing::Handler;
@@ -41,6 +43,9 @@ pub struct Application {
     /// Records an operator asked to dead-letter, read again in the
     /// background.
     requests: DeadLetterRequests,
+    /// Deletes applied events' ids past the deduplication window in the
+    /// background.
+    pruner: Pruner,
     producer: EventProducer,
     monitor: GroupMonitor,
 }
@@ -84,6 +89,7 @@ impl Application {
             &settings.retry,
             &mut registry,
         );
+        let pruner = inbox::pruner(pool.clone(), settings.inbox.retention.clone(), &mut registry);
         let metrics = Metrics::new(registry);
         let requests = DeadLetterRequests::load(pool.clone(), database_deadline)
             .await
@@ -137,6 +143,7 @@ impl Application {
             delivery,
             recovery,
             requests,
+            pruner,
             producer,
             monitor,
         })
@@ -166,6 +173,7 @@ impl Application {
         let mut consumer = tokio::spawn(consume(self.settings, self.delivery, self.monitor, shutdown.clone()));
         tokio::spawn(self.recovery.run(shutdown.clone()));
         tokio::spawn(self.requests.run(shutdown.clone()));
+        tokio::spawn(self.pruner.run(shutdown.clone()));
         let outcome = tokio::select! {
             () = shutdown.cancelled() => Ok(()),
             result = &mut server => result.context("http server panicked")?.context("http server failed"),

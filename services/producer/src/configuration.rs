@@ -7,6 +7,7 @@ use service_common::configuration::{self, ConfigurationError, Environment, Files
 
 pub use crate::login_limit::LoginLimitSettings;
 pub use service_common::configuration::{DatabaseSettings, HttpSettings, ShutdownSettings};
+pub use service_common::retention::RetentionSettings;
 
 /// Everything the producer is configured with.
 #[derive(Debug, Clone, Deserialize)]
@@ -50,6 +51,10 @@ pub struct OutboxSettings {
     pub batches_in_flight: usize,
     /// Fallback poll period when no notification arrives, in milliseconds.
     pub poll_interval_ms: u64,
+    /// How long published rows are kept (`outbox.retention.hours`), and how
+    /// they are pruned. Rows not published (pending, failing, set aside)
+    /// are never deleted by age.
+    pub retention: RetentionSettings,
 }
 
 impl Settings {

@@ -10,13 +10,14 @@ use kafka_service::EventProducer;
 use service_common::auth::TokenKeys;
 use service_common::health::{self, BrokerProbe};
 use service_common::metrics::{Metrics, Registry};
+use service_common::retention::Pruner;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::configuration::Settings;
 use crate::login_limit::LoginLimiter;
 use crate::openapi;
-use crate::outbox::{OutboxGauges, Relay};
+use crate::outbox::{pruning, OutboxGauges, Relay};
 use crate::routes::auth::TokenTtl;
 use crate::routes::{auth, outbox, users};
 
@@ -30,6 +31,8 @@ pub struct Application {
     relay: Relay,
     /// Measures the outbox's gauges in the background.
     gauges: OutboxGauges,
+    /// Deletes published rows past their retention in the background.
+    pruner: Pruner,
     /// Checks the broker in the background, for readiness and its metric.
     broker: BrokerProbe,
     producer: EventProducer,
@@ -57,6 +60,7 @@ impl Application {
         let mut registry = Registry::default();
         producer.register_metrics(&mut registry);
         let gauges = OutboxGauges::new(pool.clone(), settings.database.statement_deadline(), &mut registry);
+        let pruner = pruning::pruner(pool.clone(), settings.outbox.retention.clone(), &mut registry);
         let broker = BrokerProbe::new(producer.clone(), &mut registry);
         let metrics = Metrics::new(registry);
         let limiter = LoginLimiter::new(&settings.login_limit);
@@ -76,6 +80,7 @@ impl Application {
             server,
             relay,
             gauges,
+            pruner,
             broker,
             producer,
             shutdown_timeout: settings.shutdown.timeout(),
@@ -102,6 +107,7 @@ impl Application {
         let mut relay = tokio::spawn(self.relay.run(shutdown.clone()));
         tokio::spawn(self.broker.run(shutdown.clone()));
         tokio::spawn(self.gauges.run(shutdown.clone()));
+        tokio::spawn(self.pruner.run(shutdown.clone()));
         let outcome = tokio::select! {
             () = shutdown.cancelled() => Ok(()),
             result = &mut server => result.context("http server panicked")?.context("http server failed"),

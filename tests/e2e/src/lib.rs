@@ -155,6 +155,12 @@ impl TestContext {
                 batch_size: 100,
                 batches_in_flight: 4,
                 poll_interval_ms: 200,
+                // The defaults: nothing a test writes is that old.
+                retention: RetentionSettings {
+                    hours: 72,
+                    batch_size: 1000,
+                    interval_ms: 60_000,
+                },
             },
             shutdown: ShutdownSettings { timeout_ms: 10_000 },
         }
@@ -194,6 +200,14 @@ impl TestContext {
             retry: fast_retries(),
             shutdown: ShutdownSettings { timeout_ms: 10_000 },
             readiness: ReadinessSettings { stall_after_ms: 60_000 },
+            // The defaults: nothing a test applies is that old.
+            inbox: InboxSettings {
+                retention: RetentionSettings {
+                    hours: 744,
+                    batch_size: 1000,
+                    interval_ms: 60_000,
+                },
+            },
         }
     }
 

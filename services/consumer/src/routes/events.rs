@@ -3,6 +3,7 @@
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
+use anyhow::Context;
 use service_common::auth::{Authenticated, Principal};
 use service_common::http::ErrorBody;
 use sqlx::PgPool;
@@ -10,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
 use crate::feed::{self, Feed};
+use crate::inbox;
 
 /// Cancelled when the service begins to shut down: every stream ends.
 #[derive(Clone)]
@@ -21,6 +23,10 @@ pub struct StreamsClosed(pub CancellationToken);
 /// a [`feed::FeedEvent`]), a comment every 15 s, `retry: 2000`. A service
 /// credential sees every user's events, a user token only its own. A
 /// client that falls 1024 events behind is disconnected and may resume.
+/// A resume can replay only what the deduplication window still holds
+/// (`inbox.retention`, 31 days by default); from before it the answer is
+/// `410`, and the client reloads its state (`GET /users/{id}`) and
+/// connects without `Last-Event-ID`.
 #[utoipa::path(
     get,
     path = "/events/stream",
@@ -36,6 +42,7 @@ pub struct StreamsClosed(pub CancellationToken);
         ),
         (status = 400, description = "`invalid_header`: a `Last-Event-ID` that is not an id this feed gave", body = ErrorBody),
         (status = 401, description = "`unauthorized`: no valid token", body = ErrorBody),
+        (status = 410, description = "`replay_window_passed`: events after `Last-Event-ID` were deleted by retention (`inbox.retention`); reload the state and connect without it", body = ErrorBody),
     )
 )]
 pub async fn stream(
@@ -58,6 +65,17 @@ pub async fn stream(
                 ))?,
         ),
     };
+    if let Some(after) = after {
+        let pruned = inbox::pruned_through(pool.get_ref())
+            .await
+            .context("could not read the replay window")?;
+        if let Some(through) = pruned.filter(|&through| after < through) {
+            return Err(ApiError::ReplayWindowPassed(format!(
+                "events after {after} can no longer be replayed: retention deleted them up to {through} \
+                 (inbox.retention); reload the state and connect without Last-Event-ID"
+            )));
+        }
+    }
     let user = match caller {
         Principal::Service(_) => None,
         Principal::User(id) => Some(id),

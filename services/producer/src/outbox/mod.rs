@@ -63,11 +63,13 @@
 //! - [`relaying`]: the [`Relay`], which publishes pending rows;
 //! - [`failing`]: rows whose publishing failed, as the relay records them
 //!   and as operators list, retry and set them aside;
-//! - [`gauges`]: the outbox's gauges, measured by every instance.
+//! - [`gauges`]: the outbox's gauges, measured by every instance;
+//! - [`pruning`]: deleting published rows past `outbox.retention`.
 
 pub mod appending;
 pub mod failing;
 pub mod gauges;
+pub mod pruning;
 pub mod relaying;
 
 pub use appending::{append, lock_subject, notify, CHANNEL};

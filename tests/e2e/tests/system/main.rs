@@ -8,5 +8,6 @@ mod event_flow;
 mod feed;
 mod outbox;
 mod producer_api;
+mod retention;
 mod tls;
 mod topics;
