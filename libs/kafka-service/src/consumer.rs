@@ -27,7 +27,7 @@
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -44,6 +44,9 @@ use crate::context::KafkaContext;
 use crate::error::ConsumeError;
 use crate::monitor::{GroupMonitor, STATISTICS_INTERVAL_MS};
 use crate::settings::{ConsumerSettings, KafkaSettings};
+
+/// How long asking for a paused partition's high watermark may take.
+const WATERMARK_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A consumed record, owned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,9 +169,18 @@ struct Shared {
     stored: AtomicUsize,
     /// Receives assignments, progress and errors, for readiness and metrics.
     monitor: GroupMonitor,
+    /// The partitions paused now, each with its high watermark as last
+    /// asked of the broker while paused (see [`EventConsumer::pause`]).
+    paused: Mutex<HashMap<(String, i32), Option<i64>>>,
+    /// Whether a watermark request for the paused partitions is under way.
+    asking_watermarks: AtomicBool,
 }
 
 impl Shared {
+    fn paused(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i32), Option<i64>>> {
+        self.paused.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn assignment(&self) -> std::sync::MutexGuard<'_, Assignment> {
         // A panic while holding the lock leaves the map consistent: every
         // operation on it is a single insert or remove.
@@ -205,6 +217,8 @@ pub struct EventConsumer {
     commit_interval: Duration,
     /// When the last commit was started.
     last_commit: Instant,
+    /// When the paused partitions' high watermarks were last asked for.
+    last_watermarks: Instant,
 }
 
 impl EventConsumer {
@@ -230,6 +244,8 @@ impl EventConsumer {
             shutdown,
             stored: AtomicUsize::new(0),
             monitor,
+            paused: Mutex::default(),
+            asking_watermarks: AtomicBool::new(false),
         });
         let mut properties = vec![
             ("group.id", consumer.group_id.clone()),
@@ -254,6 +270,7 @@ impl EventConsumer {
             commit_batch_size: consumer.commit_batch_size.max(1),
             commit_interval: Duration::from_millis(consumer.commit_interval_ms),
             last_commit: Instant::now(),
+            last_watermarks: Instant::now(),
         })
     }
 
@@ -273,6 +290,7 @@ impl EventConsumer {
         let consumer = Arc::clone(&self.consumer);
         loop {
             self.commit_if_due();
+            self.ask_watermarks_if_due();
             tokio::select! {
                 message = consumer.recv() => {
                     return message.map(|message| Record::from(&message)).map_err(ConsumeError::Receive);
@@ -304,10 +322,21 @@ impl EventConsumer {
     /// Stops fetching `partition` of `topic` until [`resume`](Self::resume);
     /// records already returned are unaffected. Used for back-pressure when
     /// the partition's worker falls behind.
+    ///
+    /// librdkafka learns a partition's high watermark from fetch responses
+    /// only, so a paused partition's lag in its statistics stays as it was
+    /// when paused. While it is paused, [`recv`](Self::recv) asks the
+    /// broker for its high watermark every statistics interval
+    /// (`ListOffsets`), and the lag metric counts from that.
     pub fn pause(&self, topic: &str, partition: i32) {
         if let Err(error) = self.consumer.pause(&partition_list(topic, partition)) {
             tracing::debug!(topic, partition, %error, "could not pause partition");
+            return;
         }
+        self.shared
+            .paused()
+            .entry((topic.to_owned(), partition))
+            .or_insert(None);
     }
 
     /// Resumes fetching `partition` of `topic` where it stopped.
@@ -315,6 +344,38 @@ impl EventConsumer {
         if let Err(error) = self.consumer.resume(&partition_list(topic, partition)) {
             tracing::debug!(topic, partition, %error, "could not resume partition");
         }
+        self.shared.paused().remove(&(topic.to_owned(), partition));
+    }
+
+    /// Every [`STATISTICS_INTERVAL_MS`], while partitions are paused, asks
+    /// the broker for their high watermarks on a blocking thread, one
+    /// request under way at a time; the next statistics report uses them.
+    fn ask_watermarks_if_due(&mut self) {
+        if self.last_watermarks.elapsed() < Duration::from_millis(STATISTICS_INTERVAL_MS) {
+            return;
+        }
+        self.last_watermarks = Instant::now();
+        let paused: Vec<(String, i32)> = self.shared.paused().keys().cloned().collect();
+        if paused.is_empty() || self.shared.asking_watermarks.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let shared = Arc::clone(&self.shared);
+        let consumer = Arc::clone(&self.consumer);
+        tokio::task::spawn_blocking(move || {
+            for (topic, partition) in paused {
+                match consumer.fetch_watermarks(&topic, partition, WATERMARK_TIMEOUT) {
+                    Ok((_, high)) => {
+                        if let Some(known) = shared.paused().get_mut(&(topic, partition)) {
+                            *known = Some(high);
+                        }
+                    }
+                    Err(error) => {
+                        tracing::debug!(topic, partition, %error, "could not ask a paused partition's high watermark")
+                    }
+                }
+            }
+            shared.asking_watermarks.store(false, Ordering::Release);
+        });
     }
 
     /// Commits every stored offset and waits for the broker's answer.
@@ -497,13 +558,15 @@ impl ClientContext for GroupContext {
 
     fn stats(&self, statistics: Statistics) {
         let held: Vec<(String, i32)> = self.shared.assignment().leases.keys().cloned().collect();
+        let paused = self.shared.paused().clone();
         let reported = statistics.topics.into_iter().flat_map(|(topic, details)| {
-            details
-                .partitions
-                .into_iter()
-                .map(move |(partition, p)| (topic.clone(), partition, unprocessed(&p)))
+            let paused = &paused;
+            details.partitions.into_iter().map(move |(partition, p)| {
+                let asked = paused.get(&(topic.clone(), partition)).copied().flatten();
+                (topic.clone(), partition, unprocessed(&p, asked))
+            })
         });
-        self.shared.monitor.report_lag(reported, &held);
+        self.shared.monitor.report_lag(reported.collect::<Vec<_>>(), &held);
     }
 }
 
@@ -525,6 +588,10 @@ impl ConsumerContext for GroupContext {
                         revoked.push(key);
                     }
                     self.shared.monitor.revoked(&revoked, assignment.leases.keys());
+                    let mut paused = self.shared.paused();
+                    for key in &revoked {
+                        paused.remove(key);
+                    }
                 }
                 let committed = commit_stored(consumer, CommitMode::Sync);
                 self.shared.monitor.committed(committed.is_ok());
@@ -565,6 +632,11 @@ impl ConsumerContext for GroupContext {
             if let Err(error) = consumer.resume(partitions) {
                 tracing::debug!(%error, "could not resume newly assigned partitions");
             }
+            let mut paused = self.shared.paused();
+            for element in partitions.elements() {
+                paused.remove(&(element.topic().to_owned(), element.partition()));
+            }
+            drop(paused);
             tracing::info!(partitions = %describe(partitions), "rebalance: partitions assigned");
         }
     }
@@ -581,8 +653,18 @@ impl ConsumerContext for GroupContext {
 /// Records of a partition not yet processed, from librdkafka's statistics:
 /// behind the stored offset (the last record processed here), else behind
 /// the committed offset, else (a partition this group never committed,
-/// read from the start) the whole log; `-1` when unknown.
-fn unprocessed(partition: &rdkafka::statistics::Partition) -> i64 {
+/// read from the start) the whole log; `-1` when unknown. `asked` is the
+/// high watermark the broker gave for a paused partition, whose statistics
+/// keep the one from its last fetch; the later of the two counts.
+fn unprocessed(partition: &rdkafka::statistics::Partition, asked: Option<i64>) -> i64 {
+    if let Some(high) = asked.filter(|&high| high > partition.hi_offset) {
+        let position = [partition.stored_offset, partition.committed_offset, partition.lo_offset]
+            .into_iter()
+            .find(|&offset| offset >= 0);
+        if let Some(position) = position {
+            return (high - position).max(0);
+        }
+    }
     if partition.consumer_lag_stored >= 0 {
         partition.consumer_lag_stored
     } else if partition.consumer_lag >= 0 {

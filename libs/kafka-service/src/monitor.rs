@@ -5,7 +5,7 @@
 //!
 //! | name | labels | meaning |
 //! |---|---|---|
-//! | `kafka_consumer_lag_records` | `topic`, `partition` | records between the last one processed (or committed) and the high watermark, per assigned partition (librdkafka statistics, every [`STATISTICS_INTERVAL_MS`]) |
+//! | `kafka_consumer_lag_records` | `topic`, `partition` | records between the last one processed (or committed) and the high watermark, per assigned partition (librdkafka statistics, every [`STATISTICS_INTERVAL_MS`]; for a paused partition, from the high watermark asked of the broker as often, since librdkafka's stops moving while it is not fetched) |
 //! | `kafka_consumer_assigned_partitions` | `topic` | partitions of the topic this member holds |
 //! | `kafka_consumer_rebalances_total` | `kind` (`assign`, `revoke`) | partitions assigned or revoked, by rebalance |
 //! | `kafka_consumer_commits_total` | `result` (`ok`, `failed`) | offset commits |

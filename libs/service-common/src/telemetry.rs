@@ -103,3 +103,86 @@ pub fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
     let trace_id = span.context().span().span_context().trace_id();
     span.record("trace_id", tracing::field::display(trace_id));
 }
+
+/// OpenTelemetry's messaging conventions on the spans of the event flow
+/// (semantic conventions 1.37, "Messaging spans" and "Kafka"): a `publish`
+/// span (kind producer) per record the outbox relay sends, whose context
+/// the record carries in `traceparent`, and a `process` span (kind
+/// consumer) per record and per batch the consumer applies. The attributes
+/// go on the exported spans only, not into log lines.
+pub mod messaging {
+    use kafka_service::Record;
+    use opentelemetry::KeyValue;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    /// `messaging.system` of every span here.
+    pub const SYSTEM: &str = "kafka";
+
+    /// The span of handing one record to the producer until its delivery
+    /// report: named `publish <topic>`, a child of the trace in
+    /// `traceparent` (the request that wrote the event). Record the
+    /// delivery with [`delivered`].
+    pub fn publish_span(topic: &str, key: &str, traceparent: Option<&str>) -> tracing::Span {
+        let span = tracing::info_span!(
+            "publish",
+            otel.name = format!("publish {topic}"),
+            otel.kind = "producer",
+            trace_id = tracing::field::Empty,
+        );
+        super::continue_trace(&span, traceparent);
+        span.set_attribute("messaging.system", SYSTEM);
+        span.set_attribute("messaging.operation.type", "send");
+        span.set_attribute("messaging.operation.name", "publish");
+        span.set_attribute("messaging.destination.name", topic.to_owned());
+        span.set_attribute("messaging.kafka.message.key", key.to_owned());
+        span
+    }
+
+    /// Records where the broker put the record of a [`publish_span`].
+    pub fn delivered(span: &tracing::Span, partition: i32, offset: i64) {
+        span.set_attribute("messaging.destination.partition.id", partition.to_string());
+        span.set_attribute("messaging.kafka.offset", offset);
+    }
+
+    /// The attributes of a `process` span of `record`, consumed by `group`.
+    pub fn set_process_attributes(span: &tracing::Span, record: &Record, group: &str) {
+        span.set_attribute("messaging.system", SYSTEM);
+        span.set_attribute("messaging.operation.type", "process");
+        span.set_attribute("messaging.operation.name", "process");
+        span.set_attribute("messaging.destination.name", record.topic.clone());
+        span.set_attribute("messaging.destination.partition.id", record.partition.to_string());
+        span.set_attribute("messaging.kafka.message.key", record.key_lossy());
+        span.set_attribute("messaging.kafka.offset", record.offset);
+        span.set_attribute("messaging.consumer.group.name", group.to_owned());
+    }
+
+    /// The attributes of a `process` span of a batch of one partition's
+    /// `records`, and a link to each record's trace (its `traceparent`),
+    /// as the conventions ask of a span that handles several messages.
+    pub fn set_batch_attributes(span: &tracing::Span, records: &[Record], group: &str) {
+        let Some(first) = records.first() else { return };
+        span.set_attribute("messaging.system", SYSTEM);
+        span.set_attribute("messaging.operation.type", "process");
+        span.set_attribute("messaging.operation.name", "process");
+        span.set_attribute("messaging.destination.name", first.topic.clone());
+        span.set_attribute("messaging.destination.partition.id", first.partition.to_string());
+        span.set_attribute("messaging.batch.message_count", records.len() as i64);
+        span.set_attribute("messaging.consumer.group.name", group.to_owned());
+        for record in records {
+            let traceparent = record
+                .header(super::TRACEPARENT)
+                .and_then(|value| std::str::from_utf8(value).ok());
+            if let Some(context) = traceparent.and_then(super::span_context_of) {
+                span.add_link_with_attributes(context, vec![KeyValue::new("messaging.kafka.offset", record.offset)]);
+            }
+        }
+    }
+}
+
+/// The span context a `traceparent` value names, when it is valid.
+fn span_context_of(traceparent: &str) -> Option<opentelemetry::trace::SpanContext> {
+    let carrier = HashMap::from([(TRACEPARENT.to_owned(), traceparent.to_owned())]);
+    let context = TraceContextPropagator::new().extract(&carrier);
+    let span_context = context.span().span_context().clone();
+    span_context.is_valid().then_some(span_context)
+}

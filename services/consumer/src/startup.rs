@@ -134,6 +134,7 @@ impl Application {
             settings.retry.clone(),
             delivery_metrics,
             requests.clone(),
+            &settings.consumer.group_id,
         );
         Ok(Self {
             port,

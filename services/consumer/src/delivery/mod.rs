@@ -42,6 +42,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use service_common::metrics::{seconds_histogram, Registry, TopicLabels};
+use service_common::telemetry::messaging;
 use tracing::Instrument;
 
 use crate::configuration::RetrySettings;
@@ -76,6 +77,8 @@ pub struct Delivery {
     /// Reads the dead-letter topic, to find whether the copy of a
     /// dead-lettering that was not finished is out already.
     reader: Arc<PartitionReader>,
+    /// The consumer group, on every `process` span.
+    group_id: String,
 }
 
 /// What became of each record, by topic:
@@ -87,12 +90,30 @@ pub struct Delivery {
 ///   `dead_lettered`, `skipped` (a second copy of a resolved record);
 /// - `kafka_record_retries_total{topic}`: in-place retries;
 /// - `kafka_record_handling_duration_seconds{topic}`: from taking a record
-///   to being done with it, retries and retry waits included.
+///   to being done with it, retries and retry waits included;
+/// - `event_freshness_seconds{topic}`: from each applied event's time
+///   (`ce_time`) to the commit of its effect, by the topic it was applied
+///   from (see [`freshness_histogram`]).
 #[derive(Clone)]
 pub struct DeliveryMetrics {
     records: Family<OutcomeLabels, Counter>,
     retries: Family<TopicLabels, Counter>,
     duration: Family<TopicLabels, Histogram, fn() -> Histogram>,
+    freshness: Family<TopicLabels, Histogram, fn() -> Histogram>,
+}
+
+/// Buckets of `event_freshness_seconds`: 5 ms doubling to about 2.9 h, so
+/// that both a healthy pipeline (tens of ms) and a record applied at the
+/// end of the retry schedule (about 2.5 h) fall in a bucket.
+///
+/// The time measured from is `ce_time`, which the producer takes inside
+/// the outbox transaction, just before its insert and commit: the figure
+/// includes that commit (a few ms), so it overstates the time from commit
+/// to apply by as much, never understates it.
+pub fn freshness_histogram() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.005, 2.0, 22,
+    ))
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -108,6 +129,7 @@ impl DeliveryMetrics {
             records: Family::default(),
             retries: Family::default(),
             duration: Family::new_with_constructor(seconds_histogram),
+            freshness: Family::new_with_constructor(freshness_histogram),
         };
         registry.register(
             "kafka_records_consumed",
@@ -124,7 +146,29 @@ impl DeliveryMetrics {
             "Time from taking a record to being done with it, retries included",
             metrics.duration.clone(),
         );
+        registry.register(
+            "event_freshness_seconds",
+            "Time from an event's time (ce_time, in its outbox transaction) to its effect committed, by topic",
+            metrics.freshness.clone(),
+        );
         metrics
+    }
+
+    /// Observes an applied record's freshness, from its `ce_time` header
+    /// (skipped when it has none that parses: such a record is not applied).
+    fn applied(&self, record: &Record) {
+        let time = record
+            .header(kafka_service::envelope::headers::TIME)
+            .and_then(|time| std::str::from_utf8(time).ok())
+            .and_then(|time| chrono::DateTime::parse_from_rfc3339(time).ok());
+        if let Some(time) = time {
+            let age = (chrono::Utc::now() - time.to_utc()).as_seconds_f64().max(0.0);
+            self.freshness
+                .get_or_create(&TopicLabels {
+                    topic: record.topic.clone(),
+                })
+                .observe(age);
+        }
     }
 
     fn outcome(&self, record: &Record, outcome: &'static str) {
@@ -160,7 +204,7 @@ impl From<kafka_service::ProduceError> for Interrupted {
 
 impl RecordHandler for Delivery {
     async fn handle(&self, record: &Record, lease: &PartitionLease) -> Disposition {
-        let span = record_span(record);
+        let span = self.record_span(record);
         let started = std::time::Instant::now();
         let disposition = async {
             let cancel = lease.revoked();
@@ -219,7 +263,10 @@ impl RecordHandler for Delivery {
             partition = first.partition,
             first_offset = first.offset,
             records = records.len(),
+            otel.name = format!("process {}", first.topic),
+            otel.kind = "consumer",
         );
+        messaging::set_batch_attributes(&span, records, &self.group_id);
         let started = std::time::Instant::now();
         let applied = async {
             let keys: Vec<&[u8]> = records.iter().filter_map(|record| record.key.as_deref()).collect();
@@ -231,7 +278,7 @@ impl RecordHandler for Delivery {
                 .count();
             let outcomes = self.handler.handle_batch(&records[..run]).await?;
             for (record, outcome) in records.iter().zip(&outcomes) {
-                record_span(record).in_scope(|| self.log_outcome(record, *outcome));
+                self.record_span(record).in_scope(|| self.log_outcome(record, *outcome));
             }
             if let Some(last) = records[..outcomes.len()].last() {
                 tracing::info!(
@@ -285,7 +332,7 @@ impl Delivery {
     /// Applies records with `handler`, parks them on the retry topic and
     /// dead-letters them to the dead-letter topic of `copies`, under
     /// `policy`; dead-letters the records in `requests` without handling
-    /// them.
+    /// them. `group_id` names the consumer group on its spans.
     pub fn new(
         handler: Handler,
         parking: Parking,
@@ -293,8 +340,10 @@ impl Delivery {
         policy: RetrySettings,
         metrics: DeliveryMetrics,
         requests: DeadLetterRequests,
+        group_id: &str,
     ) -> Self {
         Self {
+            group_id: group_id.to_owned(),
             handler,
             parking,
             producer: copies.producer,
@@ -312,22 +361,28 @@ impl Delivery {
     }
 }
 
-/// The span of one record's handling: its coordinates, its event id (from
-/// `ce_id`) and the trace of the request that caused the event (continued
-/// from its `traceparent` header).
-fn record_span(record: &Record) -> tracing::Span {
-    let text = |name| record.header(name).and_then(|value| std::str::from_utf8(value).ok());
-    let span = tracing::info_span!(
-        "record",
-        topic = record.topic,
-        partition = record.partition,
-        offset = record.offset,
-        key = record.key_lossy(),
-        event_id = text(kafka_service::envelope::headers::ID),
-        trace_id = tracing::field::Empty,
-    );
-    service_common::telemetry::continue_trace(&span, text(service_common::telemetry::TRACEPARENT));
-    span
+impl Delivery {
+    /// The span of one record's handling: its coordinates, its event id
+    /// (from `ce_id`) and the trace of the request that caused the event
+    /// (continued from its `traceparent` header); exported as `process
+    /// <topic>` with the messaging attributes.
+    fn record_span(&self, record: &Record) -> tracing::Span {
+        let text = |name| record.header(name).and_then(|value| std::str::from_utf8(value).ok());
+        let span = tracing::info_span!(
+            "record",
+            topic = record.topic,
+            partition = record.partition,
+            offset = record.offset,
+            key = record.key_lossy(),
+            event_id = text(kafka_service::envelope::headers::ID),
+            trace_id = tracing::field::Empty,
+            otel.name = format!("process {}", record.topic),
+            otel.kind = "consumer",
+        );
+        service_common::telemetry::continue_trace(&span, text(service_common::telemetry::TRACEPARENT));
+        messaging::set_process_attributes(&span, record, &self.group_id);
+        span
+    }
 }
 
 impl Delivery {
@@ -336,6 +391,7 @@ impl Delivery {
             Outcome::Applied => {
                 tracing::debug!("event applied");
                 self.metrics.outcome(record, "applied");
+                self.metrics.applied(record);
             }
             Outcome::Duplicate => {
                 tracing::info!("event already applied; skipped");

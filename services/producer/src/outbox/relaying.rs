@@ -12,6 +12,7 @@ use futures::future::{BoxFuture, FutureExt};
 use futures::stream::{FuturesUnordered, StreamExt};
 use kafka_service::{Delivery, Envelope, EventProducer, KafkaSettings, ProduceError, Topic};
 use service_common::retry::{backoff, sleep_or_cancel};
+use service_common::telemetry::{self, messaging};
 use sqlx::postgres::{PgListener, PgNotification};
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
@@ -521,9 +522,11 @@ impl Relay {
                 Sent::HeldBack
             } else {
                 match self.enqueue(&row, generation) {
-                    Ok((topic, delivery)) => {
+                    Ok((topic, delivery, span)) => {
                         in_flight.rows.sent(row.id);
-                        in_flight.deliveries.push(self.delivered(row, topic, delivery).boxed());
+                        in_flight
+                            .deliveries
+                            .push(self.delivered(row, topic, delivery, span).boxed());
                         continue;
                     }
                     Err(error)
@@ -545,8 +548,9 @@ impl Relay {
         refused
     }
 
-    /// Hands `row` to client `generation`: its topic and the future of its
-    /// delivery report.
+    /// Hands `row` to client `generation`: its topic, the future of its
+    /// delivery report, and its `publish` span, which the record's
+    /// `traceparent` names (a child of the request that wrote the row).
     fn enqueue(
         &self,
         row: &PendingRow,
@@ -554,6 +558,7 @@ impl Relay {
     ) -> anyhow::Result<(
         String,
         impl std::future::Future<Output = Result<Delivery, ProduceError>>,
+        tracing::Span,
     )> {
         let topic = events::topic_of(&row.event_type)
             .map(|topic| self.kafka.topics.name(topic).to_owned())
@@ -566,24 +571,28 @@ impl Relay {
             subject: row.subject.clone(),
             data: serde_json::to_vec(&row.data).expect("JSON value serializes"),
         };
-        let trace: Vec<(&str, String)> = row
-            .traceparent
-            .iter()
-            .map(|value| (service_common::telemetry::TRACEPARENT, value.clone()))
+        let span = messaging::publish_span(&topic, &row.subject, row.traceparent.as_deref());
+        let trace: Vec<(&str, String)> = span
+            .in_scope(telemetry::current_traceparent)
+            .or_else(|| row.traceparent.clone())
+            .map(|value| (telemetry::TRACEPARENT, value))
+            .into_iter()
             .collect();
         let delivery = self.producer.enqueue_on(generation, &topic, &envelope, &trace)?;
-        Ok((topic, delivery))
+        Ok((topic, delivery, span))
     }
 
-    /// Awaits `row`'s delivery report and logs it.
+    /// Awaits `row`'s delivery report, logs it and ends its `publish` span.
     async fn delivered(
         &self,
         row: PendingRow,
         topic: String,
         delivery: impl std::future::Future<Output = Result<Delivery, ProduceError>>,
+        span: tracing::Span,
     ) -> DeliveryResult {
         let sent = match delivery.await {
             Ok(delivery) => {
+                messaging::delivered(&span, delivery.partition, delivery.offset);
                 tracing::debug!(topic, partition = delivery.partition, offset = delivery.offset, key = row.subject, event_id = %row.event_id, "event published");
                 Sent::Delivered
             }

@@ -1,6 +1,7 @@
 //! API and end-to-end tests against a real broker and PostgreSQL. See the
 //! `e2e` library for the environment they need.
 
+mod alerts;
 mod broker_outage;
 mod consumer_api;
 mod database;
