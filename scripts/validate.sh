@@ -31,11 +31,14 @@ fi
 # promtool of Prometheus 3.16.0 (the Go module tags Prometheus v3.N.M as
 # v0.3NN.M).
 promtool_version=v0.316.0
-if [[ ! -x $tools/go/bin/promtool || $(cat "$tools/go/promtool-version" 2>/dev/null) != "$promtool_version" ]]; then
+promtool_build="$promtool_version remove_all_sd"
+if [[ ! -x $tools/go/bin/promtool || $(cat "$tools/go/promtool-version" 2>/dev/null) != "$promtool_build" ]]; then
   echo "validate: building promtool $promtool_version into $tools/go" >&2
   mkdir -p "$tools/go/bin"
-  GOBIN=$PWD/$tools/go/bin go install "github.com/prometheus/prometheus/cmd/promtool@$promtool_version"
-  echo "$promtool_version" > "$tools/go/promtool-version"
+  # remove_all_sd leaves out the service-discovery plugins, which rule
+  # checks do not use: half the build time.
+  GOBIN=$PWD/$tools/go/bin go install -tags remove_all_sd "github.com/prometheus/prometheus/cmd/promtool@$promtool_version"
+  echo "$promtool_build" > "$tools/go/promtool-version"
 fi
 export PATH=$PWD/$tools/bin:$PWD/$tools/npm/node_modules/.bin:$PWD/$tools/go/bin:$PATH
 
