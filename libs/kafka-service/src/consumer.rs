@@ -169,16 +169,56 @@ struct Shared {
     stored: AtomicUsize,
     /// Receives assignments, progress and errors, for readiness and metrics.
     monitor: GroupMonitor,
-    /// The partitions paused now, each with its high watermark as last
-    /// asked of the broker while paused (see [`EventConsumer::pause`]).
-    paused: Mutex<HashMap<(String, i32), Option<i64>>>,
+    /// The partitions paused now, why, and each one's high watermark as
+    /// last asked of the broker while paused (see [`EventConsumer::pause`]).
+    paused: Mutex<HashMap<(String, i32), Paused>>,
+    /// What an operator holds (see [`HoldHandle`]): a topic (`None`: every
+    /// partition) or one partition of it.
+    holds: Mutex<Vec<Hold>>,
     /// Whether a watermark request for the paused partitions is under way.
     asking_watermarks: AtomicBool,
 }
 
+/// Why a partition is paused at the broker: it stays paused while either
+/// holds.
+#[derive(Debug, Clone, Copy, Default)]
+struct Paused {
+    /// Its worker is behind ([`EventConsumer::pause`]).
+    back_pressure: bool,
+    /// An operator holds it ([`HoldHandle::set`]).
+    held: bool,
+    /// Its low and high watermarks as last asked of the broker.
+    watermarks: Option<(i64, i64)>,
+}
+
+/// A topic an operator holds, or one partition of it (`partition: None`
+/// holds them all).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Hold {
+    /// The topic.
+    pub topic: String,
+    /// The partition, or `None` for every partition of the topic.
+    pub partition: Option<i32>,
+}
+
+impl Hold {
+    fn covers(&self, topic: &str, partition: i32) -> bool {
+        self.topic == topic && self.partition.is_none_or(|held| held == partition)
+    }
+}
+
 impl Shared {
-    fn paused(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i32), Option<i64>>> {
+    fn paused(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i32), Paused>> {
         self.paused.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn holds(&self) -> std::sync::MutexGuard<'_, Vec<Hold>> {
+        self.holds.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether an operator holds `partition` of `topic`.
+    fn is_held(&self, topic: &str, partition: i32) -> bool {
+        self.holds().iter().any(|hold| hold.covers(topic, partition))
     }
 
     fn assignment(&self) -> std::sync::MutexGuard<'_, Assignment> {
@@ -245,6 +285,7 @@ impl EventConsumer {
             stored: AtomicUsize::new(0),
             monitor,
             paused: Mutex::default(),
+            holds: Mutex::default(),
             asking_watermarks: AtomicBool::new(false),
         });
         let mut properties = vec![
@@ -329,22 +370,41 @@ impl EventConsumer {
     /// broker for its high watermark every statistics interval
     /// (`ListOffsets`), and the lag metric counts from that.
     pub fn pause(&self, topic: &str, partition: i32) {
-        if let Err(error) = self.consumer.pause(&partition_list(topic, partition)) {
-            tracing::debug!(topic, partition, %error, "could not pause partition");
-            return;
+        let mut paused = self.shared.paused();
+        let state = paused.entry((topic.to_owned(), partition)).or_default();
+        if !state.held && !state.back_pressure {
+            if let Err(error) = self.consumer.pause(&partition_list(topic, partition)) {
+                tracing::debug!(topic, partition, %error, "could not pause partition");
+            }
         }
-        self.shared
-            .paused()
-            .entry((topic.to_owned(), partition))
-            .or_insert(None);
+        state.back_pressure = true;
     }
 
-    /// Resumes fetching `partition` of `topic` where it stopped.
+    /// Resumes fetching `partition` of `topic` where it stopped, unless an
+    /// operator holds it ([`HoldHandle`]).
     pub fn resume(&self, topic: &str, partition: i32) {
+        let key = (topic.to_owned(), partition);
+        let mut paused = self.shared.paused();
+        if let Some(state) = paused.get_mut(&key) {
+            state.back_pressure = false;
+            if state.held {
+                return;
+            }
+        }
+        paused.remove(&key);
         if let Err(error) = self.consumer.resume(&partition_list(topic, partition)) {
             tracing::debug!(topic, partition, %error, "could not resume partition");
         }
-        self.shared.paused().remove(&(topic.to_owned(), partition));
+    }
+
+    /// What sets the operator's holds on this member's partitions, from
+    /// another task while [`dispatch::run`](crate::dispatch::run) owns the
+    /// consumer.
+    pub fn hold_handle(&self) -> HoldHandle {
+        HoldHandle {
+            consumer: Arc::clone(&self.consumer),
+            shared: Arc::clone(&self.shared),
+        }
     }
 
     /// Every [`STATISTICS_INTERVAL_MS`], while partitions are paused, asks
@@ -364,9 +424,9 @@ impl EventConsumer {
         tokio::task::spawn_blocking(move || {
             for (topic, partition) in paused {
                 match consumer.fetch_watermarks(&topic, partition, WATERMARK_TIMEOUT) {
-                    Ok((_, high)) => {
-                        if let Some(known) = shared.paused().get_mut(&(topic, partition)) {
-                            *known = Some(high);
+                    Ok(watermarks) => {
+                        if let Some(state) = shared.paused().get_mut(&(topic, partition)) {
+                            state.watermarks = Some(watermarks);
                         }
                     }
                     Err(error) => {
@@ -450,6 +510,70 @@ impl EventConsumer {
                 tracing::warn!(%error, "offset commit failed; retrying at the next commit interval");
             }
         });
+    }
+}
+
+/// Sets which of this member's partitions an operator holds: a held
+/// partition is paused at the broker (nothing more is fetched; records
+/// fetched already are still handled), stays paused through back-pressure's
+/// resumes and through rebalances (a held partition assigned to this
+/// member is paused before anything is fetched), and is not reported
+/// stalled. Cheap to clone.
+#[derive(Clone)]
+pub struct HoldHandle {
+    consumer: Arc<StreamConsumer<GroupContext>>,
+    shared: Arc<Shared>,
+}
+
+impl HoldHandle {
+    /// Replaces the holds with `holds`: pauses the assigned partitions they
+    /// cover that were not held, and resumes those no longer held (unless
+    /// their worker is behind).
+    pub fn set(&self, holds: Vec<Hold>) {
+        *self.shared.holds() = holds;
+        let assigned: Vec<(String, i32)> = self.shared.assignment().leases.keys().cloned().collect();
+        let mut paused = self.shared.paused();
+        for (topic, partition) in assigned {
+            let held = self.shared.is_held(&topic, partition);
+            let key = (topic, partition);
+            let state = paused.get(&key).copied().unwrap_or_default();
+            if held && !state.held {
+                if !state.back_pressure {
+                    if let Err(error) = self.consumer.pause(&partition_list(&key.0, key.1)) {
+                        tracing::warn!(topic = key.0, partition = key.1, %error, "could not pause a held partition");
+                        continue;
+                    }
+                }
+                tracing::info!(
+                    topic = key.0,
+                    partition = key.1,
+                    "partition held by an operator: paused"
+                );
+                paused.insert(key, Paused { held: true, ..state });
+            } else if !held && state.held {
+                if state.back_pressure {
+                    paused.insert(key, Paused { held: false, ..state });
+                } else {
+                    if let Err(error) = self.consumer.resume(&partition_list(&key.0, key.1)) {
+                        tracing::warn!(topic = key.0, partition = key.1, %error, "could not resume a released partition");
+                        continue;
+                    }
+                    tracing::info!(
+                        topic = key.0,
+                        partition = key.1,
+                        "partition released by an operator: resumed"
+                    );
+                    paused.remove(&key);
+                }
+            }
+        }
+        let held: Vec<(String, i32)> = paused
+            .iter()
+            .filter(|(_, state)| state.held)
+            .map(|(key, _)| key.clone())
+            .collect();
+        drop(paused);
+        self.shared.monitor.set_held(held);
     }
 }
 
@@ -562,7 +686,9 @@ impl ClientContext for GroupContext {
         let reported = statistics.topics.into_iter().flat_map(|(topic, details)| {
             let paused = &paused;
             details.partitions.into_iter().map(move |(partition, p)| {
-                let asked = paused.get(&(topic.clone(), partition)).copied().flatten();
+                let asked = paused
+                    .get(&(topic.clone(), partition))
+                    .and_then(|state| state.watermarks);
                 (topic.clone(), partition, unprocessed(&p, asked))
             })
         });
@@ -628,15 +754,41 @@ impl ConsumerContext for GroupContext {
                     .assigned(partitions.count(), assignment.leases.keys());
             }
             // A partition paused for back-pressure before it was revoked
-            // must not come back paused: nothing would ever resume it.
+            // must not come back paused: nothing would ever resume it. One
+            // an operator holds is paused before anything is fetched.
             if let Err(error) = consumer.resume(partitions) {
                 tracing::debug!(%error, "could not resume newly assigned partitions");
             }
             let mut paused = self.shared.paused();
+            let mut held = TopicPartitionList::new();
             for element in partitions.elements() {
-                paused.remove(&(element.topic().to_owned(), element.partition()));
+                let key = (element.topic().to_owned(), element.partition());
+                paused.remove(&key);
+                if self.shared.is_held(&key.0, key.1) {
+                    held.add_partition(&key.0, key.1);
+                    paused.insert(
+                        key,
+                        Paused {
+                            held: true,
+                            ..Paused::default()
+                        },
+                    );
+                }
             }
             drop(paused);
+            if held.count() > 0 {
+                if let Err(error) = consumer.pause(&held) {
+                    tracing::warn!(partitions = %describe(&held), %error, "could not pause held partitions");
+                }
+                tracing::info!(partitions = %describe(&held), "assigned partitions held by an operator: paused");
+            }
+            self.shared.monitor.set_held(
+                self.shared
+                    .paused()
+                    .iter()
+                    .filter(|(_, state)| state.held)
+                    .map(|(key, _)| key.clone()),
+            );
             tracing::info!(partitions = %describe(partitions), "rebalance: partitions assigned");
         }
     }
@@ -653,17 +805,17 @@ impl ConsumerContext for GroupContext {
 /// Records of a partition not yet processed, from librdkafka's statistics:
 /// behind the stored offset (the last record processed here), else behind
 /// the committed offset, else (a partition this group never committed,
-/// read from the start) the whole log; `-1` when unknown. `asked` is the
-/// high watermark the broker gave for a paused partition, whose statistics
-/// keep the one from its last fetch; the later of the two counts.
-fn unprocessed(partition: &rdkafka::statistics::Partition, asked: Option<i64>) -> i64 {
-    if let Some(high) = asked.filter(|&high| high > partition.hi_offset) {
-        let position = [partition.stored_offset, partition.committed_offset, partition.lo_offset]
+/// read from the start) the whole log; `-1` when unknown. `asked` are the
+/// low and high watermarks the broker gave for a paused partition, whose
+/// statistics keep the high watermark of its last fetch (or none, when it
+/// was paused before its first); the later high watermark counts.
+fn unprocessed(partition: &rdkafka::statistics::Partition, asked: Option<(i64, i64)>) -> i64 {
+    if let Some((low, high)) = asked.filter(|&(_, high)| high > partition.hi_offset) {
+        let position = [partition.stored_offset, partition.committed_offset, low]
             .into_iter()
-            .find(|&offset| offset >= 0);
-        if let Some(position) = position {
-            return (high - position).max(0);
-        }
+            .find(|&offset| offset >= 0)
+            .unwrap_or(low);
+        return (high - position).max(0);
     }
     if partition.consumer_lag_stored >= 0 {
         partition.consumer_lag_stored

@@ -47,7 +47,7 @@ pub mod settings;
 pub mod topics;
 
 pub use admin::{ensure_topics, group_offsets, provision_topics, PartitionOffsets};
-pub use consumer::{EventConsumer, PartitionLease, Record};
+pub use consumer::{EventConsumer, Hold, HoldHandle, PartitionLease, Record};
 pub use dispatch::{Disposition, RecordHandler};
 pub use envelope::{Envelope, EnvelopeError};
 pub use error::{AdminError, ConsumeError, ProduceError};

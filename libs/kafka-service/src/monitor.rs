@@ -11,7 +11,7 @@
 //! | `kafka_consumer_commits_total` | `result` (`ok`, `failed`) | offset commits |
 //! | `kafka_consumer_offsets_stored_total` | | records whose offset was stored (processed) |
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -72,6 +72,8 @@ struct Inner {
     /// offset, or of its assignment when none was stored since.
     progress_by_partition: Mutex<HashMap<(String, i32), i64>>,
     lag_by_partition: Mutex<HashMap<(String, i32), i64>>,
+    /// Partitions an operator holds: paused on purpose, never stalled.
+    held: Mutex<HashSet<(String, i32)>>,
     lag: Family<PartitionLabels, Gauge>,
     /// Partitions held, per topic; a topic stays (at 0) once it was held,
     /// so a member that lost every partition of a topic says so.
@@ -96,6 +98,7 @@ impl GroupMonitor {
             last_progress_ms: AtomicI64::new(-1),
             progress_by_partition: Mutex::default(),
             lag_by_partition: Mutex::default(),
+            held: Mutex::default(),
             lag: Family::default(),
             assigned: Family::default(),
             assigned_total: AtomicI64::new(0),
@@ -170,7 +173,9 @@ impl GroupMonitor {
     /// while the member's others make progress; the message names each,
     /// as `stalled: issued-token[3] 12 records behind, none processed for
     /// 95 s`. (A member of a group with more members than partitions is
-    /// legitimately idle: size the group to the partitions.)
+    /// legitimately idle: size the group to the partitions.) A partition
+    /// an operator holds ([`HoldHandle`](crate::HoldHandle)) is paused on
+    /// purpose and never counts.
     pub fn stalled(&self, topics: &[&str], stall_after: Duration) -> Option<String> {
         if let Some(failure) = self.failure() {
             return Some(failure);
@@ -180,10 +185,12 @@ impl GroupMonitor {
             return Some(format!("no partitions assigned {} s after start", uptime.as_secs()));
         }
         let mut stuck: Vec<(String, i32, i64, Duration)> = {
+            let held = self.inner.held.lock().unwrap_or_else(PoisonError::into_inner).clone();
             let lag = self.lag_map();
             let progress = self.progress_map();
             lag.iter()
                 .filter(|((topic, _), lag)| **lag > 0 && topics.contains(&topic.as_str()))
+                .filter(|(key, _)| !held.contains(*key))
                 .filter_map(|((topic, partition), lag)| {
                     let since = progress.get(&(topic.clone(), *partition)).map_or(uptime, |ms| {
                         uptime.saturating_sub(Duration::from_millis(ms.unsigned_abs()))
@@ -226,6 +233,12 @@ impl GroupMonitor {
     }
 
     /// A record of `topic` `partition` was processed and its offset stored.
+    /// The partitions an operator holds now (paused on purpose: not a
+    /// stall).
+    pub(crate) fn set_held(&self, held: impl IntoIterator<Item = (String, i32)>) {
+        *self.inner.held.lock().unwrap_or_else(PoisonError::into_inner) = held.into_iter().collect();
+    }
+
     pub(crate) fn progressed(&self, topic: &str, partition: i32) {
         let ms = self.now_ms();
         self.inner.last_progress_ms.store(ms, Ordering::Relaxed);

@@ -18,6 +18,7 @@
 //! - [`dead_letters`]: reading and redriving dead letters;
 //! - [`dead_letter_requests`]: records an operator asked to dead-letter by
 //!   their offset;
+//! - [`pauses`]: topics and partitions an operator paused;
 //! - [`processing`]: the event handlers (one attempt at applying a record);
 //! - [`read_model`]: the read model's queries;
 //! - [`inbox`]: retention of the deduplication window;
@@ -37,6 +38,7 @@ pub mod feed;
 pub mod inbox;
 pub mod openapi;
 pub mod parking;
+pub mod pauses;
 pub mod processing;
 pub mod producer_client;
 pub mod read_model;

@@ -5,7 +5,7 @@
 use service_common::openapi::BearerAuth;
 use utoipa::OpenApi;
 
-use crate::routes::{dead_letters, events, health, parked, records, users};
+use crate::routes::{consumption, dead_letters, events, health, parked, records, users};
 
 /// The document.
 #[derive(OpenApi)]
@@ -26,6 +26,9 @@ use crate::routes::{dead_letters, events, health, parked, records, users};
         parked::release,
         parked::dead_letter,
         records::dead_letter,
+        consumption::pause,
+        consumption::resume,
+        consumption::list,
         events::stream,
         health::live,
         health::ready,
@@ -37,6 +40,7 @@ use crate::routes::{dead_letters, events, health, parked, records, users};
         (name = "dead letters", description = "Operating the dead-letter topic (service credential)"),
         (name = "parked", description = "Records parked on the retry topic: list, release, dead-letter (service credential)"),
         (name = "records", description = "Consumed records by topic, partition and offset: dead-letter one that no handling gets past (service credential)"),
+        (name = "consumption", description = "Pausing and resuming consumption of a topic or partition on every member (service credential)"),
         (name = "events", description = "The live feed of applied events"),
         (name = "health", description = "Liveness and readiness"),
         (name = "operations", description = "Metrics"),

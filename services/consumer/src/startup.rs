@@ -23,12 +23,13 @@ use crate::feed::Feed;
 use crate::inbox;
 use crate::openapi;
 use crate::parking::Parking;
+use crate::pauses::Pauses;
 use crate::processing::Handler;
 use crate::producer_client::ProducerClient;
 use crate::recovery::Recovery;
 use crate::routes::events::{self, StreamsClosed};
 use crate::routes::health::{self, StallCheck};
-use crate::routes::{dead_letters, parked, records, users};
+use crate::routes::{consumption, dead_letters, parked, records, users};
 
 /// The consumer: HTTP server and processing loop, ready to run.
 pub struct Application {
@@ -46,6 +47,8 @@ pub struct Application {
     /// Deletes applied events' ids past the deduplication window in the
     /// background.
     pruner: Pruner,
+    /// What an operator paused, handed to the consumer.
+    pauses: Pauses,
     producer: EventProducer,
     monitor: GroupMonitor,
 }
@@ -89,6 +92,7 @@ impl Application {
             &settings.retry,
             &mut registry,
         );
+        let pauses = Pauses::new(pool.clone(), database_deadline);
         let pruner = inbox::pruner(pool.clone(), settings.inbox.retention.clone(), &mut registry);
         let metrics = Metrics::new(registry);
         let requests = DeadLetterRequests::load(pool.clone(), database_deadline)
@@ -118,6 +122,7 @@ impl Application {
                 stall,
                 recovery: recovery.clone(),
                 requests: requests.clone(),
+                pauses: pauses.clone(),
                 feed: feed.clone(),
                 streams_closed: StreamsClosed(streams_closed.clone()),
             },
@@ -145,6 +150,7 @@ impl Application {
             recovery,
             requests,
             pruner,
+            pauses,
             producer,
             monitor,
         })
@@ -171,7 +177,13 @@ impl Application {
         let _watchdog = service_common::shutdown::exit_after_deadline(shutdown.clone(), deadline);
         let server_handle = self.server.handle();
         let mut server = tokio::spawn(self.server);
-        let mut consumer = tokio::spawn(consume(self.settings, self.delivery, self.monitor, shutdown.clone()));
+        let mut consumer = tokio::spawn(consume(
+            self.settings,
+            self.delivery,
+            self.monitor,
+            self.pauses,
+            shutdown.clone(),
+        ));
         tokio::spawn(self.recovery.run(shutdown.clone()));
         tokio::spawn(self.requests.run(shutdown.clone()));
         tokio::spawn(self.pruner.run(shutdown.clone()));
@@ -213,6 +225,7 @@ async fn consume(
     settings: Settings,
     delivery: Delivery,
     monitor: GroupMonitor,
+    pauses: Pauses,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let topics = &settings.kafka.topics;
@@ -238,6 +251,11 @@ async fn consume(
     )
     .context("invalid configuration: kafka")?;
     tracing::info!(group_id = settings.consumer.group_id, topics = ?names, "subscribed");
+    let holds = consumer.hold_handle();
+    if let Err(error) = pauses.apply_once(&holds).await {
+        tracing::warn!(%error, "could not read the consumption pauses before consuming; reading them again in a second");
+    }
+    tokio::spawn(pauses.apply(holds, shutdown.clone()));
     let drain_timeout = settings
         .shutdown
         .timeout()
@@ -261,6 +279,7 @@ struct AppData {
     stall: StallCheck,
     recovery: Recovery,
     requests: DeadLetterRequests,
+    pauses: Pauses,
 }
 
 fn run_server(listener: TcpListener, metrics: Metrics, drain: Duration, data: AppData) -> std::io::Result<Server> {
@@ -272,6 +291,7 @@ fn run_server(listener: TcpListener, metrics: Metrics, drain: Duration, data: Ap
     let stall = web::Data::new(data.stall);
     let recovery = web::Data::new(data.recovery);
     let requests = web::Data::new(data.requests);
+    let pauses = web::Data::new(data.pauses);
     let feed = web::Data::new(data.feed);
     let streams_closed = web::Data::new(data.streams_closed);
     service_common::server::serve(listener, metrics, drain, move |config| {
@@ -283,6 +303,7 @@ fn run_server(listener: TcpListener, metrics: Metrics, drain: Duration, data: Ap
             .app_data(kafka.clone())
             .app_data(recovery.clone())
             .app_data(requests.clone())
+            .app_data(pauses.clone())
             .app_data(stall.clone())
             .app_data(feed.clone())
             .app_data(streams_closed.clone())
@@ -295,6 +316,9 @@ fn run_server(listener: TcpListener, metrics: Metrics, drain: Duration, data: Ap
             .route("/parked/release", web::post().to(parked::release))
             .route("/parked/dead-letter", web::post().to(parked::dead_letter))
             .route("/records/dead-letter", web::post().to(records::dead_letter))
+            .route("/consumption/pause", web::post().to(consumption::pause))
+            .route("/consumption/resume", web::post().to(consumption::resume))
+            .route("/consumption/pauses", web::get().to(consumption::list))
             .route("/events/stream", web::get().to(events::stream))
             .route("/feed", web::get().to(events::page))
             .route("/feed.js", web::get().to(events::script))

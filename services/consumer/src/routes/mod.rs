@@ -1,5 +1,6 @@
 //! HTTP routes, one module per resource.
 
+pub mod consumption;
 pub mod dead_letters;
 pub mod events;
 pub mod health;

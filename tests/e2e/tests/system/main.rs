@@ -4,6 +4,7 @@
 mod alerts;
 mod broker_outage;
 mod consumer_api;
+mod consumption;
 mod database;
 mod event_flow;
 mod feed;

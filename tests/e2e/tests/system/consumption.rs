@@ -1,0 +1,174 @@
+//! Operator control over consumption: a paused topic stays paused on every
+//! member of the group, across a restart and a rebalance, until resumed.
+
+use std::time::Duration;
+
+use e2e::{create_user, eventually, issue_token, TestContext};
+use kafka_service::Topic;
+use reqwest::{Client, StatusCode};
+use secrecy::ExposeSecret;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// The token topic paused with a reason: a user's creation is applied and
+/// the user's token is not; the member stays ready (its stall bound is
+/// 2 s) while the paused partition's lag counts the token. The member is
+/// replaced by two new ones (a restart and a rebalance): still paused.
+/// Resumed, the token is applied. A user token gets `403`, a topic the
+/// group does not consume `422`, resuming what is not paused `404`.
+#[tokio::test]
+async fn a_paused_topic_stays_paused_on_every_member_and_across_restarts_until_resumed() {
+    let context = TestContext::new();
+    let producer = context.spawn_producer().await;
+    let mut settings = context.consumer_settings(&producer.url());
+    settings.readiness.stall_after_ms = 2000;
+    let first = context.spawn_consumer_with(settings.clone()).await;
+    let client = Client::new();
+    let operator = e2e::token_keys().service_token("operator");
+    let operator = operator.expose_secret();
+    let kafka = context.kafka();
+    let issued = kafka.topics.name(Topic::IssuedToken).to_owned();
+
+    let paused = client
+        .post(format!("{}/consumption/pause", first.url()))
+        .bearer_auth(operator)
+        .json(&json!({"topic": issued, "reason": "migrating the read model"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(paused.status(), StatusCode::OK);
+    let body: Value = paused.json().await.unwrap();
+    assert_eq!(body["reason"], "migrating the read model");
+    assert_eq!(body["partition"], Value::Null);
+    // Every member reads the pauses every second.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let user = create_user(&client, &producer.url(), "paused").await;
+    issue_token(&client, &producer.url(), &user.username).await;
+    let pool = context.consumer_pool().await;
+    eventually(Duration::from_secs(30), "the user applied", || async {
+        user_exists(&pool, user.id).await.then_some(())
+    })
+    .await;
+    eventually(
+        Duration::from_secs(20),
+        "the paused partition's lag counts the token",
+        || async {
+            let text = client
+                .get(format!("{}/metrics", first.url()))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let lag: f64 = e2e::metrics::samples(&text, "kafka_consumer_lag_records")
+                .iter()
+                .filter(|(labels, _)| labels.get("topic") == Some(&issued))
+                .map(|(_, lag)| lag)
+                .sum();
+            (lag == 1.0).then_some(())
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(tokens_issued(&pool, user.id).await, 0, "the token waits while paused");
+    let ready = client
+        .get(format!("{}/health/ready", first.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::OK, "a paused partition is not a stall");
+
+    // A restart, and a second member: the pause holds on both.
+    first.stop().await.unwrap();
+    let second = context.spawn_consumer_with(settings.clone()).await;
+    let third = context.spawn_consumer_with(settings).await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(
+        tokens_issued(&pool, user.id).await,
+        0,
+        "still paused after a restart and a rebalance"
+    );
+    let listed: Value = client
+        .get(format!("{}/consumption/pauses", third.url()))
+        .bearer_auth(operator)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["pauses"].as_array().unwrap().len(), 1, "{listed}");
+
+    let resumed = client
+        .post(format!("{}/consumption/resume", second.url()))
+        .bearer_auth(operator)
+        .json(&json!({"topic": issued}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resumed.status(), StatusCode::NO_CONTENT);
+    eventually(Duration::from_secs(30), "the token applied once resumed", || async {
+        (tokens_issued(&pool, user.id).await == 1).then_some(())
+    })
+    .await;
+
+    let user_token = issue_token(&client, &producer.url(), &user.username).await;
+    for (token, body, status) in [
+        (
+            user_token.as_str(),
+            json!({"topic": issued, "reason": "x"}),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            operator,
+            json!({"topic": "no-such-topic", "reason": "x"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            operator,
+            json!({"topic": issued, "partition": -1, "reason": "x"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            operator,
+            json!({"topic": issued, "reason": ""}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+    ] {
+        let answer = client
+            .post(format!("{}/consumption/pause", second.url()))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), status, "{body}");
+    }
+    let nothing = client
+        .post(format!("{}/consumption/resume", second.url()))
+        .bearer_auth(operator)
+        .json(&json!({"topic": issued, "partition": 3}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(nothing.status(), StatusCode::NOT_FOUND);
+}
+
+async fn user_exists(pool: &PgPool, id: Uuid) -> bool {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users WHERE id = $1)")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+async fn tokens_issued(pool: &PgPool, id: Uuid) -> i64 {
+    sqlx::query_scalar("SELECT tokens_issued FROM users WHERE id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
