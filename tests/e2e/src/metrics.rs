@@ -5,6 +5,23 @@ use std::collections::BTreeMap;
 /// The labels of one sample.
 pub type Labels = BTreeMap<String, String>;
 
+/// `GET <service>/metrics`, as text.
+///
+/// # Panics
+///
+/// When the service does not answer.
+pub async fn scrape(client: &reqwest::Client, service: &str) -> String {
+    client
+        .get(format!("{service}/metrics"))
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .unwrap_or_else(|error| panic!("GET {service}/metrics: {error}"))
+        .text()
+        .await
+        .unwrap_or_else(|error| panic!("GET {service}/metrics: {error}"))
+}
+
 /// Every sample of metric `name` in `text`: its labels and value. Label
 /// values are taken as written (the services' values have no escapes).
 pub fn samples(text: &str, name: &str) -> Vec<(Labels, f64)> {

@@ -124,15 +124,7 @@ impl World {
     }
 
     async fn metric(&self, service: &ServiceProcess, series: &str) -> f64 {
-        let text = self
-            .client
-            .get(format!("{}/metrics", service.url()))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = e2e::metrics::scrape(&self.client, &service.url()).await;
         text.lines()
             .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
             .unwrap_or_else(|| panic!("{series} in {}'s metrics", service.name))

@@ -40,29 +40,14 @@ async fn every_metric_the_alerts_name_is_exposed_by_a_service() {
     let exposed = eventually(Duration::from_secs(30), "every named metric exposed", || async {
         let mut exposed = BTreeSet::new();
         for service in [&producer.url(), &consumer.url()] {
-            let text = client
-                .get(format!("{service}/metrics"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            exposed.extend(sample_names(&text));
+            exposed.extend(sample_names(&e2e::metrics::scrape(&client, service).await));
         }
         named_in_alerts().is_subset(&exposed).then_some(exposed)
     })
     .await;
     // Each applied event was measured once, under its topic, and was
     // applied within the test's time.
-    let text = client
-        .get(format!("{}/metrics", consumer.url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = e2e::metrics::scrape(&client, &consumer.url()).await;
     let kafka = context.kafka();
     for topic in [Topic::NewUserCreated, Topic::IssuedToken] {
         let name = kafka.topics.name(topic);

@@ -55,14 +55,7 @@ async fn a_paused_topic_stays_paused_on_every_member_and_across_restarts_until_r
         Duration::from_secs(20),
         "the paused partition's lag counts the token",
         || async {
-            let text = client
-                .get(format!("{}/metrics", first.url()))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let text = e2e::metrics::scrape(&client, &first.url()).await;
             let lag: f64 = e2e::metrics::samples(&text, "kafka_consumer_lag_records")
                 .iter()
                 .filter(|(labels, _)| labels.get("topic") == Some(&issued))

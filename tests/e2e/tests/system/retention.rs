@@ -79,14 +79,7 @@ async fn old_published_rows_are_pruned_while_the_relay_publishes_and_unpublished
             .await
             .unwrap();
     assert_eq!(left, kept, "the failing and the set-aside row stay");
-    let metrics = client
-        .get(format!("{}/metrics", producer.url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = e2e::metrics::scrape(&client, &producer.url()).await;
     assert_eq!(
         e2e::metrics::samples(&metrics, "outbox_pruned_rows_total")[0].1,
         OLD_PUBLISHED as f64
