@@ -124,6 +124,27 @@ impl PartitionReader {
         .await
     }
 
+    /// The high watermark of `partition` of `topic`: the offset the next
+    /// record written to it will have.
+    ///
+    /// # Errors
+    ///
+    /// [`AdminError::Broker`] when the broker does not answer within
+    /// `request_timeout_ms`.
+    pub async fn high_watermark(&self, topic: &str, partition: i32) -> Result<i64, AdminError> {
+        let topic = topic.to_owned();
+        self.blocking(move |consumer, timeout| {
+            let (_, high) = consumer
+                .fetch_watermarks(&topic, partition, timeout)
+                .map_err(|source| AdminError::Broker {
+                    context: format!("could not fetch watermarks of {topic}[{partition}]"),
+                    source,
+                })?;
+            Ok(high)
+        })
+        .await
+    }
+
     async fn blocking<T: Send + 'static>(
         &self,
         read: impl FnOnce(&BaseConsumer<KafkaContext>, Duration) -> Result<T, AdminError> + Send + 'static,

@@ -9,6 +9,8 @@ use service_common::configuration::{self, ConfigurationError, Environment, Files
 pub use service_common::configuration::{DatabaseSettings, HttpSettings, ShutdownSettings};
 pub use service_common::retention::RetentionSettings;
 
+pub use crate::circuit::CircuitBreakerSettings;
+
 /// The environment variable Copilot sets to the service discovery namespace
 /// (`<env>.<app>.local`).
 pub const SERVICE_DISCOVERY_ENDPOINT_VAR: &str = "COPILOT_SERVICE_DISCOVERY_ENDPOINT";
@@ -30,6 +32,8 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// Retries of transient failures, in place and through the retry topic.
     pub retry: RetrySettings,
+    /// When the database or the producer counts as down.
+    pub circuit_breaker: CircuitBreakerSettings,
     /// How long a graceful stop may take.
     pub shutdown: ShutdownSettings,
     /// When readiness reports the member stuck.
@@ -199,6 +203,7 @@ struct Raw {
     producer: RawProducer,
     auth: AuthSettings,
     retry: RetrySettings,
+    circuit_breaker: CircuitBreakerSettings,
     shutdown: ShutdownSettings,
     readiness: ReadinessSettings,
     inbox: InboxSettings,
@@ -252,6 +257,7 @@ impl Settings {
             }
         };
         raw.inbox.check(&raw.kafka.connection, &raw.retry)?;
+        raw.circuit_breaker.check()?;
         Ok(Self {
             http: raw.http,
             database: raw.database,
@@ -263,6 +269,7 @@ impl Settings {
             },
             auth: raw.auth,
             retry: raw.retry,
+            circuit_breaker: raw.circuit_breaker,
             shutdown: raw.shutdown,
             readiness: raw.readiness,
             inbox: raw.inbox,
@@ -294,6 +301,7 @@ mod tests {
                 "topic_rounds": 5, "topic_initial_delay_ms": 60000, "topic_multiplier": 5,
                 "topic_max_delay_ms": 3600000
             },
+            "circuit_breaker": { "failure_threshold": 5, "open_min_secs": 1, "open_max_secs": 10 },
             "shutdown": { "timeout_ms": 20000 },
             "readiness": { "stall_after_ms": 120000 },
             "inbox": { "retention": { "hours": 744, "batch_size": 1000, "interval_ms": 60000 } }

@@ -19,7 +19,9 @@
 //! - [`dead_letter_requests`]: records an operator asked to dead-letter by
 //!   their offset;
 //! - [`pauses`]: topics and partitions an operator paused;
+//! - [`replays`]: replaying an event topic from a time, through the inbox;
 //! - [`processing`]: the event handlers (one attempt at applying a record);
+//! - [`circuit`]: the circuit breakers of the database and the producer;
 //! - [`read_model`]: the read model's queries;
 //! - [`inbox`]: retention of the deduplication window;
 //! - [`feed`]: the live feed of applied events (Server-Sent Events);
@@ -29,6 +31,7 @@
 //! - [`openapi`]: the OpenAPI document, served at `GET /openapi.json`.
 #![warn(missing_docs)]
 
+pub mod circuit;
 pub mod configuration;
 pub mod dead_letter_requests;
 pub mod dead_letters;
@@ -43,5 +46,6 @@ pub mod processing;
 pub mod producer_client;
 pub mod read_model;
 pub mod recovery;
+pub mod replays;
 pub mod routes;
 pub mod startup;

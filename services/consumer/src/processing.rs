@@ -18,6 +18,7 @@ use kafka_service::{Envelope, Record};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::circuit::{Breakers, Dependency};
 use crate::feed::{Feed, FeedEvent};
 use crate::producer_client::ProducerClient;
 use crate::read_model;
@@ -34,7 +35,17 @@ pub enum Outcome {
 /// Why applying a record failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
-    /// Retrying later may succeed.
+    /// A dependency failed (it did not answer, answered with an error, or
+    /// its circuit is open): retrying once it answers may succeed.
+    #[error("{} unavailable", dependency.name())]
+    Unavailable {
+        /// Which dependency.
+        dependency: Dependency,
+        /// The failed call, or the open circuit.
+        #[source]
+        error: anyhow::Error,
+    },
+    /// Retrying later may succeed, though every dependency answered.
     #[error("transient failure")]
     Transient(#[source] anyhow::Error),
     /// Retrying cannot help. The record is dead-lettered with this error's
@@ -53,6 +64,9 @@ pub struct Handler {
     /// Longest one [`handle`](Self::handle) or
     /// [`handle_batch`](Self::handle_batch) may take; `None`: no bound.
     deadline: Option<Duration>,
+    /// Told of each call to the database and the producer; an open one
+    /// fails a handling at once.
+    breakers: Breakers,
 }
 
 impl Handler {
@@ -61,13 +75,22 @@ impl Handler {
     /// deadline covers a database that stops answering, which no
     /// server-side limit does ([`service_common::database::bounded`]): set
     /// it to the longest a handling may legitimately take, the statement
-    /// deadline plus one call to the producer.
-    pub fn new(pool: PgPool, producer: ProducerClient, feed: Feed, deadline: Option<Duration>) -> Self {
+    /// deadline plus one call to the producer (whose own timeout is
+    /// shorter), so that running out of it is the database's failure.
+    /// `breakers` are told of each call's outcome.
+    pub fn new(
+        pool: PgPool,
+        producer: ProducerClient,
+        feed: Feed,
+        deadline: Option<Duration>,
+        breakers: Breakers,
+    ) -> Self {
         Self {
             pool,
             producer,
             feed,
             deadline,
+            breakers,
         }
     }
 
@@ -78,23 +101,43 @@ impl Handler {
     ///
     /// # Errors
     ///
-    /// [`ProcessError::Transient`] when the database or the producer failed,
-    /// or the handling took longer than the deadline;
-    /// [`ProcessError::Permanent`] when the record can never be applied (not
-    /// a valid envelope, an unknown event type, invalid data, a user the
-    /// producer does not know).
+    /// [`ProcessError::Unavailable`] when the database or the producer
+    /// failed or its circuit is open, or the handling took longer than the
+    /// deadline (the database's failure: the producer's calls time out
+    /// before it); [`ProcessError::Transient`] when the read model lost a
+    /// user in between; [`ProcessError::Permanent`] when the record can
+    /// never be applied (not a valid envelope, an unknown event type,
+    /// invalid data, a user the producer does not know).
     pub async fn handle(&self, record: &Record, origin: &Origin) -> Result<Outcome, ProcessError> {
-        let Some(deadline) = self.deadline else {
-            return self.handle_unbounded(record, origin).await;
+        let database = self.breakers.of(Dependency::Database);
+        if !database.permits() {
+            return Err(circuit_open(Dependency::Database));
+        }
+        let handled = match self.deadline {
+            None => self.handle_unbounded(record, origin).await,
+            Some(deadline) => tokio::time::timeout(deadline, self.handle_unbounded(record, origin))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ProcessError::Unavailable {
+                        dependency: Dependency::Database,
+                        error: anyhow::anyhow!("not handled within {} ms", deadline.as_millis()),
+                    })
+                }),
         };
-        tokio::time::timeout(deadline, self.handle_unbounded(record, origin))
-            .await
-            .unwrap_or_else(|_| {
-                Err(ProcessError::Transient(anyhow::anyhow!(
-                    "not handled within {} ms (the database or the producer did not answer)",
-                    deadline.as_millis()
-                )))
-            })
+        match &handled {
+            Ok(_) => database.succeeded(),
+            Err(ProcessError::Unavailable {
+                dependency: Dependency::Database,
+                ..
+            }) => database.failed(),
+            Err(_) => {}
+        }
+        handled
+    }
+
+    /// The breakers this handler tells of each call.
+    pub fn breakers(&self) -> &Breakers {
+        &self.breakers
     }
 
     async fn handle_unbounded(&self, record: &Record, origin: &Origin) -> Result<Outcome, ProcessError> {
@@ -109,14 +152,14 @@ impl Handler {
     }
 
     async fn user_created(&self, event: &Applied<'_>, data: &UserCreated) -> Result<Outcome, ProcessError> {
-        let mut tx = self.pool.begin().await.map_err(transient)?;
-        let Some(sequence) = claim(&mut tx, event).await.map_err(transient)? else {
+        let mut tx = self.pool.begin().await.map_err(database_failed)?;
+        let Some(sequence) = claim(&mut tx, event).await.map_err(database_failed)? else {
             return Ok(Outcome::Duplicate);
         };
         read_model::insert_user(&mut tx, data.user_id, &data.username, &data.email, data.created_at)
             .await
-            .map_err(transient)?;
-        tx.commit().await.map_err(transient)?;
+            .map_err(database_failed)?;
+        tx.commit().await.map_err(database_failed)?;
         self.feed.publish(event.feed_event(sequence));
         Ok(Outcome::Applied)
     }
@@ -124,40 +167,50 @@ impl Handler {
     async fn token_issued(&self, event: &Applied<'_>, data: &TokenIssued) -> Result<Outcome, ProcessError> {
         // The two topics are not ordered against each other: a token may
         // arrive before its user. Ask the producer, outside any transaction.
-        let mut connection = self.pool.acquire().await.map_err(transient)?;
+        let mut connection = self.pool.acquire().await.map_err(database_failed)?;
         if !read_model::has_user(&mut connection, data.user_id)
             .await
-            .map_err(transient)?
+            .map_err(database_failed)?
         {
-            let user = self
-                .producer
-                .get_user(data.user_id)
-                .await
-                .map_err(|e| ProcessError::Transient(e.into()))?
+            let breaker = self.breakers.of(Dependency::Producer);
+            if !breaker.permits() {
+                return Err(circuit_open(Dependency::Producer));
+            }
+            let answer = self.producer.get_user(data.user_id).await;
+            if answer.is_ok() {
+                breaker.succeeded();
+            } else {
+                breaker.failed();
+            }
+            let user = answer
+                .map_err(|error| ProcessError::Unavailable {
+                    dependency: Dependency::Producer,
+                    error: error.into(),
+                })?
                 .ok_or_else(|| {
                     ProcessError::Permanent(anyhow::anyhow!("the producer does not know user {}", data.user_id))
                 })?;
             read_model::insert_user(&mut connection, user.id, &user.username, &user.email, user.created_at)
                 .await
-                .map_err(transient)?;
+                .map_err(database_failed)?;
             tracing::info!(user_id = %user.id, "user fetched from the producer ahead of its event");
         }
         drop(connection);
 
-        let mut tx = self.pool.begin().await.map_err(transient)?;
-        let Some(sequence) = claim(&mut tx, event).await.map_err(transient)? else {
+        let mut tx = self.pool.begin().await.map_err(database_failed)?;
+        let Some(sequence) = claim(&mut tx, event).await.map_err(database_failed)? else {
             return Ok(Outcome::Duplicate);
         };
         if !read_model::count_token(&mut tx, data.user_id, data.issued_at)
             .await
-            .map_err(transient)?
+            .map_err(database_failed)?
         {
             return Err(ProcessError::Transient(anyhow::anyhow!(
                 "user {} vanished from the read model",
                 data.user_id
             )));
         }
-        tx.commit().await.map_err(transient)?;
+        tx.commit().await.map_err(database_failed)?;
         self.feed.publish(event.feed_event(sequence));
         Ok(Outcome::Applied)
     }
@@ -174,20 +227,31 @@ impl Handler {
     ///
     /// # Errors
     ///
-    /// The database error, or no answer within the deadline; nothing of the
-    /// run is applied then.
+    /// The database error, no answer within the deadline, or the database's
+    /// circuit open; nothing of the run is applied then.
     pub async fn handle_batch(&self, records: &[Record]) -> anyhow::Result<Vec<Outcome>> {
-        let Some(deadline) = self.deadline else {
-            return self.handle_batch_unbounded(records).await;
+        let database = self.breakers.of(Dependency::Database);
+        anyhow::ensure!(database.permits(), "the database's circuit is open");
+        let applied = match self.deadline {
+            None => self.handle_batch_unbounded(records).await,
+            Some(deadline) => tokio::time::timeout(deadline, self.handle_batch_unbounded(records))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(anyhow::anyhow!(
+                        "batch not applied within {} ms (the database did not answer)",
+                        deadline.as_millis()
+                    ))
+                }),
         };
-        tokio::time::timeout(deadline, self.handle_batch_unbounded(records))
-            .await
-            .unwrap_or_else(|_| {
-                Err(anyhow::anyhow!(
-                    "batch not applied within {} ms (the database did not answer)",
-                    deadline.as_millis()
-                ))
-            })
+        // Every error of a run is the database's, but for a user that
+        // vanished from the read model in between, which only an operator
+        // deleting rows causes.
+        if applied.is_ok() {
+            database.succeeded();
+        } else {
+            database.failed();
+        }
+        applied
     }
 
     async fn handle_batch_unbounded(&self, records: &[Record]) -> anyhow::Result<Vec<Outcome>> {
@@ -350,6 +414,18 @@ fn permanent(error: impl std::error::Error + Send + Sync + 'static) -> ProcessEr
     ProcessError::Permanent(anyhow::Error::new(error))
 }
 
-fn transient(error: sqlx::Error) -> ProcessError {
-    ProcessError::Transient(anyhow::Error::new(error).context("database"))
+/// A database call that failed.
+fn database_failed(error: sqlx::Error) -> ProcessError {
+    ProcessError::Unavailable {
+        dependency: Dependency::Database,
+        error: anyhow::Error::new(error).context("database"),
+    }
+}
+
+/// A call not made because `dependency`'s circuit is open.
+fn circuit_open(dependency: Dependency) -> ProcessError {
+    ProcessError::Unavailable {
+        dependency,
+        error: anyhow::anyhow!("{}'s circuit is open", dependency.name()),
+    }
 }

@@ -16,6 +16,7 @@ use service_common::retention::Pruner;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
+use crate::circuit::Breakers;
 use crate::configuration::Settings;
 use crate::dead_letter_requests::DeadLetterRequests;
 use crate::delivery::{Copies, Delivery, DeliveryMetrics};
@@ -27,6 +28,7 @@ use crate::pauses::Pauses;
 use crate::processing::Handler;
 use crate::producer_client::ProducerClient;
 use crate::recovery::Recovery;
+use crate::replays::Replays;
 use crate::routes::events::{self, StreamsClosed};
 use crate::routes::health::{self, StallCheck};
 use crate::routes::{consumption, dead_letters, parked, records, users};
@@ -49,6 +51,8 @@ pub struct Application {
     pruner: Pruner,
     /// What an operator paused, handed to the consumer.
     pauses: Pauses,
+    /// Runs the replays an operator asked for, in the background.
+    replays: Replays,
     producer: EventProducer,
     monitor: GroupMonitor,
 }
@@ -79,6 +83,7 @@ impl Application {
         let monitor = GroupMonitor::new(&mut registry);
         producer.register_metrics(&mut registry);
         let delivery_metrics = DeliveryMetrics::new(&mut registry);
+        let breakers = Breakers::new(&settings.circuit_breaker, &mut registry);
         // A database that stops answering fails a call after this, rather
         // than hanging a partition for good; a handling may also call the
         // producer once.
@@ -103,8 +108,24 @@ impl Application {
             monitor: monitor.clone(),
             event_topics: Topic::EVENTS.iter().map(|&t| topics.name(t).to_owned()).collect(),
             stall_after: Duration::from_millis(settings.readiness.stall_after_ms),
+            breakers: breakers.clone(),
         };
         let feed = Feed::default();
+        let handler = Handler::new(
+            pool.clone(),
+            producer_client.clone(),
+            feed.clone(),
+            handling_deadline,
+            breakers,
+        );
+        let reader = Arc::new(PartitionReader::new(&settings.kafka).context("invalid configuration: kafka")?);
+        let replays = Replays::new(
+            pool.clone(),
+            database_deadline,
+            handler.clone(),
+            Arc::clone(&reader),
+            settings.inbox.retention.period(),
+        );
         let streams_closed = CancellationToken::new();
         let address = format!("{}:{}", settings.http.host, settings.http.port);
         let listener = TcpListener::bind(&address).with_context(|| format!("could not bind {address}"))?;
@@ -123,17 +144,18 @@ impl Application {
                 recovery: recovery.clone(),
                 requests: requests.clone(),
                 pauses: pauses.clone(),
+                replays: replays.clone(),
                 feed: feed.clone(),
                 streams_closed: StreamsClosed(streams_closed.clone()),
             },
         )?;
         tracing::info!(%address, port, producer = settings.producer.base_url, "consumer listening");
         let delivery = Delivery::new(
-            Handler::new(pool.clone(), producer_client, feed, handling_deadline),
+            handler,
             Parking::new(pool, database_deadline),
             Copies {
                 producer: producer.clone(),
-                reader: Arc::new(PartitionReader::new(&settings.kafka).context("invalid configuration: kafka")?),
+                reader,
                 topics: topics.clone(),
             },
             settings.retry.clone(),
@@ -151,6 +173,7 @@ impl Application {
             requests,
             pruner,
             pauses,
+            replays,
             producer,
             monitor,
         })
@@ -187,6 +210,7 @@ impl Application {
         tokio::spawn(self.recovery.run(shutdown.clone()));
         tokio::spawn(self.requests.run(shutdown.clone()));
         tokio::spawn(self.pruner.run(shutdown.clone()));
+        tokio::spawn(self.replays.run(shutdown.clone()));
         let outcome = tokio::select! {
             () = shutdown.cancelled() => Ok(()),
             result = &mut server => result.context("http server panicked")?.context("http server failed"),
@@ -280,6 +304,7 @@ struct AppData {
     recovery: Recovery,
     requests: DeadLetterRequests,
     pauses: Pauses,
+    replays: Replays,
 }
 
 fn run_server(listener: TcpListener, metrics: Metrics, drain: Duration, data: AppData) -> std::io::Result<Server> {
@@ -292,6 +317,7 @@ fn run_server(listener: TcpListener, metrics: Metrics, drain: Duration, data: Ap
     let recovery = web::Data::new(data.recovery);
     let requests = web::Data::new(data.requests);
     let pauses = web::Data::new(data.pauses);
+    let replays = web::Data::new(data.replays);
     let feed = web::Data::new(data.feed);
     let streams_closed = web::Data::new(data.streams_closed);
     service_common::server::serve(listener, metrics, drain, move |config| {
@@ -304,6 +330,7 @@ fn run_server(listener: TcpListener, metrics: Metrics, drain: Duration, data: Ap
             .app_data(recovery.clone())
             .app_data(requests.clone())
             .app_data(pauses.clone())
+            .app_data(replays.clone())
             .app_data(stall.clone())
             .app_data(feed.clone())
             .app_data(streams_closed.clone())
@@ -319,6 +346,8 @@ fn run_server(listener: TcpListener, metrics: Metrics, drain: Duration, data: Ap
             .route("/consumption/pause", web::post().to(consumption::pause))
             .route("/consumption/resume", web::post().to(consumption::resume))
             .route("/consumption/pauses", web::get().to(consumption::list))
+            .route("/consumption/replays", web::post().to(consumption::replay))
+            .route("/consumption/replays", web::get().to(consumption::replays))
             .route("/events/stream", web::get().to(events::stream))
             .route("/feed", web::get().to(events::page))
             .route("/feed.js", web::get().to(events::script))

@@ -198,6 +198,11 @@ impl TestContext {
                 jwt_secret: SecretString::from(JWT_SECRET.to_owned()),
             },
             retry: fast_retries(),
+            circuit_breaker: CircuitBreakerSettings {
+                failure_threshold: 5,
+                open_min_secs: 1,
+                open_max_secs: 2,
+            },
             shutdown: ShutdownSettings { timeout_ms: 10_000 },
             readiness: ReadinessSettings { stall_after_ms: 60_000 },
             // The defaults: nothing a test applies is that old.

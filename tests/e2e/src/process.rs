@@ -19,6 +19,12 @@ use crate::{eventually, fast_retries, TestContext, JWT_SECRET};
 /// need a look-up (port 9, discard, is closed on loopback).
 pub const NO_PRODUCER: &str = "http://127.0.0.1:9";
 
+/// An `APP_*` override for tests of what happens once a record's retries
+/// are used up while a dependency fails: the consumer's circuit breakers
+/// never open, so every failure counts as a try, as a failure while the
+/// dependency answers others does (`docs/delivery.md`, "Outages").
+pub const BREAKER_NEVER_OPENS: (&str, &str) = ("APP_CIRCUIT_BREAKER__FAILURE_THRESHOLD", "4294967295");
+
 /// The consumer processes' `session.timeout.ms`: how long the group
 /// coordinator waits for a killed member's heartbeats before it gives the
 /// member's partitions to the others. Production keeps librdkafka's 45 s

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::finishing::{CopyKind, Finish, Step};
 use super::{Delivery, Interrupted};
+use crate::circuit::Dependency;
 use crate::configuration::DUE_TIME_MARGIN;
 use crate::parking::{Position, Schedule};
 use crate::processing::{Outcome, ProcessError};
@@ -28,6 +29,11 @@ enum Tried {
     Rejected { reason: String, tries: u32 },
     /// Every in-place try failed transiently; `error` is the last one.
     Exhausted { error: String, tries: u32 },
+    /// It needs the producer, whose circuit is open: to be parked (or
+    /// copied to the retry topic again) without counting a round, so that
+    /// the records behind it that do not need the producer keep flowing.
+    /// `tries` counts only the tries made while the circuit was closed.
+    Postponed { error: String, tries: u32 },
 }
 
 /// Where a retry copy stands once it is due ([`Delivery::when_due`]).
@@ -72,6 +78,15 @@ impl Delivery {
             Tried::Succeeded(outcome) => {
                 self.log_outcome(record, outcome);
                 Finish::default()
+            }
+            Tried::Postponed { error, tries } => {
+                let reason = format!("waiting for the producer, whose circuit is open: {error}");
+                let schedule = Schedule {
+                    round: 0,
+                    attempts: tries,
+                    due_at: Utc::now(),
+                };
+                self.parked(record, origin, schedule, Duration::ZERO, &reason)
             }
             Tried::Rejected { reason, tries } => {
                 self.dead_lettered(record, origin, FailureClass::Permanent, tries, reason, false)
@@ -212,6 +227,17 @@ impl Delivery {
     fn after_retry(&self, record: &Record, headers: &RetryHeaders, tried: Tried) -> Finish {
         let origin = &headers.origin;
         match tried {
+            Tried::Postponed { error, tries } => {
+                // Not a round: due again once the circuit has surely let
+                // calls through (its longest open time).
+                let delay = self.handler.breakers().longest_open();
+                let schedule = Schedule {
+                    round: headers.round,
+                    attempts: headers.attempts + tries,
+                    due_at: Utc::now() + delay,
+                };
+                self.scheduled_again(record, headers, schedule, delay, error, "postponed")
+            }
             Tried::Succeeded(outcome) => {
                 self.log_outcome(record, outcome);
                 if headers.round > 0 {
@@ -236,30 +262,52 @@ impl Delivery {
                     attempts: headers.attempts + tries,
                     due_at: Utc::now() + delay,
                 };
-                let copy = schedule.headers(origin, &error).copy(record);
-                let attempts = schedule.attempts;
-                Finish::counted(
-                    "parked",
-                    [
-                        Step::Reschedule {
-                            origin: origin.clone(),
-                            schedule,
-                            reason: Some(error),
-                        },
-                        Step::Produce {
-                            origin: origin.clone(),
-                            copy,
-                            kind: CopyKind::Parked { round, delay, attempts },
-                        },
-                    ],
-                )
+                self.scheduled_again(record, headers, schedule, delay, error, "parked")
             }
         }
+    }
+
+    /// A retry copy's record on the retry topic again on `schedule`, due
+    /// after `delay`, for `error`; its outcome counted as `outcome`.
+    fn scheduled_again(
+        &self,
+        record: &Record,
+        headers: &RetryHeaders,
+        schedule: Schedule,
+        delay: Duration,
+        error: String,
+        outcome: &'static str,
+    ) -> Finish {
+        let origin = &headers.origin;
+        let (round, attempts) = (schedule.round, schedule.attempts);
+        let copy = schedule.headers(origin, &error).copy(record);
+        Finish::counted(
+            outcome,
+            [
+                Step::Reschedule {
+                    origin: origin.clone(),
+                    schedule,
+                    reason: Some(error),
+                },
+                Step::Produce {
+                    origin: origin.clone(),
+                    copy,
+                    kind: CopyKind::Parked { round, delay, attempts },
+                },
+            ],
+        )
     }
 
     /// Tries to apply `record` up to `retry.attempts` times, pausing between
     /// tries with exponential backoff and jitter, for at most
     /// `retry.max_elapsed_ms` of pauses in all.
+    ///
+    /// A failure of a dependency whose circuit is not closed (the one that
+    /// opened it included) is the outage's, and is not a try. A record that
+    /// needs the database waits in place until the circuit lets calls
+    /// through again, and is tried then (nothing can be parked without the
+    /// database anyway); one that needs the producer is
+    /// [`Tried::Postponed`], so that its partition moves on.
     async fn try_in_place(
         &self,
         record: &Record,
@@ -275,6 +323,7 @@ impl Delivery {
             .with_jitter()
             .build();
         let mut tries = 0;
+        let mut waited = false;
         loop {
             tries += 1;
             match self.handler.handle(record, origin).await {
@@ -283,7 +332,31 @@ impl Delivery {
                     let reason = format!("{error:#}");
                     return Ok(Tried::Rejected { reason, tries });
                 }
-                Err(ProcessError::Transient(error)) => {
+                Err(ProcessError::Unavailable { dependency, error })
+                    if !self.handler.breakers().of(dependency).is_closed() =>
+                {
+                    tries -= 1;
+                    let error = format!("{error:#}");
+                    if dependency == Dependency::Producer {
+                        tracing::info!(
+                            error,
+                            "the producer's circuit is open; parking the record without counting a try"
+                        );
+                        return Ok(Tried::Postponed { error, tries });
+                    }
+                    if !waited {
+                        tracing::info!(
+                            dependency = dependency.name(),
+                            error,
+                            "circuit open; waiting for it to let calls through (not counted as a try)"
+                        );
+                        waited = true;
+                    }
+                    if !self.handler.breakers().of(dependency).wait(cancel).await {
+                        return Err(Interrupted::Cancelled);
+                    }
+                }
+                Err(ProcessError::Unavailable { error, .. } | ProcessError::Transient(error)) => {
                     let error = format!("{error:#}");
                     let Some(delay) = delays.next() else {
                         tracing::warn!(tries, error, "event not applied; in-place retries exhausted");

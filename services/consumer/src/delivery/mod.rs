@@ -86,8 +86,10 @@ pub struct Delivery {
 /// - `kafka_records_consumed_total{topic,outcome}`: `applied`, `duplicate`
 ///   (applied before), `parked` (moved to the retry topic, first time or
 ///   another round), `deferred` (copied to the retry topic again, behind an
-///   older parked record of its key),
-///   `dead_lettered`, `skipped` (a second copy of a resolved record);
+///   older parked record of its key), `postponed` (copied to the retry
+///   topic again at the same round: the producer it needs is down, see
+///   [`crate::circuit`]), `dead_lettered`, `skipped` (a second copy of a
+///   resolved record);
 /// - `kafka_record_retries_total{topic}`: in-place retries;
 /// - `kafka_record_handling_duration_seconds{topic}`: from taking a record
 ///   to being done with it, retries and retry waits included;

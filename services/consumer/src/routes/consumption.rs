@@ -1,7 +1,8 @@
 //! Operator control over consumption: pause a topic, or one partition of
-//! it, with a reason, and resume it (see [`crate::pauses`]). Needs a
-//! service credential (`consumer service-token` prints one); user tokens
-//! get `403`.
+//! it, with a reason, and resume it (see [`crate::pauses`]); replay an
+//! event topic from a time into the read model, through the inbox (see
+//! [`crate::replays`]). Needs a service credential (`consumer
+//! service-token` prints one); user tokens get `403`.
 
 use actix_web::{web, HttpResponse};
 use chrono::{DateTime, Utc};
@@ -13,10 +14,11 @@ use utoipa::ToSchema;
 
 use crate::error::ApiError;
 use crate::pauses::{Pause, Pauses};
+use crate::replays::{Replay, Replays};
 use crate::routes::require_operator;
 
 /// What a user token is told (`403`).
-const NEEDS_SERVICE: &str = "pausing and resuming consumption needs a service credential";
+const NEEDS_SERVICE: &str = "controlling consumption needs a service credential";
 
 /// `POST /consumption/pause` body.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -190,6 +192,116 @@ pub async fn list(caller: Authenticated, pauses: web::Data<Pauses>) -> Result<Ht
     }))
 }
 
+/// `POST /consumption/replays` body.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayRequest {
+    /// An event topic.
+    pub topic: String,
+    /// Replay its records from this time on (their Kafka timestamps), RFC
+    /// 3339; not in the future, and not before the deduplication window
+    /// (`inbox.retention.hours`, less an hour).
+    pub from: DateTime<Utc>,
+    /// Why: 1 to 1000 characters, logged.
+    #[schema(min_length = 1, max_length = 1000)]
+    pub reason: String,
+}
+
+/// `GET /consumption/replays` answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReplayList {
+    /// Every replay, newest first.
+    pub replays: Vec<Replay>,
+}
+
+/// Replays an event topic from a time into this read model, through the
+/// inbox: each record from `from` to where the topic ended when the replay
+/// started is applied unless its event was applied before (see
+/// [`crate::replays`]), by one member of the group at a time, which resumes
+/// after a restart. The group's committed offsets are not touched, and it
+/// keeps consuming meanwhile. For a read model restored from a backup (the
+/// inbox with it), or rows repaired by hand.
+///
+/// `202` with the replay; follow it at `GET /consumption/replays`. `422`
+/// for a topic that is not an event topic, a time in the future or before
+/// the deduplication window, or an empty or overlong reason.
+#[utoipa::path(
+    post,
+    path = "/consumption/replays",
+    tag = "consumption",
+    request_body = ReplayRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Recorded: a member starts it within a second", body = Replay),
+        (status = 400, description = "`invalid_json`: a malformed body, a missing or unknown field, a time that is not RFC 3339", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: no valid token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: a user token; this needs a service credential", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: body over 16 KiB", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: not `application/json`", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: not an event topic, a time in the future or before the deduplication window, or an empty or overlong reason", body = ErrorBody),
+    )
+)]
+#[tracing::instrument(name = "replay", skip_all)]
+pub async fn replay(
+    caller: Authenticated,
+    replays: web::Data<Replays>,
+    kafka: web::Data<KafkaSettings>,
+    request: web::Json<ReplayRequest>,
+) -> Result<HttpResponse, ApiError> {
+    require_operator(&caller, NEEDS_SERVICE)?;
+    let reason = service_common::http::operator_reason(&request.reason)
+        .ok_or_else(|| ApiError::Validation("reason must be 1 to 1000 characters".to_owned()))?;
+    if !Topic::EVENTS
+        .iter()
+        .any(|&event| kafka.topics.name(event) == request.topic)
+    {
+        return Err(ApiError::Validation(format!(
+            "`{}` is not an event topic",
+            request.topic
+        )));
+    }
+    if request.from > Utc::now() {
+        return Err(ApiError::Validation("`from` is in the future".to_owned()));
+    }
+    let earliest = replays.earliest();
+    if request.from < earliest {
+        return Err(ApiError::Validation(format!(
+            "`from` is before {earliest}: the ids of events applied before the deduplication window \
+             (inbox.retention.hours, less an hour for clocks) may be pruned, and those events would be applied twice"
+        )));
+    }
+    let replay = replays
+        .request(&request.topic, request.from, reason)
+        .await
+        .map_err(database_error)?;
+    tracing::info!(
+        replay_id = replay.id,
+        topic = replay.topic,
+        from = %replay.from_time,
+        reason = replay.reason,
+        "operator asked for a replay"
+    );
+    Ok(HttpResponse::Accepted().json(replay))
+}
+
+/// Every replay, newest first, with its progress.
+#[utoipa::path(
+    get,
+    path = "/consumption/replays",
+    tag = "consumption",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Every replay, newest first", body = ReplayList),
+        (status = 401, description = "`unauthorized`: no valid token", body = ErrorBody),
+        (status = 403, description = "`forbidden`: a user token; this needs a service credential", body = ErrorBody),
+    )
+)]
+pub async fn replays(caller: Authenticated, replays: web::Data<Replays>) -> Result<HttpResponse, ApiError> {
+    require_operator(&caller, NEEDS_SERVICE)?;
+    let replays = replays.list().await.map_err(database_error)?;
+    Ok(HttpResponse::Ok().json(ReplayList { replays }))
+}
+
 /// A topic the group consumes (the event topics and the retry topic) and
 /// a partition that is not negative.
 fn check(kafka: &KafkaSettings, topic: &str, partition: Option<i32>) -> Result<(), ApiError> {
@@ -208,5 +320,5 @@ fn check(kafka: &KafkaSettings, topic: &str, partition: Option<i32>) -> Result<(
 }
 
 fn database_error(error: sqlx::Error) -> ApiError {
-    ApiError::Unexpected(anyhow::Error::new(error).context("consumption pauses (database)"))
+    ApiError::Unexpected(anyhow::Error::new(error).context("consumption control (database)"))
 }

@@ -3,12 +3,17 @@
 //! `GET /health/ready`: the common checks (database, broker) plus whether
 //! this group member is stuck, for operators and alarms.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use actix_web::{web, HttpResponse};
 use kafka_service::{EventProducer, GroupMonitor};
+use serde::Serialize;
 use service_common::health;
 use sqlx::PgPool;
+use utoipa::ToSchema;
+
+use crate::circuit::Breakers;
 
 /// What readiness asks of the group member.
 pub struct StallCheck {
@@ -19,6 +24,23 @@ pub struct StallCheck {
     pub event_topics: Vec<String>,
     /// `readiness.stall_after_ms`.
     pub stall_after: Duration,
+    /// The dependencies' circuits, reported in the body.
+    pub breakers: Breakers,
+}
+
+/// The consumer's readiness: `{"status": "ready", "circuits": {"database":
+/// "closed", "producer": "open"}}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Readiness {
+    /// `ready`.
+    pub status: &'static str,
+    /// Each dependency's circuit breaker (`database`, `producer`):
+    /// `closed`, `half_open` (calls go through to see whether it is back)
+    /// or `open` (records that need it wait, and their retries are not
+    /// counted; it turns half-open at the next call after its open time).
+    /// An open `producer` circuit does not make the consumer unready: only
+    /// tokens of users it has not seen need the producer.
+    pub circuits: BTreeMap<&'static str, &'static str>,
 }
 
 /// `200 {"status":"ok"}` while the process serves HTTP and every partition
@@ -46,14 +68,16 @@ pub async fn live(stall: web::Data<StallCheck>) -> HttpResponse {
 }
 
 /// `200` when the database and a broker answer and the member is not stuck
-/// (see [`GroupMonitor::stalled`]); `503 not_ready` naming what is wrong.
+/// (see [`GroupMonitor::stalled`]), with each dependency's circuit in the
+/// body ([`Readiness`]); `503 not_ready` naming what is wrong, and any
+/// circuit that is not closed.
 #[utoipa::path(
     get,
     path = "/health/ready",
     tag = "health",
     responses(
-        (status = 200, description = "The database and a broker answer, and this member is not stuck", body = service_common::openapi::Status),
-        (status = 503, description = "`not_ready`: the message names what is wrong (`database`, `broker`, or how the member is stuck)", body = service_common::http::ErrorBody),
+        (status = 200, description = "The database and a broker answer, and this member is not stuck; `circuits` gives each dependency's circuit breaker", body = Readiness),
+        (status = 503, description = "`not_ready`: the message names what is wrong (`database`, `broker`, or how the member is stuck), and the circuits that are not closed", body = service_common::http::ErrorBody),
     )
 )]
 pub async fn ready(
@@ -66,6 +90,18 @@ pub async fn ready(
     if let Some(reason) = stall.monitor.stalled(&topics, stall.stall_after) {
         tracing::warn!(reason, "readiness: consumer stuck");
         down.push(reason);
+    }
+    let circuits: BTreeMap<_, _> = stall.breakers.states().into_iter().collect();
+    if down.is_empty() {
+        return HttpResponse::Ok().json(Readiness {
+            status: "ready",
+            circuits,
+        });
+    }
+    for (dependency, state) in circuits {
+        if state != "closed" {
+            down.push(format!("{dependency} circuit {state}"));
+        }
     }
     health::readiness(down)
 }

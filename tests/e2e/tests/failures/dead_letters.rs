@@ -7,7 +7,7 @@ use e2e::load::{
     assert_offsets_at_end, dead_letters, envelope_of, new_users, outgoing, owned_headers, processed_count, publish,
     token_issued, wait_for_processed,
 };
-use e2e::process::{ServiceProcess, NO_PRODUCER};
+use e2e::process::{ServiceProcess, BREAKER_NEVER_OPENS, NO_PRODUCER};
 use e2e::proxy::{FaultProxy, Mode};
 use e2e::{eventually, TestContext};
 use kafka_service::failure::header;
@@ -266,7 +266,9 @@ async fn a_member_stopped_between_a_dead_letter_and_the_unparking_neither_applie
     let _serial = crate::one_at_a_time().await;
     let (context, producer, users) = users_the_consumer_has_not_seen(1).await;
     let proxy = FaultProxy::start(format!("127.0.0.1:{}", producer.port), Mode::Refuse).await;
-    let consumer = context.start_consumer_process(&proxy.url(), &[]).await;
+    let consumer = context
+        .start_consumer_process(&proxy.url(), &[BREAKER_NEVER_OPENS])
+        .await;
     publish(&context, &[token_issued(users[0])]).await;
     let pool = context.consumer_pool().await;
     let parked: i64 = eventually(Duration::from_secs(30), "the token parked", || async {
@@ -472,7 +474,9 @@ async fn exhausted_records_are_dead_lettered_in_order_and_an_operator_redrives_t
     let _serial = crate::one_at_a_time().await;
     let (context, producer, users) = users_the_consumer_has_not_seen(2).await;
     let proxy = FaultProxy::start(format!("127.0.0.1:{}", producer.port), Mode::Refuse).await;
-    let consumer = context.start_consumer_process(&proxy.url(), &[]).await;
+    let consumer = context
+        .start_consumer_process(&proxy.url(), &[BREAKER_NEVER_OPENS])
+        .await;
     let tokens: Vec<_> = [0, 1, 0, 1].iter().map(|&i| token_issued(users[i])).collect();
     publish(&context, &tokens).await;
 

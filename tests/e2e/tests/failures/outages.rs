@@ -152,26 +152,145 @@ async fn records_survive_a_failing_producer_through_the_retry_topic_in_per_user_
     proxy.set(Mode::Forward);
 
     let pool = context.consumer_pool().await;
-    wait_for_processed(&pool, 18, Duration::from_secs(60)).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(processed_count(&pool).await, 18, "each token applied once");
-    let counts: HashMap<Uuid, i64> = e2e::read_model_token_counts(&pool).await;
-    for user in &users {
-        assert_eq!(counts.get(user), Some(&3), "tokens of {user}");
-    }
-    assert_per_user_order(&pool).await;
-    let parked: i64 = sqlx::query_scalar("SELECT count(*) FROM parked_records")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(parked, 0, "nothing left parked");
-    assert!(dead_letters(&context).await.is_empty(), "nothing dead-lettered");
-    assert_offsets_at_end(&context).await;
+    assert_all_applied_once_in_order(&context, &pool, 18, &users, 3).await;
 
     consumer.kill().await;
     pool.close().await;
     producer.stop().await.unwrap();
     context.drop_databases().await;
+}
+
+/// The producer is down for 15 s, about seven times the retry schedule as
+/// shortened here (2 tries in place, 2 rounds 0.5 s and 1 s apart: about
+/// 2 s in all), while the consumer asks it about 6 users it has not seen,
+/// 3 tokens each. The producer's circuit opens after 3 failed calls, and
+/// from then on the tokens wait on the retry topic without counting tries
+/// or rounds: nothing is dead-lettered, and once the producer is back all
+/// 18 are applied once each, in per-user order. Meanwhile 10 users the
+/// consumer knows get 2 tokens each, which need no producer and are applied
+/// during the outage; the circuit is `open` in readiness' body and in
+/// `dependency_circuit_state`, and `closed` again at the end. (Before the
+/// breaker, every waiting token was dead-lettered, `exhausted`, about 2 s
+/// into the outage.)
+#[tokio::test]
+async fn a_producer_outage_longer_than_the_retry_schedule_dead_letters_nothing() {
+    let _serial = crate::one_at_a_time().await;
+    let (context, producer, strangers) = users_the_consumer_has_not_seen(6).await;
+    let proxy = FaultProxy::start(format!("127.0.0.1:{}", producer.port), Mode::Refuse).await;
+    let consumer = context
+        .start_consumer_process(
+            &proxy.url(),
+            &[
+                ("APP_RETRY__ATTEMPTS", "2"),
+                ("APP_RETRY__INITIAL_DELAY_MS", "50"),
+                ("APP_RETRY__MAX_DELAY_MS", "100"),
+                ("APP_RETRY__MAX_ELAPSED_MS", "200"),
+                ("APP_RETRY__TOPIC_ROUNDS", "2"),
+                ("APP_RETRY__TOPIC_INITIAL_DELAY_MS", "500"),
+                ("APP_RETRY__TOPIC_MULTIPLIER", "2"),
+                ("APP_RETRY__TOPIC_MAX_DELAY_MS", "1000"),
+                ("APP_CIRCUIT_BREAKER__FAILURE_THRESHOLD", "3"),
+                ("APP_CIRCUIT_BREAKER__OPEN_MIN_SECS", "1"),
+                ("APP_CIRCUIT_BREAKER__OPEN_MAX_SECS", "2"),
+            ],
+        )
+        .await;
+    let outage = std::time::Instant::now();
+    publish(&context, &tokens_for(&strangers, 3)).await;
+    let client = Client::new();
+    let circuit = |state: &'static str| {
+        let (client, url) = (&client, consumer.url());
+        async move {
+            let text = e2e::metrics::scrape(client, &url).await;
+            e2e::metrics::samples(&text, "dependency_circuit_state")
+                .iter()
+                .any(|(labels, value)| labels["dependency"] == "producer" && *value == state_value(state))
+                .then_some(())
+        }
+    };
+    eventually(Duration::from_secs(20), "the producer's circuit open", || {
+        circuit("open")
+    })
+    .await;
+    let ready = client
+        .get(format!("{}/health/ready", consumer.url()))
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = ready.json().await.unwrap();
+    assert_ne!(body["circuits"]["producer"], "closed", "{body}");
+
+    let pool = context.consumer_pool().await;
+    let (known, created) = new_users(10);
+    publish(&context, &created).await;
+    wait_for_processed(&pool, 10, Duration::from_secs(30)).await;
+    publish(&context, &tokens_for(&known, 2)).await;
+    eventually(
+        Duration::from_secs(30),
+        "known users' tokens applied during the outage",
+        || async {
+            let counts = e2e::read_model_token_counts(&pool).await;
+            known.iter().all(|user| counts.get(user) == Some(&2)).then_some(())
+        },
+    )
+    .await;
+
+    let outage_length = Duration::from_secs(15);
+    assert!(outage.elapsed() < outage_length, "the outage is still on");
+    tokio::time::sleep(outage_length - outage.elapsed()).await;
+    assert!(
+        dead_letters(&context).await.is_empty(),
+        "nothing dead-lettered during the outage"
+    );
+    proxy.set(Mode::Forward);
+
+    assert_all_applied_once_in_order(&context, &pool, 10 + 20 + 18, &strangers, 3).await;
+    eventually(Duration::from_secs(10), "the producer's circuit closed", || {
+        circuit("closed")
+    })
+    .await;
+
+    consumer.kill().await;
+    pool.close().await;
+    producer.stop().await.unwrap();
+    context.drop_databases().await;
+}
+
+/// Waits for `events` applied events, then asserts that no more arrive, each
+/// of `users` has `tokens` tokens, every user's events were applied in
+/// order, nothing is left parked or dead-lettered, and the group's offsets
+/// are at the end.
+async fn assert_all_applied_once_in_order(
+    context: &TestContext,
+    pool: &sqlx::PgPool,
+    events: i64,
+    users: &[Uuid],
+    tokens: i64,
+) {
+    wait_for_processed(pool, events, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(processed_count(pool).await, events, "each event applied once");
+    let counts: HashMap<Uuid, i64> = e2e::read_model_token_counts(pool).await;
+    for user in users {
+        assert_eq!(counts.get(user), Some(&tokens), "tokens of {user}");
+    }
+    assert_per_user_order(pool).await;
+    let parked: i64 = sqlx::query_scalar("SELECT count(*) FROM parked_records")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(parked, 0, "nothing left parked");
+    assert!(dead_letters(context).await.is_empty(), "nothing dead-lettered");
+    assert_offsets_at_end(context).await;
+}
+
+/// `dependency_circuit_state`'s value for `state`.
+fn state_value(state: &str) -> f64 {
+    match state {
+        "closed" => 0.0,
+        "half_open" => 1.0,
+        _ => 2.0,
+    }
 }
 
 /// The producer is down, and one user's token arrives before the user:

@@ -86,7 +86,10 @@ async fn a_retry_copy_refused_once_is_sent_again_with_its_round_and_attempts() {
 #[tokio::test]
 async fn a_dead_letter_whose_unparking_fails_once_is_written_once() {
     let context = TestContext::new();
-    let consumer = context.spawn_consumer(NO_PRODUCER).await;
+    // The producer counts as answering: its failures use up the rounds.
+    let mut settings = context.consumer_settings(NO_PRODUCER);
+    settings.circuit_breaker.failure_threshold = u32::MAX;
+    let consumer = context.spawn_consumer_with(settings).await;
     let pool = context.consumer_pool().await;
     sqlx::raw_sql(
         "CREATE SEQUENCE unparkings; \

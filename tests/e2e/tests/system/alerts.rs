@@ -63,7 +63,7 @@ async fn every_metric_the_alerts_name_is_exposed_by_a_service() {
     }
     let named = named_in_alerts();
     assert!(
-        named.len() == 11 && named.contains("event_freshness_seconds_bucket"),
+        named.len() == 12 && named.contains("event_freshness_seconds_bucket"),
         "the expressions were read: {named:?}"
     );
     assert!(

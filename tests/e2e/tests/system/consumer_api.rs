@@ -57,7 +57,9 @@ async fn isolated_consumer(producer_url: &str) -> (TestContext, e2e::Service, Ha
     let service = context.spawn_consumer(producer_url).await;
     let pool = context.consumer_pool().await;
     let client = ProducerClient::new(producer_url, Duration::from_secs(2), keys()).unwrap();
-    let handler = Handler::new(pool.clone(), client, consumer::feed::Feed::default(), None);
+    let settings = context.consumer_settings(producer_url).circuit_breaker;
+    let breakers = consumer::circuit::Breakers::new(&settings, &mut service_common::metrics::Registry::default());
+    let handler = Handler::new(pool.clone(), client, consumer::feed::Feed::default(), None, breakers);
     (context.clone(), service, handler, pool)
 }
 

@@ -165,3 +165,136 @@ async fn tokens_issued(pool: &PgPool, id: Uuid) -> i64 {
         .await
         .unwrap()
 }
+
+/// A read model restored from a backup lacks what was applied after it:
+/// 10 users get a token, the read model and its inbox are backed up, each
+/// user gets a second token, and the backup is restored. The group's
+/// offsets are past the second tokens, so it will not bring them back. A
+/// replay of the token topic from before the first tokens does, through
+/// the inbox: it reports the 10 second tokens applied and the 10 first
+/// ones duplicates, each user has exactly 2 tokens, and the group's
+/// committed offsets are the same before and after. A user token gets
+/// `403`; the retry topic, a time in the future and one before the
+/// deduplication window get `422`.
+#[tokio::test]
+async fn a_replay_through_the_inbox_brings_back_what_a_restored_backup_lacks_and_leaves_the_groups_offsets_alone() {
+    let context = TestContext::new();
+    let consumer = context.spawn_consumer(e2e::process::NO_PRODUCER).await;
+    let pool = context.consumer_pool().await;
+    let (users, created) = e2e::load::new_users(10);
+    e2e::load::publish(&context, &created).await;
+    e2e::load::wait_for_processed(&pool, 10, Duration::from_secs(30)).await;
+    // Kafka timestamps are this machine's clock, in milliseconds.
+    let before_tokens = chrono::Utc::now() - chrono::Duration::seconds(1);
+    e2e::load::publish(&context, &e2e::load::tokens_for(&users, 1)).await;
+    e2e::load::wait_for_processed(&pool, 20, Duration::from_secs(30)).await;
+    for statement in [
+        "CREATE TABLE users_backup AS SELECT * FROM users",
+        "CREATE TABLE processed_events_backup AS SELECT * FROM processed_events",
+    ] {
+        sqlx::query(statement).execute(&pool).await.unwrap();
+    }
+    e2e::load::publish(&context, &e2e::load::tokens_for(&users, 1)).await;
+    e2e::load::wait_for_processed(&pool, 30, Duration::from_secs(30)).await;
+    e2e::load::assert_offsets_at_end(&context).await;
+    let mut restore = pool.begin().await.unwrap();
+    for statement in [
+        "TRUNCATE users, processed_events",
+        "INSERT INTO users SELECT * FROM users_backup",
+        "INSERT INTO processed_events SELECT * FROM processed_events_backup",
+    ] {
+        sqlx::query(statement).execute(&mut *restore).await.unwrap();
+    }
+    restore.commit().await.unwrap();
+    let kafka = context.kafka();
+    let event_topics = [
+        kafka.topics.name(Topic::NewUserCreated),
+        kafka.topics.name(Topic::IssuedToken),
+    ];
+    let committed = || async {
+        kafka_service::group_offsets(&kafka, &context.group_id, &event_topics)
+            .await
+            .unwrap()
+    };
+    let offsets_before = committed().await;
+
+    let client = Client::new();
+    let operator = e2e::token_keys().service_token("operator");
+    let operator = operator.expose_secret();
+    let replays = format!("{}/consumption/replays", consumer.url());
+    let issued = kafka.topics.name(Topic::IssuedToken);
+    let ask = |token: &str, body: Value| client.post(&replays).bearer_auth(token).json(&body).send();
+    let user_token = e2e::token_keys().issue_user_token(users[0], chrono::Duration::seconds(60));
+    let forbidden = ask(
+        user_token.token.expose_secret(),
+        json!({"topic": issued, "from": before_tokens, "reason": "restore"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(forbidden.status(), StatusCode::FORBIDDEN);
+    let long_ago = chrono::Utc::now() - chrono::Duration::days(40);
+    let tomorrow = chrono::Utc::now() + chrono::Duration::days(1);
+    for (topic, from) in [
+        (kafka.topics.name(Topic::Retry), before_tokens),
+        (issued, tomorrow),
+        (issued, long_ago),
+    ] {
+        let refused = ask(operator, json!({"topic": topic, "from": from, "reason": "restore"}))
+            .await
+            .unwrap();
+        assert_eq!(
+            refused.status(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{topic} from {from}"
+        );
+    }
+
+    let asked = ask(
+        operator,
+        json!({"topic": issued, "from": before_tokens, "reason": "restored from last night's backup"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(asked.status(), StatusCode::ACCEPTED);
+    let replay: Value = asked.json().await.unwrap();
+    assert_eq!(replay["reason"], "restored from last night's backup");
+    let done = eventually(Duration::from_secs(30), "the replay done", || async {
+        let list: Value = client
+            .get(&replays)
+            .bearer_auth(operator)
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let replay = list["replays"][0].clone();
+        (replay["state"] == "done").then_some(replay)
+    })
+    .await;
+    assert_eq!(done["id"], replay["id"]);
+    assert_eq!(
+        (
+            &done["applied"],
+            &done["duplicates"],
+            &done["rejected"],
+            &done["remaining"]
+        ),
+        (&json!(10), &json!(10), &json!(0), &json!(0)),
+        "{done}"
+    );
+    let counts = e2e::read_model_token_counts(&pool).await;
+    for user in &users {
+        assert_eq!(counts.get(user), Some(&2), "tokens of {user}");
+    }
+    assert_eq!(e2e::load::processed_count(&pool).await, 30);
+    assert_eq!(
+        committed().await,
+        offsets_before,
+        "the group's committed offsets untouched"
+    );
+
+    pool.close().await;
+    consumer.stop().await.unwrap();
+    context.drop_databases().await;
+}
