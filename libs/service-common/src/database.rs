@@ -40,12 +40,21 @@ pub enum DatabaseError {
 /// a ping at once ([`RELEASE_PING_TIMEOUT`]); the migrations run without a
 /// statement timeout (an index build may take longer).
 ///
+/// A schema that has migrations `migrations` does not know, a later
+/// release's, is accepted (sqlx's `ignore_missing`), so that the release
+/// before can start again after a rollback: migrations only expand the
+/// schema in the release that needs it, and contract it (drop, rename)
+/// only after a release that no longer uses what they remove
+/// (`docs/operations.md`, "Migrations and rollbacks"). A migration both
+/// know must still be the same (its checksum).
+///
 /// # Errors
 ///
 /// [`DatabaseError`]: the URL does not parse, the server is unreachable
 /// (within 5 s) or refuses TLS that `sslmode` requires, the database cannot
 /// be created, or a migration fails.
-pub async fn connect(database: &DatabaseSettings, migrations: &Migrator) -> Result<PgPool, DatabaseError> {
+pub async fn connect(database: &DatabaseSettings, mut migrations: Migrator) -> Result<PgPool, DatabaseError> {
+    migrations.set_ignore_missing(true);
     let url = database.url.expose_secret();
     let mut options = PgConnectOptions::from_str(url).map_err(|_| DatabaseError::InvalidUrl)?;
     if let Some(password) = &database.password {

@@ -68,7 +68,7 @@ impl Application {
     /// is too short, the Kafka settings are invalid, or the port cannot be
     /// bound.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let pool = service_common::database::connect(&settings.database, &sqlx::migrate!("./migrations")).await?;
+        let pool = service_common::database::connect(&settings.database, sqlx::migrate!("./migrations")).await?;
         let keys = TokenKeys::new(&settings.auth.jwt_secret).context("invalid configuration: auth.jwt_secret")?;
         let producer_client = ProducerClient::new(
             &settings.producer.base_url,

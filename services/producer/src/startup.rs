@@ -50,7 +50,7 @@ impl Application {
     /// is too short, the Kafka settings are invalid, or the port cannot be
     /// bound.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let pool = service_common::database::connect(&settings.database, &sqlx::migrate!("./migrations")).await?;
+        let pool = service_common::database::connect(&settings.database, sqlx::migrate!("./migrations")).await?;
         let keys = TokenKeys::new(&settings.auth.jwt_secret).context("invalid configuration: auth.jwt_secret")?;
         let producer = EventProducer::new(&settings.kafka, "producer").context("invalid configuration: kafka")?;
         let address = format!("{}:{}", settings.http.host, settings.http.port);

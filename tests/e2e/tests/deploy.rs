@@ -441,6 +441,129 @@ fn load_balancer_checks_ask_liveness_and_prod_databases_have_a_reader_to_fail_ov
     }
 }
 
+/// The statements of `sql` that take away what older code may still use,
+/// so that the release before could not run on the schema after them:
+/// dropping or renaming a table or a column, changing a column's type,
+/// making a column `NOT NULL`, or adding one `NOT NULL` without a default
+/// (the older code's inserts leave it out). Indexes, constraints and
+/// triggers are not in the list: older code does not name them.
+fn contract_statements(sql: &str) -> Vec<String> {
+    let without_comments: String = sql
+        .lines()
+        .map(|line| line.split("--").next().unwrap_or(""))
+        .collect::<Vec<_>>()
+        .join(" ");
+    without_comments
+        .split(';')
+        .map(|statement| {
+            statement
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+                .to_uppercase()
+        })
+        .filter(|statement| {
+            let words: Vec<&str> = statement.split(' ').collect();
+            let dropped_column = words.windows(2).any(|pair| {
+                pair[0] == "DROP" && !matches!(pair[1], "CONSTRAINT" | "DEFAULT" | "NOT" | "IDENTITY" | "EXPRESSION")
+            });
+            statement.starts_with("DROP TABLE")
+                || (statement.starts_with("ALTER TABLE")
+                    && (dropped_column
+                        || statement.contains(" RENAME ")
+                        || (statement.contains(" ALTER COLUMN ") && statement.contains(" TYPE "))
+                        || statement.contains(" SET NOT NULL")
+                        || (statement.contains(" ADD ")
+                            && statement.contains(" NOT NULL")
+                            && !statement.contains(" DEFAULT "))))
+        })
+        .collect()
+}
+
+#[test]
+fn contract_statements_are_the_ones_older_code_would_trip_on() {
+    for sql in [
+        "ALTER TABLE users DROP COLUMN email;",
+        "alter table users drop email",
+        "DROP TABLE IF EXISTS outbox;",
+        "ALTER TABLE users RENAME COLUMN email TO mail;",
+        "ALTER TABLE users RENAME TO accounts;",
+        "ALTER TABLE users ALTER COLUMN email TYPE varchar(10);",
+        "ALTER TABLE users ALTER COLUMN email SET NOT NULL;",
+        "ALTER TABLE users ADD COLUMN plan text NOT NULL;",
+    ] {
+        assert_eq!(contract_statements(sql).len(), 1, "{sql}");
+    }
+    for sql in [
+        "DROP INDEX outbox_pending;",
+        "ALTER TABLE users ADD COLUMN plan text;",
+        "ALTER TABLE users ADD COLUMN plan text NOT NULL DEFAULT 'free';",
+        "ALTER TABLE users DROP CONSTRAINT users_email_key;",
+        "ALTER TABLE users ALTER COLUMN plan DROP DEFAULT;",
+        "-- ALTER TABLE users DROP COLUMN email;\nSELECT 1;",
+        "CREATE TABLE dropped_things (id int);",
+    ] {
+        assert!(contract_statements(sql).is_empty(), "{sql}");
+    }
+}
+
+/// Rollbacks need the release before to run on today's schema
+/// (`system/database::the_release_before_starts_…` starts it): migrations
+/// expand the schema in the release that needs it, and contract it only
+/// in a later one. A migration with a contract statement must say, in a
+/// line `-- contract: <name> unused since <commit>`, which released commit
+/// stopped using what it removes; that commit must come before the one
+/// that adds the migration, and no service source may name it now.
+#[test]
+fn migrations_contract_only_what_an_earlier_release_stopped_using() {
+    for service in SERVICES {
+        let dir = root().join(format!("services/{service}/migrations"));
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let sql = std::fs::read_to_string(&path).unwrap();
+            let contracts = contract_statements(&sql);
+            if contracts.is_empty() {
+                continue;
+            }
+            let file = path.display();
+            let header = sql
+                .lines()
+                .find_map(|line| line.strip_prefix("-- contract: "))
+                .unwrap_or_else(|| {
+                    panic!("{file} contracts the schema ({contracts:?}) without a `-- contract: <name> unused since <commit>` line")
+                });
+            let (name, commit) = header
+                .split_once(" unused since ")
+                .unwrap_or_else(|| panic!("{file}: `-- contract: {header}`"));
+            let relative = path.strip_prefix(root()).unwrap_or(&path).display().to_string();
+            let added = git(&root(), &["log", "--diff-filter=A", "--format=%H", "--", &relative]);
+            let added = added.lines().last().unwrap_or("HEAD");
+            assert_ne!(
+                git(&root(), &["rev-parse", commit.trim()]),
+                git(&root(), &["rev-parse", added]),
+                "{file}: contracts in the release that stops using {name}"
+            );
+            let ancestor = std::process::Command::new("git")
+                .current_dir(root())
+                .args(["merge-base", "--is-ancestor", commit.trim(), added])
+                .status()
+                .unwrap();
+            assert!(
+                ancestor.success(),
+                "{file}: {commit} does not come before the migration"
+            );
+            for source in ["services/producer/src", "services/consumer/src"] {
+                let found = std::process::Command::new("grep")
+                    .current_dir(root())
+                    .args(["-rqw", name.trim(), source])
+                    .status()
+                    .unwrap();
+                assert!(!found.success(), "{file}: {source} still names {name}");
+            }
+        }
+    }
+}
+
 /// Tasks run in the private subnets, reachable only through their load
 /// balancers (deploy/README.md, "Network").
 #[test]

@@ -18,7 +18,7 @@ fn settings(url: String) -> DatabaseSettings {
     }
 }
 
-static NO_MIGRATIONS: Migrator = Migrator::DEFAULT;
+const NO_MIGRATIONS: Migrator = Migrator::DEFAULT;
 
 #[tokio::test]
 async fn sslmode_require_encrypts_or_refuses_to_connect() {
@@ -33,7 +33,7 @@ async fn sslmode_require_encrypts_or_refuses_to_connect() {
     admin.close().await;
     let offers_tls = ssl == "on";
 
-    let connected = service_common::database::connect(&settings(url), &NO_MIGRATIONS).await;
+    let connected = service_common::database::connect(&settings(url), NO_MIGRATIONS).await;
 
     if offers_tls {
         let pool = connected.expect("sslmode=require connects to a server that offers TLS");
@@ -76,7 +76,7 @@ async fn connections_carry_the_statement_timeout_and_keepalives_but_migrations_d
     let migrator = Migrator::new(migrations.as_path()).await.unwrap();
     std::fs::remove_dir_all(&migrations).unwrap();
 
-    let pool = service_common::database::connect(&database, &migrator)
+    let pool = service_common::database::connect(&database, migrator)
         .await
         .expect("a migration slower than the statement timeout completes");
     let show = |name: &'static str| {
@@ -109,5 +109,57 @@ async fn connections_carry_the_statement_timeout_and_keepalives_but_migrations_d
         .await
         .unwrap();
     pool.close().await;
+    context.drop_databases().await;
+}
+
+/// A rollback: the release before starts against the schema that today's
+/// release migrated. Each service's database is migrated with all of its
+/// migrations, then connected to with all but the newest, as the release
+/// before it has them, and must start. (sqlx refuses by default a schema
+/// with a migration it does not know, `VersionMissing`, so ECS's rollback
+/// of a deploy that added a migration, or a redeploy of the previous
+/// image, crash-looped.) That older code also works on the newer schema is
+/// the migrations' rule, expand before contract, which
+/// `deploy::migrations_contract_only_what_an_earlier_release_stopped_using`
+/// checks.
+#[tokio::test]
+async fn the_release_before_starts_against_the_schema_todays_release_migrated() {
+    let context = TestContext::new();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    for (service, url) in [
+        ("producer", &context.producer_database_url),
+        ("consumer", &context.consumer_database_url),
+    ] {
+        let today = root.join(format!("services/{service}/migrations"));
+        let migrated =
+            service_common::database::connect(&settings(url.clone()), Migrator::new(today.as_path()).await.unwrap())
+                .await
+                .unwrap_or_else(|error| panic!("{service}: today's release migrates: {error:#}"));
+        migrated.close().await;
+
+        let mut files: Vec<_> = std::fs::read_dir(&today)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .collect();
+        files.sort();
+        let newest = files.pop().expect("a migration");
+        let before = std::env::temp_dir().join(format!("release-before-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir(&before).unwrap();
+        for file in &files {
+            std::fs::copy(file, before.join(file.file_name().unwrap())).unwrap();
+        }
+        let previous = Migrator::new(before.as_path()).await.unwrap();
+        std::fs::remove_dir_all(&before).unwrap();
+
+        let started = service_common::database::connect(&settings(url.clone()), previous)
+            .await
+            .unwrap_or_else(|error| {
+                panic!(
+                    "{service}: the release before {} does not start: {error:#}",
+                    newest.display()
+                )
+            });
+        started.close().await;
+    }
     context.drop_databases().await;
 }
