@@ -1,49 +1,95 @@
 #!/usr/bin/env bash
-# Reads and writes the commit an environment last received of a service,
-# kept in SSM Parameter Store as /<app>/<env>/<service>/deployed-commit.
+# Reads and writes what an environment last received of a service, kept in
+# SSM Parameter Store: the commit, /<app>/<env>/<service>/deployed-commit,
+# and the image by digest, /<app>/<env>/<service>/deployed-image.
 # Used by .github/workflows/deploy-service.yml, with AWS credentials.
 #
-#   scripts/deploy-record.sh plan     sets deploy=true|false in $GITHUB_OUTPUT
+#   scripts/deploy-record.sh plan     sets deploy=true|false in $GITHUB_OUTPUT:
+#                                     whether ENVIRONMENT needs GITHUB_SHA
 #                                     (scripts/should-deploy.sh decides)
-#   scripts/deploy-record.sh record   records $GITHUB_SHA, after a deploy
+#   scripts/deploy-record.sh promote  sets deploy=true|false, commit and image
+#                                     in $GITHUB_OUTPUT: whether ENVIRONMENT
+#                                     needs what SOURCE_ENVIRONMENT (test)
+#                                     last received, and what that is
+#   scripts/deploy-record.sh record   records DEPLOYED_COMMIT (default
+#                                     GITHUB_SHA) and IMAGE, after a deploy
 #
-# Reads SERVICE, ENVIRONMENT and GITHUB_SHA from the environment. A
-# missing parameter means nothing was deployed yet; any other failure to
-# read it stops the job, because guessing could put older code back.
+# Reads SERVICE, ENVIRONMENT and GITHUB_SHA from the environment. Promoting
+# from the record rather than from the run that deployed test means that a
+# prod deploy that failed, or was never approved, is caught up by the next
+# run, whatever that run changed. A missing parameter means nothing was
+# deployed yet; any other failure to read one stops the job, because
+# guessing could put older code back.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-action=${1:?usage: scripts/deploy-record.sh plan|record}
+action=${1:?usage: scripts/deploy-record.sh plan|promote|record}
 : "${SERVICE:?}" "${ENVIRONMENT:?}" "${GITHUB_SHA:?}"
 app=$(sed -n 's/^application: *//p' deploy/copilot/.workspace)
-parameter=/$app/$ENVIRONMENT/$SERVICE/deployed-commit
+errors=${RUNNER_TEMP:-/tmp}/ssm-error
+
+# The value of parameter $2 of environment $1 for this service, or `none`.
+recorded() {
+  local value
+  if value=$(aws ssm get-parameter --name "/$app/$1/$SERVICE/$2" \
+      --query Parameter.Value --output text 2>"$errors"); then
+    echo "$value"
+  elif grep -q ParameterNotFound "$errors"; then
+    echo none
+  else
+    cat "$errors" >&2
+    return 1
+  fi
+}
+
+record() {
+  aws ssm put-parameter --name "/$app/$ENVIRONMENT/$SERVICE/$1" --type String --overwrite \
+    --value "$2" > /dev/null
+  echo "deploy-record: /$app/$ENVIRONMENT/$SERVICE/$1 = $2" >&2
+}
+
+# Sets deploy=true|false in $GITHUB_OUTPUT: whether an environment that
+# last received $1 should get commit $2.
+decide() {
+  local status=0
+  scripts/should-deploy.sh "$SERVICE" "$1" "$2" || status=$?
+  case $status in
+    0) echo deploy=true >> "$GITHUB_OUTPUT" ;;
+    1) echo deploy=false >> "$GITHUB_OUTPUT" ;;
+    *) exit "$status" ;;
+  esac
+}
 
 case $action in
   plan)
-    if deployed=$(aws ssm get-parameter --name "$parameter" \
-        --query Parameter.Value --output text 2>"${RUNNER_TEMP:-/tmp}/ssm-error"); then
-      :
-    elif grep -q ParameterNotFound "${RUNNER_TEMP:-/tmp}/ssm-error"; then
-      deployed=none
-    else
-      cat "${RUNNER_TEMP:-/tmp}/ssm-error" >&2
-      exit 1
+    deployed=$(recorded "$ENVIRONMENT" deployed-commit)
+    decide "$deployed" "$GITHUB_SHA"
+    ;;
+  promote)
+    source=${SOURCE_ENVIRONMENT:-test}
+    commit=$(recorded "$source" deployed-commit)
+    image=$(recorded "$source" deployed-image)
+    if [[ $commit == none || $image != *@sha256:* ]]; then
+      echo "deploy-record: $source has no recorded commit and image digest of $SERVICE to promote" \
+        "(commit $commit, image $image); deploy it to $source first" >&2
+      echo deploy=false >> "$GITHUB_OUTPUT"
+      exit 0
     fi
-    status=0
-    scripts/should-deploy.sh "$SERVICE" "$deployed" "$GITHUB_SHA" || status=$?
-    case $status in
-      0) echo deploy=true >> "$GITHUB_OUTPUT" ;;
-      1) echo deploy=false >> "$GITHUB_OUTPUT" ;;
-      *) exit "$status" ;;
-    esac
+    deployed=$(recorded "$ENVIRONMENT" deployed-commit)
+    decide "$deployed" "$commit"
+    { echo "commit=$commit"; echo "image=$image"; } >> "$GITHUB_OUTPUT"
     ;;
   record)
-    aws ssm put-parameter --name "$parameter" --type String --overwrite \
-      --value "$GITHUB_SHA" > /dev/null
-    echo "deploy-record: $parameter = $GITHUB_SHA" >&2
+    : "${IMAGE:?the deployed image, by digest}"
+    # The image first: should the second write fail, a promotion may take
+    # the newer image under the older commit, which only makes a later one
+    # deploy again; the other order could record a newer commit over an
+    # older image, and prod would never get the newer one.
+    record deployed-image "$IMAGE"
+    record deployed-commit "${DEPLOYED_COMMIT:-$GITHUB_SHA}"
     ;;
   *)
-    echo "usage: scripts/deploy-record.sh plan|record" >&2
+    echo "usage: scripts/deploy-record.sh plan|promote|record" >&2
     exit 2
     ;;
 esac

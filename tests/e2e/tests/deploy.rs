@@ -989,10 +989,124 @@ fn a_service_deploys_what_changed_since_its_last_deploy_and_never_older_code() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// Nothing deploys that failed CI: the only caller of the deploy workflow
-/// is CI itself, in jobs that need every check, on main only; no workflow
-/// deploys on a push of its own. Production gets the image that test
-/// deployed, by digest, and never builds one.
+/// `deploy-record.sh`, with a stand-in `aws` keeping SSM parameters in
+/// files: prod promotes what test last recorded, commit and image, in any
+/// run, so a failed prod deploy is caught up by the next run even when
+/// that run deploys nothing to test; prod already up to date, or a test
+/// record without an image, promotes nothing.
+#[test]
+fn prod_promotes_what_test_last_recorded_in_any_later_run() {
+    let dir = std::env::temp_dir().join(format!("deploy-record-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    for script in [
+        "scripts/should-deploy.sh",
+        "scripts/deploy-record.sh",
+        "deploy/copilot/.workspace",
+    ] {
+        std::fs::create_dir_all(dir.join(script).parent().unwrap()).unwrap();
+        std::fs::copy(root().join(script), dir.join(script)).unwrap();
+    }
+    let bin = dir.join("bin");
+    let parameters = dir.join("ssm");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(&parameters).unwrap();
+    // `aws ssm get-parameter --name N --query Parameter.Value --output text`
+    // and `aws ssm put-parameter --name N --type String --overwrite --value V`.
+    std::fs::write(
+        bin.join("aws"),
+        format!(
+            "#!/usr/bin/env bash\n\
+             store={}\n\
+             name=$(echo \"$4\" | tr / _)\n\
+             case $2 in\n\
+               get-parameter) [[ -f $store/$name ]] && cat \"$store/$name\" && exit 0;\n\
+                 echo 'An error occurred (ParameterNotFound)' >&2; exit 254 ;;\n\
+               put-parameter) printf '%s' \"$9\" > \"$store/$name\" ;;\n\
+             esac\n",
+            parameters.display()
+        ),
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(bin.join("aws"))
+        .status()
+        .unwrap();
+    git(&dir, &["init", "--quiet"]);
+    let first = commit_file(&dir, "services/producer/src/main.rs");
+    let run = |action: &str, environment: &str, commit: &str, extra: &[(&str, &str)]| -> BTreeMap<String, String> {
+        let output_file = dir.join("output");
+        std::fs::write(&output_file, "").unwrap();
+        let output = std::process::Command::new(dir.join("scripts/deploy-record.sh"))
+            .arg(action)
+            .env("PATH", format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()))
+            .env("SERVICE", "producer")
+            .env("ENVIRONMENT", environment)
+            .env("GITHUB_SHA", commit)
+            .env("GITHUB_OUTPUT", &output_file)
+            .env("RUNNER_TEMP", &dir)
+            .envs(extra.iter().copied())
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{action} {environment}: {output:?}");
+        std::fs::read_to_string(&output_file)
+            .unwrap()
+            .lines()
+            .filter_map(|line| line.split_once('='))
+            .map(|(key, value)| (key.to_owned(), value.to_owned()))
+            .collect()
+    };
+    let image = |n: u8| {
+        format!(
+            "123.dkr.ecr.eu-west-1.amazonaws.com/kafka-example/producer@sha256:{}",
+            n.to_string().repeat(64)
+        )
+    };
+
+    assert_eq!(
+        run("promote", "prod", &first, &[])["deploy"],
+        "false",
+        "test has recorded nothing"
+    );
+    assert_eq!(run("plan", "test", &first, &[])["deploy"], "true");
+    run("record", "test", &first, &[("IMAGE", &image(1))]);
+    // What a run at `run_commit` promotes to prod: (commit, image).
+    let promotes = |run_commit: &str| {
+        let promote = run("promote", "prod", run_commit, &[]);
+        assert_eq!(promote["deploy"], "true", "{promote:?}");
+        (promote["commit"].clone(), promote["image"].clone())
+    };
+    assert_eq!(promotes(&first), (first.clone(), image(1)));
+    // The prod deploy fails (or is not approved): nothing recorded. The
+    // next commit changes only the docs, so test deploys nothing; prod
+    // still catches up.
+    let docs = commit_file(&dir, "docs/operations.md");
+    assert_eq!(run("plan", "test", &docs, &[])["deploy"], "false");
+    assert_eq!(promotes(&docs), (first.clone(), image(1)));
+    run(
+        "record",
+        "prod",
+        &docs,
+        &[("IMAGE", &image(1)), ("DEPLOYED_COMMIT", &first)],
+    );
+    assert_eq!(
+        run("promote", "prod", &docs, &[])["deploy"],
+        "false",
+        "prod is up to date"
+    );
+    // A newer change reaches test, then prod.
+    let second = commit_file(&dir, "services/producer/src/main.rs");
+    run("record", "test", &second, &[("IMAGE", &image(2))]);
+    assert_eq!(promotes(&second), (second.clone(), image(2)));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Nothing deploys that failed CI: the deploy workflow is called by CI
+/// itself, in jobs that need every check, on main only, and by the manual
+/// promote workflow, which only promotes (test's recorded image, which
+/// passed CI) and only from main; no workflow deploys on a push of its
+/// own. Production gets the image that test recorded, by digest, with the
+/// deploy files of its commit, and never builds one.
 #[test]
 fn deploys_wait_for_ci_and_production_runs_the_image_test_ran() {
     let ci = yaml(".github/workflows/ci.yml");
@@ -1012,6 +1126,15 @@ fn deploys_wait_for_ci_and_production_runs_the_image_test_ran() {
         for (job_name, job) in workflow["jobs"].as_hash().expect("jobs") {
             let job_name = text(job_name, "job");
             if job["uses"].as_str() != Some("./.github/workflows/deploy-service.yml") {
+                continue;
+            }
+            if name == "promote.yml" {
+                assert_eq!(job["with"]["promote-only"], Yaml::Boolean(true), "{name} only promotes");
+                assert!(text(&job["if"], "if").contains("refs/heads/main"), "{name}: main only");
+                assert!(
+                    workflow["on"]["push"].is_badvalue() && !workflow["on"]["workflow_dispatch"].is_badvalue(),
+                    "{name} runs by hand only"
+                );
                 continue;
             }
             assert_eq!(name, "ci.yml", "{name}: job {job_name} deploys outside CI");
@@ -1039,11 +1162,57 @@ fn deploys_wait_for_ci_and_production_runs_the_image_test_ran() {
     let test = &deploy["jobs"]["test"];
     let prod = &deploy["jobs"]["prod"];
     assert_eq!(text(&prod["needs"], "prod.needs"), "test");
-    assert_eq!(
-        text(&prod["env"]["IMAGE"], "prod.env.IMAGE"),
-        "${{ needs.test.outputs.image }}"
+    let step_env = |job: &Yaml, running: &str, name: &str| -> String {
+        let step = job["steps"]
+            .as_vec()
+            .expect("steps")
+            .iter()
+            .find(|step| step["run"].as_str().is_some_and(|run| run.contains(running)))
+            .unwrap_or_else(|| panic!("a step runs {running}"));
+        text(&step["env"][name], name).to_owned()
+    };
+    // prod deploys the image test recorded, with the deploy files of the
+    // commit it promotes, and records both; test records what it pushed.
+    for (job, running, name, expected) in [
+        (prod, "copilot svc deploy", "IMAGE", "${{ steps.plan.outputs.image }}"),
+        (
+            prod,
+            "git restore --source",
+            "COMMIT",
+            "${{ steps.plan.outputs.commit }}",
+        ),
+        (
+            prod,
+            "deploy-record.sh record",
+            "IMAGE",
+            "${{ steps.plan.outputs.image }}",
+        ),
+        (
+            prod,
+            "deploy-record.sh record",
+            "DEPLOYED_COMMIT",
+            "${{ steps.plan.outputs.commit }}",
+        ),
+        (
+            test,
+            "deploy-record.sh record",
+            "IMAGE",
+            "${{ steps.image.outputs.image }}",
+        ),
+    ] {
+        assert_eq!(
+            step_env(job, running, name),
+            expected,
+            "the step that runs {running}: {name}"
+        );
+    }
+    // A prod deploy that failed or was not approved is caught up by the
+    // next run, which may deploy nothing to test.
+    let condition = text(&prod["if"], "prod.if");
+    assert!(
+        condition.contains("!cancelled()") && !condition.contains("outputs"),
+        "prod runs whether or not test deployed in this run: {condition}"
     );
-    assert!(text(&test["outputs"]["image"], "test.outputs.image").contains("steps.image.outputs.image"),);
     let runs = |job: &Yaml| -> Vec<String> {
         job["steps"]
             .as_vec()
@@ -1068,9 +1237,12 @@ fn deploys_wait_for_ci_and_production_runs_the_image_test_ran() {
         test_runs.contains("imageTag=$GITHUB_SHA"),
         "and reads that image's digest"
     );
-    for (name, job) in [("test", test), ("prod", prod)] {
+    for (name, job, plan) in [
+        ("test", test, "deploy-record.sh plan"),
+        ("prod", prod, "deploy-record.sh promote"),
+    ] {
         let runs = runs(job);
-        let plan = runs.iter().position(|run| run.contains("deploy-record.sh plan"));
+        let plan = runs.iter().position(|run| run.contains(plan));
         let record = runs.iter().position(|run| run.contains("deploy-record.sh record"));
         let package = runs.iter().position(|run| run.contains("package-cloudformation.sh"));
         assert!(
