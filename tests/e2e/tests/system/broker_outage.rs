@@ -40,10 +40,7 @@ async fn users_created_while_the_broker_is_down_arrive_after_it_returns() {
     // relay only, they stood still once it had sent the rows).
     let gauge = |name: &'static str| {
         let (client, url) = (client.clone(), producer.url());
-        async move {
-            let metrics = client.get(format!("{url}/metrics")).send().await.unwrap();
-            e2e::metrics::samples(&metrics.text().await.unwrap(), name)[0].1
-        }
+        async move { e2e::metrics::samples(&e2e::metrics::scrape(&client, &url).await, name)[0].1 }
     };
     eventually(Duration::from_secs(10), "the waiting rows counted", || async {
         (gauge("outbox_pending_rows").await == 10.0).then_some(())

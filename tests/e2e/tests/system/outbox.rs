@@ -58,8 +58,7 @@ async fn a_row_that_cannot_be_published_holds_back_its_key_until_set_aside() {
         records_of_now(&kafka, Topic::IssuedToken, &stuck).await.is_empty(),
         "the key's later row waits for the failing one"
     );
-    let metrics = client.get(format!("{}/metrics", producer.url())).send().await.unwrap();
-    let metrics = metrics.text().await.unwrap();
+    let metrics = e2e::metrics::scrape(&client, &producer.url()).await;
     assert_eq!(e2e::metrics::samples(&metrics, "outbox_failing_rows")[0].1, 1.0);
     assert!(e2e::metrics::samples(&metrics, "outbox_oldest_failing_age_seconds")[0].1 > 0.0);
     // Backoff: attempts 1 s, then 2 s, then 4 s apart, not one per poll
@@ -454,12 +453,8 @@ async fn a_fatal_producer_error_while_sending_reorders_no_key() {
     settings.outbox.batches_in_flight = 200;
     let producer = context.spawn_producer_with(settings).await;
     all_published(&pool, Duration::from_secs(60)).await;
-    let metrics = Client::new()
-        .get(format!("{}/metrics", producer.url()))
-        .send()
-        .await
-        .unwrap();
-    let failed: f64 = e2e::metrics::samples(&metrics.text().await.unwrap(), "kafka_records_published_total")
+    let metrics = e2e::metrics::scrape(&Client::new(), &producer.url()).await;
+    let failed: f64 = e2e::metrics::samples(&metrics, "kafka_records_published_total")
         .iter()
         .filter(|(labels, _)| labels["result"] == "failed")
         .map(|(_, count)| count)
@@ -513,8 +508,7 @@ async fn a_standby_instance_reports_the_outbox_gauges_too() {
     producer::outbox::notify(&pool).await;
 
     eventually(Duration::from_secs(10), "the standby's gauges", || async {
-        let metrics = client.get(format!("{}/metrics", standby.url())).send().await.unwrap();
-        let metrics = metrics.text().await.unwrap();
+        let metrics = e2e::metrics::scrape(&client, &standby.url()).await;
         let gauge = |name| e2e::metrics::samples(&metrics, name).first().map(|(_, value)| *value);
         (gauge("outbox_pending_rows") == Some(1.0)
             && gauge("outbox_failing_rows") == Some(1.0)

@@ -370,8 +370,7 @@ async fn without_a_broker_the_producer_stays_ready_and_healthy_and_reports_it() 
     })
     .await;
     assert_eq!(body, serde_json::json!({"status": "ready", "broker": "unreachable"}));
-    let metrics = client.get(format!("{}/metrics", producer.url())).send().await.unwrap();
-    let metrics = metrics.text().await.unwrap();
+    let metrics = e2e::metrics::scrape(&client, &producer.url()).await;
     assert_eq!(e2e::metrics::samples(&metrics, "kafka_broker_reachable")[0].1, 0.0);
     let port = producer.url().rsplit(':').next().unwrap().to_owned();
     let check = std::process::Command::new(e2e::process::binary("producer"))
