@@ -8,7 +8,8 @@
 //!   by an addon; the environment addons take the network as parameters,
 //!   never imports of the environment stack they are nested in; the
 //!   producer's load-balancer check asks liveness, and prod's databases
-//!   have a reader; tasks run in private subnets; no `RUST_LOG` turns the
+//!   have a reader; tasks run in private subnets; the consumer scales on
+//!   its backlog per task; no `RUST_LOG` turns the
 //!   malformed-request error log back on; IAM policies and the lag-scaling override name the real
 //!   topics and consumer group.
 //! - Kafka settings: the topic table in `docs/config/topics.md`, the topic
@@ -561,6 +562,54 @@ fn migrations_contract_only_what_an_earlier_release_stopped_using() {
                 assert!(!found.success(), "{file}: {source} still names {name}");
             }
         }
+    }
+}
+
+/// The consumer scales on its lag per running task, the backlog each task
+/// works off, not on the group's total; a period without figures stays
+/// missing (no `FILL`), so target tracking does not read a gap in MSK's
+/// metrics as no lag and scale in. The task count comes from Container
+/// Insights, which both environments turn on.
+#[test]
+fn the_consumer_scales_on_its_backlog_per_task_and_not_on_missing_data() {
+    let patches = read("deploy/copilot/consumer/overrides/cfn.patches.yml");
+    let patches = YamlLoader::load_from_str(&patches).unwrap().remove(0);
+    let policy = patches
+        .as_vec()
+        .expect("a list of patches")
+        .iter()
+        .find(|patch| patch["path"].as_str() == Some("/Resources/AutoScalingPolicyConsumerLag"))
+        .expect("the lag policy");
+    let metrics = policy["value"]["Properties"]["TargetTrackingScalingPolicyConfiguration"]
+        ["CustomizedMetricSpecification"]["Metrics"]
+        .as_vec()
+        .expect("metrics");
+    let returned: Vec<&Yaml> = metrics
+        .iter()
+        .filter(|metric| metric["ReturnData"] == Yaml::Boolean(true))
+        .collect();
+    assert_eq!(returned.len(), 1, "one figure is tracked");
+    let expression = text(&returned[0]["Expression"], "Expression");
+    assert!(
+        !expression.to_uppercase().contains("FILL"),
+        "missing data stays missing: {expression}"
+    );
+    let tasks = metrics
+        .iter()
+        .find(|metric| metric["MetricStat"]["Metric"]["MetricName"].as_str() == Some("RunningTaskCount"))
+        .expect("the running task count");
+    let tasks_id = text(&tasks["Id"], "Id");
+    assert!(
+        expression.ends_with(&format!("/ {tasks_id}")),
+        "lag divided by the tasks: {expression}"
+    );
+    for environment in ENVIRONMENTS {
+        let manifest = yaml(&format!("deploy/copilot/environments/{environment}/manifest.yml"));
+        assert_eq!(
+            manifest["observability"]["container_insights"],
+            Yaml::Boolean(true),
+            "{environment}: Container Insights gives RunningTaskCount"
+        );
     }
 }
 
