@@ -613,6 +613,44 @@ fn the_consumer_scales_on_its_backlog_per_task_and_not_on_missing_data() {
     }
 }
 
+/// Each environment's deploy takes its credentials from its own GitHub
+/// environment (`AWS_DEPLOY_ROLE_ARN` there), so the test role cannot reach
+/// prod, and `deploy/README.md` scopes each role to its environment: its
+/// own EnvManagerRole and deploy records, and the GitHub environments to
+/// `main`.
+#[test]
+fn each_environment_deploys_with_a_role_of_its_own() {
+    let workflow = yaml(".github/workflows/deploy-service.yml");
+    for environment in ENVIRONMENTS {
+        let job = &workflow["jobs"][environment];
+        assert_eq!(job["environment"].as_str(), Some(environment), "job {environment}");
+        let credentials = job["steps"]
+            .as_vec()
+            .expect("steps")
+            .iter()
+            .find(|step| {
+                step["uses"]
+                    .as_str()
+                    .is_some_and(|uses| uses.starts_with("aws-actions/configure-aws-credentials@"))
+            })
+            .expect("configure-aws-credentials");
+        assert_eq!(
+            credentials["with"]["role-to-assume"].as_str(),
+            Some("${{ vars.AWS_DEPLOY_ROLE_ARN }}"),
+            "{environment}: the role comes from the GitHub environment"
+        );
+    }
+    let readme = read("deploy/README.md");
+    for scoped in [
+        "role/kafka-example-<env>-EnvManagerRole",
+        "parameter/kafka-example/<env>/*/deployed-*",
+        "sub` = `repo:<owner>/<repo>:environment:<env>",
+        "deployment branches\n  limited to `main`",
+    ] {
+        assert!(readme.contains(scoped), "deploy/README.md scopes the roles: {scoped}");
+    }
+}
+
 /// Tasks run in the private subnets, reachable only through their load
 /// balancers (deploy/README.md, "Network").
 #[test]
