@@ -651,6 +651,54 @@ fn each_environment_deploys_with_a_role_of_its_own() {
     }
 }
 
+/// The deploy jobs hold AWS credentials, so the cfn-lint they run is
+/// installed from hashes: every package of
+/// `scripts/cfn-lint.requirements.txt` pinned with `--hash`, installed with
+/// `--require-hashes --no-deps`, cfn-lint at the version the validators use.
+#[test]
+fn the_deploy_installs_its_template_linter_from_hashes() {
+    let requirements = read("scripts/cfn-lint.requirements.txt");
+    let mut pinned = Vec::new();
+    for entry in requirements
+        .split("\n")
+        .filter(|line| !line.starts_with(' ') && !line.starts_with('#') && !line.is_empty())
+    {
+        let (name, _) = entry.split_once("==").unwrap_or_else(|| panic!("not pinned: {entry}"));
+        pinned.push(name.to_owned());
+    }
+    let blocks: Vec<&str> = requirements.split("\n").collect();
+    for (index, line) in blocks.iter().enumerate() {
+        if line.contains("==") && !line.starts_with('#') {
+            assert!(
+                blocks
+                    .get(index + 1)
+                    .is_some_and(|next| next.trim_start().starts_with("--hash=sha256:")),
+                "{line} has no hash"
+            );
+        }
+    }
+    let version = read("scripts/validators.txt")
+        .lines()
+        .find_map(|line| line.strip_prefix("cfn-lint=="))
+        .expect("cfn-lint in validators.txt")
+        .to_owned();
+    assert!(
+        requirements.contains(&format!("cfn-lint=={version} ")),
+        "cfn-lint {version}"
+    );
+    assert!(pinned.len() > 1, "its dependencies too: {pinned:?}");
+
+    let workflow = read(".github/workflows/deploy-service.yml");
+    assert!(!workflow.contains("pipx install"), "nothing installed without hashes");
+    let installs = workflow
+        .matches("install --quiet --require-hashes --no-deps -r scripts/cfn-lint.requirements.txt")
+        .count();
+    let packages = workflow
+        .matches("scripts/package-cloudformation.sh \"$SERVICE\"")
+        .count();
+    assert_eq!(installs, packages, "every job that lints installs from hashes");
+}
+
 /// Tasks run in the private subnets, reachable only through their load
 /// balancers (deploy/README.md, "Network").
 #[test]
