@@ -68,6 +68,11 @@ impl DeadLetterRequests {
     /// The operator's reason when `record` is to be dead-lettered.
     pub fn reason_for(&self, record: &Record) -> Option<String> {
         let requested = self.requested.read().unwrap_or_else(PoisonError::into_inner);
+        // Asked of every record; almost always there is no request, and
+        // then no key is built.
+        if requested.is_empty() {
+            return None;
+        }
         requested
             .get(&(record.topic.clone(), record.partition, record.offset))
             .cloned()

@@ -106,7 +106,7 @@ pub struct Replay {
 const COLUMNS: &str = "id, topic, from_time, reason, requested_at, \
      CASE WHEN finished_at IS NOT NULL THEN 'done' WHEN started_at IS NOT NULL THEN 'running' ELSE 'pending' END AS state, \
      started_at, finished_at, applied, duplicates, rejected, \
-     (SELECT sum(end_offset - next_offset)::bigint FROM consumption_replay_partitions p WHERE p.replay_id = id) AS remaining";
+     (SELECT sum(end_offset - next_offset)::bigint FROM consumption_replay_partitions p WHERE p.replay_id = consumption_replays.id) AS remaining";
 
 /// One partition's place in a replay.
 #[derive(Debug, Clone, Copy, sqlx::FromRow)]
