@@ -17,5 +17,7 @@ cd "$(dirname "$0")/.."
 
 export CARGO_BUILD_JOBS=${CARGO_BUILD_JOBS:-2}
 # Debug builds, as the tests use: scripts/test.sh has built them already.
-cargo build --locked -p producer -p consumer -p soak
+# --workspace, as there: `-p` would resolve features differently and build
+# half the dependency graph a second time.
+cargo build --locked --workspace --bins
 target/debug/soak "$@"
