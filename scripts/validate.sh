@@ -7,7 +7,10 @@
 # - check-jsonschema: GitHub workflows and the compose file (schemas it
 #   vendors), Copilot manifests and overrides (our schemas, deploy/schemas/);
 # - actionlint: GitHub workflows (expressions, runner labels, shell);
-# - cfn-lint: the Copilot addons (CloudFormation);
+# - cfn-lint: the Copilot addons (CloudFormation), and the templates Copilot
+#   deploys for both environments and services, rendered offline by
+#   Copilot's own code (scripts/render-copilot.sh, built once from the Go
+#   module proxy: about two minutes on a fresh machine);
 # - hadolint: the Dockerfiles;
 # - shellcheck: the scripts;
 # - @asyncapi/parser: docs/asyncapi.yaml, with the event schemas it refers to;
@@ -45,7 +48,7 @@ export PATH=$PWD/$tools/bin:$PWD/$tools/npm/node_modules/.bin:$PWD/$tools/go/bin
 step() { echo "validate: $*" >&2; }
 
 step yamllint
-yamllint --strict compose.yaml .github/workflows deploy/copilot deploy/prometheus docs/asyncapi.yaml
+yamllint --strict compose.yaml .github/workflows deploy/copilot deploy/cfn-lint-copilot.yml deploy/prometheus docs/asyncapi.yaml
 
 step "check-jsonschema (workflows, compose, Copilot)"
 check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
@@ -66,6 +69,17 @@ for template in deploy/copilot/*/addons/*.yml; do
   [[ $(basename "$template") == addons.parameters.yml ]] || addons+=("$template")
 done
 cfn-lint "${addons[@]}"
+
+step "cfn-lint (the templates Copilot deploys, rendered offline)"
+# Copilot's own code renders both environments and both services with our
+# manifests, addons and overrides (scripts/render-copilot.sh). Our part
+# (the addons) passes with no check ignored; Copilot's with only the checks
+# deploy/cfn-lint-copilot.yml names, each with its reason.
+rendered=.run/copilot-render/out
+rm -rf "$rendered"
+scripts/render-copilot.sh "$rendered"
+cfn-lint -- "$rendered"/*/*.addons.stack.yml
+cfn-lint --config-file deploy/cfn-lint-copilot.yml -- "$rendered"/*/*.env.yml "$rendered"/*/*-*.stack.yml
 
 step hadolint
 hadolint services/*/Dockerfile

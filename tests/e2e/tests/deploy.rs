@@ -19,8 +19,10 @@
 //! - Deploys: CI gates them; what is deployed is decided against the
 //!   commit each environment last received (`scripts/should-deploy.sh`);
 //!   production gets test's image by digest; every deploy's CloudFormation
-//!   passes cfn-lint; HTTPS on both load balancers; the Copilot installer
-//!   checks its signature.
+//!   passes cfn-lint, ours with no finding and Copilot's with only the
+//!   named ones; Copilot's Lambda functions still deploy after
+//!   `nodejs20.x`'s end of life; HTTPS on both load balancers; the Copilot
+//!   installer checks its signature.
 //!
 //! No broker or database needed.
 
@@ -1388,8 +1390,10 @@ fn deploys_wait_for_ci_and_production_runs_the_image_test_ran() {
 }
 
 /// The CloudFormation of each deploy is written out and must pass cfn-lint:
-/// `package-cloudformation.sh` fails on a template cfn-lint rejects. A
-/// stand-in `copilot` writes the templates (the real one needs AWS).
+/// `package-cloudformation.sh` fails on a template cfn-lint rejects. The
+/// addons (ours) fail on any finding; Copilot's stack only on findings
+/// `deploy/cfn-lint-copilot.yml` does not name. A stand-in `copilot` writes
+/// the templates (the real one needs AWS).
 #[test]
 fn the_packaged_cloudformation_must_pass_cfn_lint() {
     let validators = root().join(".run/validators/bin");
@@ -1402,15 +1406,16 @@ fn the_packaged_cloudformation_must_pass_cfn_lint() {
     let bin = work.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     let copilot = bin.join("copilot");
-    // Writes $TEMPLATE as <service>-<env>.stack.yml into --output-dir, as
-    // `copilot svc package` names its output.
+    // Writes $STACK and $ADDONS as `copilot svc package --output-dir` names
+    // them: <service>-<env>.stack.yml and <service>.addons.stack.yml.
     std::fs::write(
         &copilot,
-        "#!/bin/sh\nwhile [ $# -gt 0 ]; do\n  case $1 in\n    --name) name=$2; shift ;;\n    --env) env=$2; shift ;;\n    --output-dir) dir=$2; shift ;;\n  esac\n  shift\ndone\nprintf '%s\\n' \"$TEMPLATE\" > \"$dir/$name-$env.stack.yml\"\n",
+        "#!/bin/sh\nwhile [ $# -gt 0 ]; do\n  case $1 in\n    --name) name=$2; shift ;;\n    --env) env=$2; shift ;;\n    --output-dir) dir=$2; shift ;;\n  esac\n  shift\ndone\nprintf '%s\\n' \"$STACK\" > \"$dir/$name-$env.stack.yml\"\nprintf '%s\\n' \"$ADDONS\" > \"$dir/$name.addons.stack.yml\"\n",
     )
     .unwrap();
     std::fs::set_permissions(&copilot, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let package = |template: &str| {
+    let package = |stack: &str, addons: &str| {
+        let _ = std::fs::remove_dir_all(work.join("out"));
         std::process::Command::new(root().join("scripts/package-cloudformation.sh"))
             .args(["producer", "prod"])
             .arg(work.join("out"))
@@ -1423,21 +1428,130 @@ fn the_packaged_cloudformation_must_pass_cfn_lint() {
                     std::env::var("PATH").unwrap()
                 ),
             )
-            .env("TEMPLATE", template)
+            .env("STACK", stack)
+            .env("ADDONS", addons)
             .output()
             .expect("the script runs")
     };
-    let output = package("Resources:\n  Topic:\n    Type: AWS::SNS::Topic\n");
+    let valid = "Resources:\n  Topic:\n    Type: AWS::SNS::Topic\n";
+    // W2001, a finding the Copilot configuration names (Copilot declares
+    // parameters its manifest may not use).
+    let unused_parameter =
+        "Parameters:\n  RulePath:\n    Type: String\nResources:\n  Topic:\n    Type: AWS::SNS::Topic\n";
+    let output = package(unused_parameter, valid);
     assert!(
         output.status.success(),
-        "a valid template: {}",
+        "valid templates, and a finding Copilot's stack may have: {}{}",
+        String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(work.join("out/prod/producer-prod.stack.yml").exists());
-    let output = package("Resources:\n  Topic:\n    Type: AWS::SNS::NoSuchThing\n");
+    assert!(work.join("out/prod/producer.addons.stack.yml").exists());
+
+    let output = package(valid, unused_parameter);
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(!output.status.success(), "cfn-lint passed a bad template: {stdout}");
+    assert!(
+        !output.status.success(),
+        "the addons are ours, and pass with no finding: {stdout}"
+    );
+    assert!(stdout.contains("W2001"), "cfn-lint names the finding: {stdout}");
+
+    let output = package("Resources:\n  Topic:\n    Type: AWS::SNS::NoSuchThing\n", valid);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "cfn-lint passed a bad stack: {stdout}");
     assert!(stdout.contains("NoSuchThing"), "cfn-lint names the problem: {stdout}");
+    std::fs::remove_dir_all(&work).unwrap();
+}
+
+/// Runs `scripts/render-copilot.sh` into `dir` with `flags`.
+fn render_copilot(dir: &Path, flags: &[&str]) {
+    let output = std::process::Command::new(root().join("scripts/render-copilot.sh"))
+        .arg(dir)
+        .args(flags)
+        .output()
+        .expect("the script runs");
+    assert!(
+        output.status.success(),
+        "render-copilot.sh {flags:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Runs cfn-lint, with the Copilot configuration, as if today were `day`
+/// (`scripts/lib/cfn_lint_on.py`) on every template Copilot renders in
+/// `dir`. Returns whether it passed, and what it printed.
+fn lint_copilot_templates_on(day: &str, dir: &Path) -> (bool, String) {
+    let mut templates = Vec::new();
+    for environment in ENVIRONMENTS {
+        templates.push(dir.join(format!("{environment}/{environment}.env.yml")));
+        for service in SERVICES {
+            templates.push(dir.join(format!("{environment}/{service}-{environment}.stack.yml")));
+        }
+    }
+    let output = std::process::Command::new(root().join(".run/validators/bin/python"))
+        .arg(root().join("scripts/lib/cfn_lint_on.py"))
+        .arg(day)
+        .arg("--config-file")
+        .arg(root().join("deploy/cfn-lint-copilot.yml"))
+        .args(["--format", "parseable", "--"])
+        .args(&templates)
+        .output()
+        .expect("cfn-lint runs (scripts/validate.sh installs it)");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+/// Copilot v1.34.1 creates its custom-resource Lambda functions on
+/// `nodejs20.x`, which Lambda stops creating on 2027-02-01 and updating on
+/// 2027-03-03; from then cfn-lint's E2531 and E2533 fail every deploy's
+/// lint, and CloudFormation every update. The overrides move them to a
+/// supported runtime. Checked on the templates Copilot's own code renders
+/// (`scripts/render-copilot.sh`), linted as if it were the day after
+/// `nodejs20.x`'s last (the dates are cfn-lint's): with the overrides they
+/// pass, and without them they fail on exactly those checks.
+#[test]
+fn copilots_functions_still_deploy_after_nodejs20_reaches_end_of_life() {
+    // In the validators' virtualenv, under lib/python3.N/.
+    let lifecycle = std::fs::read_dir(root().join(".run/validators/lib"))
+        .expect("scripts/validate.sh installs cfn-lint")
+        .map(|entry| {
+            entry
+                .unwrap()
+                .path()
+                .join("site-packages/cfnlint/data/AdditionalSpecs/LmbdRuntimeLifecycle.json")
+        })
+        .find(|path| path.exists())
+        .expect("cfn-lint's runtime lifecycle data");
+    let lifecycle: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&lifecycle).unwrap_or_else(|error| panic!("{}: {error}", lifecycle.display())),
+    )
+    .unwrap();
+    let update_block = lifecycle["nodejs20.x"]["update-block"]
+        .as_str()
+        .expect("nodejs20.x's dates");
+    let after = chrono::NaiveDate::parse_from_str(update_block, "%Y-%m-%d").unwrap() + chrono::Days::new(1);
+    let after = after.to_string();
+
+    let work = std::env::temp_dir().join(format!("render-copilot-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    render_copilot(&work.join("overridden"), &[]);
+    render_copilot(&work.join("as-copilot-writes-them"), &["-overrides=false"]);
+
+    let (passed, findings) = lint_copilot_templates_on(&after, &work.join("overridden"));
+    assert!(passed, "with the overrides, on {after}: {findings}");
+
+    let (passed, findings) = lint_copilot_templates_on(&after, &work.join("as-copilot-writes-them"));
+    assert!(!passed, "without the overrides, on {after}, the lint should fail");
+    let checks: BTreeSet<&str> = findings.lines().filter_map(|line| line.split(':').nth(5)).collect();
+    assert_eq!(checks, BTreeSet::from(["E2533"]), "{findings}");
+    // Three functions in each environment stack and each service stack.
+    assert_eq!(
+        findings.matches("nodejs20.x").count(),
+        3 * 3 * ENVIRONMENTS.len(),
+        "{findings}"
+    );
     std::fs::remove_dir_all(&work).unwrap();
 }
 
