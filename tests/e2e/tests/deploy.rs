@@ -9,7 +9,9 @@
 //!   never imports of the environment stack they are nested in; the
 //!   producer's load-balancer check asks liveness, and prod's databases
 //!   have a reader; tasks run in private subnets; the consumer scales on
-//!   its backlog per task; no `RUST_LOG` turns the
+//!   its backlog per task; each service's metrics reach CloudWatch through
+//!   its sidecar, its alarms notify, and the producer's deployments roll
+//!   back on its 5xx alarm; no `RUST_LOG` turns the
 //!   malformed-request error log back on; IAM policies and the lag-scaling override name the real
 //!   topics and consumer group.
 //! - Kafka settings: the topic table in `docs/config/topics.md`, the topic
@@ -280,8 +282,17 @@ fn the_consumer_never_runs_more_tasks_than_partitions() {
 fn every_import_export_and_secret_the_services_use_is_defined() {
     let exports = environment_exports();
     let secrets = environment_secrets();
-    // Exported by every Copilot environment stack.
-    let copilot = ["VpcId", "PrivateSubnets", "PublicSubnets", "EnvironmentSecurityGroup"];
+    // Exported by every Copilot environment stack (the load balancer's once
+    // a service uses it, as the producer does): see the `Outputs` of
+    // `.run/copilot-render/out/<env>/<env>.env.yml`.
+    let copilot = [
+        "VpcId",
+        "PrivateSubnets",
+        "PublicSubnets",
+        "EnvironmentSecurityGroup",
+        "ClusterId",
+        "PublicLoadBalancerFullName",
+    ];
 
     for service in SERVICES {
         let path = format!("deploy/copilot/{service}/manifest.yml");
@@ -651,6 +662,176 @@ fn each_environment_deploys_with_a_role_of_its_own() {
     ] {
         assert!(readme.contains(scoped), "deploy/README.md scopes the roles: {scoped}");
     }
+}
+
+/// The CloudWatch alarms of a service: from its addons' templates and its
+/// overrides, by the name after `<app>-<env>-<service>-`.
+fn service_alarms(service: &str) -> BTreeMap<String, Yaml> {
+    let mut alarms = BTreeMap::new();
+    let mut add = |resource: &Yaml| {
+        if resource["Type"].as_str() == Some("AWS::CloudWatch::Alarm") {
+            // `!Sub` in an addon; the long form `Fn::Sub` in an override.
+            let name = &resource["Properties"]["AlarmName"];
+            let name = name.as_str().or(name["Fn::Sub"].as_str()).unwrap_or_default();
+            let suffix = name
+                .strip_prefix("${App}-${Env}-${Name}-")
+                .or_else(|| name.strip_prefix("${AppName}-${EnvName}-${WorkloadName}-"))
+                .unwrap_or_else(|| panic!("{service}: alarm {name} is not named <app>-<env>-<service>-<what>"));
+            alarms.insert(suffix.to_owned(), resource["Properties"].clone());
+        }
+    };
+    for path in addon_paths()
+        .iter()
+        .filter(|path| path.contains(&format!("/{service}/")))
+    {
+        for (_, resource) in yaml(path)["Resources"].as_hash().into_iter().flatten() {
+            add(resource);
+        }
+    }
+    for patch in yaml(&format!("deploy/copilot/{service}/overrides/cfn.patches.yml"))
+        .as_vec()
+        .expect("a list of patches")
+    {
+        add(&patch["value"]);
+    }
+    alarms
+}
+
+/// Every metric name a service's code registers (the quoted first argument
+/// of its registrations), with the `_total` that counters are exposed with.
+fn registers_metric(service: &str, name: &str) -> bool {
+    fn sources(dir: &Path, out: &mut String) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                sources(&path, out);
+            } else if path.extension().is_some_and(|extension| extension == "rs") {
+                out.push_str(&std::fs::read_to_string(&path).unwrap());
+            }
+        }
+    }
+    let mut code = String::new();
+    sources(&root().join(format!("services/{service}/src")), &mut code);
+    let registered = name.strip_suffix("_total").unwrap_or(name);
+    code.contains(&format!("\"{registered}\""))
+}
+
+/// Something in AWS reads the metrics, and a deployment that does not work
+/// is rolled back (issue 25, item 6). Each service's `metrics` sidecar
+/// scrapes the service's own port and writes, to the log group and
+/// namespace its alarms read, exactly the series those alarms use, each
+/// one the service registers. The alarms are the ones the runbooks need
+/// (lag in time and in records, dead letters, the oldest pending and
+/// failing outbox rows, 5xx, running tasks below desired); each states
+/// what missing data means and notifies the environment's alarm topic; and
+/// the producer's deployments roll back on its 5xx alarm.
+#[test]
+fn the_services_metrics_reach_cloudwatch_and_alarms_notify_and_roll_back() {
+    assert!(environment_exports().contains("AlarmTopicArn"));
+    let expected: [(&str, &[&str]); 2] = [
+        (
+            "producer",
+            &[
+                "http-5xx",
+                "outbox-pending-too-old",
+                "outbox-row-failing",
+                "tasks-below-desired",
+            ],
+        ),
+        (
+            "consumer",
+            &["dead-letters", "lag-records", "lag-time", "tasks-below-desired"],
+        ),
+    ];
+    for (service, wanted) in expected {
+        let manifest = yaml(&format!("deploy/copilot/{service}/manifest.yml"));
+        let sidecar = &manifest["sidecars"]["metrics"];
+        assert_eq!(
+            sidecar["essential"].as_bool(),
+            Some(false),
+            "{service}: the service outlives its sidecar"
+        );
+        let config = YamlLoader::load_from_str(text(
+            &sidecar["variables"]["AOT_CONFIG_CONTENT"],
+            "the collector's configuration",
+        ))
+        .unwrap()
+        .remove(0);
+        let scrape = &config["receivers"]["prometheus"]["config"]["scrape_configs"][0];
+        assert_eq!(
+            strings(&scrape["static_configs"][0]["targets"]),
+            [format!("localhost:{}", http_port(service))],
+            "{service}: the sidecar scrapes the service's port"
+        );
+        let emf = &config["exporters"]["awsemf"];
+        assert_eq!(
+            text(&emf["log_group_name"], "log_group_name"),
+            format!("/copilot/${{COPILOT_APPLICATION_NAME}}-${{COPILOT_ENVIRONMENT_NAME}}-{service}-metrics")
+        );
+        assert_eq!(
+            text(&emf["namespace"], "namespace"),
+            "${COPILOT_APPLICATION_NAME}/${COPILOT_ENVIRONMENT_NAME}"
+        );
+        let log_group = yaml(&format!("deploy/copilot/{service}/addons/observability.yml"))["Resources"]
+            ["MetricsLogGroup"]["Properties"]["LogGroupName"]
+            .clone();
+        assert_eq!(
+            text(&log_group, "LogGroupName"),
+            "/copilot/${App}-${Env}-${Name}-metrics"
+        );
+        let exported: BTreeSet<String> = emf["metric_declarations"]
+            .as_vec()
+            .expect("metric_declarations")
+            .iter()
+            .flat_map(|declaration| strings(&declaration["metric_name_selectors"]))
+            .collect();
+
+        let alarms = service_alarms(service);
+        assert_eq!(
+            alarms.keys().map(String::as_str).collect::<Vec<_>>(),
+            wanted,
+            "{service}: its alarms"
+        );
+        let mut read_from_the_sidecar = BTreeSet::new();
+        for (name, alarm) in &alarms {
+            assert!(
+                ["breaching", "notBreaching", "ignore", "missing"]
+                    .contains(&alarm["TreatMissingData"].as_str().unwrap_or("")),
+                "{service}: {name} states what missing data means"
+            );
+            for actions in ["AlarmActions", "OKActions"] {
+                assert!(
+                    strings(&alarm[actions])
+                        .iter()
+                        .any(|value| value.ends_with("-AlarmTopicArn")),
+                    "{service}: {name}: {actions} notify the environment's alarm topic"
+                );
+            }
+            if alarm["Namespace"].as_str() == Some("${App}/${Env}") {
+                let metric = text(&alarm["MetricName"], "MetricName");
+                assert!(
+                    exported.contains(metric),
+                    "{service}: {name} reads {metric}, which the sidecar does not export"
+                );
+                assert!(
+                    registers_metric(service, metric),
+                    "{service}: {name} reads {metric}, which the service does not register"
+                );
+                read_from_the_sidecar.insert(metric.to_owned());
+            }
+        }
+        assert_eq!(
+            exported, read_from_the_sidecar,
+            "{service}: the sidecar exports what the alarms read, no more"
+        );
+    }
+
+    let producer = yaml("deploy/copilot/producer/manifest.yml");
+    assert_eq!(
+        strings(&producer["deployment"]["rollback_alarms"]),
+        ["${COPILOT_APPLICATION_NAME}-${COPILOT_ENVIRONMENT_NAME}-producer-http-5xx"],
+        "the producer's deployments roll back on its 5xx alarm"
+    );
 }
 
 /// The deploy jobs hold AWS credentials, so the cfn-lint they run is
