@@ -20,7 +20,8 @@
 //! - Images: the binaries link only libraries the runtime image has.
 //! - Deploys: CI gates them; what is deployed is decided against the
 //!   commit each environment last received (`scripts/should-deploy.sh`);
-//!   production gets test's image by digest; every deploy's CloudFormation
+//!   production gets test's image by digest; a deploy is smoke-tested
+//!   before it is recorded; every deploy's CloudFormation
 //!   passes cfn-lint, ours with no finding and Copilot's with only the
 //!   named ones; Copilot's Lambda functions still deploy after
 //!   `nodejs20.x`'s end of life; HTTPS on both load balancers; the Copilot
@@ -1563,11 +1564,96 @@ fn deploys_wait_for_ci_and_production_runs_the_image_test_ran() {
         let plan = runs.iter().position(|run| run.contains(plan));
         let record = runs.iter().position(|run| run.contains("deploy-record.sh record"));
         let package = runs.iter().position(|run| run.contains("package-cloudformation.sh"));
+        let deploy = runs.iter().position(|run| run.contains("copilot svc deploy"));
+        let smoke = runs
+            .iter()
+            .position(|run| run.contains(&format!("scripts/smoke.sh \"$SERVICE\" {name}")));
         assert!(
             matches!((plan, package, record), (Some(p), Some(k), Some(r)) if p < k && k < r),
             "{name}: plans first, packages the deployed stack, records last: {runs:#?}"
         );
+        assert!(
+            matches!((deploy, smoke, record), (Some(d), Some(s), Some(r)) if d < s && s < r),
+            "{name}: smoke-tests what it deployed before recording it: {runs:#?}"
+        );
     }
+}
+
+/// Serves `answers` in turn on 127.0.0.1, one per connection (the last one
+/// for good), as `status body` pairs; returns the base URL.
+fn serve_answers(answers: Vec<(u16, &'static str)>) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for (index, stream) in listener.incoming().enumerate() {
+            let Ok(mut stream) = stream else { return };
+            let (status, body) = answers[index.min(answers.len() - 1)];
+            let mut request = [0u8; 1024];
+            let _ = std::io::Read::read(&mut stream, &mut request);
+            let response = format!(
+                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = std::io::Write::write_all(&mut stream, response.as_bytes());
+        }
+    });
+    format!("http://{address}")
+}
+
+fn smoke(service: &str, base_url: &str) -> std::process::Output {
+    std::process::Command::new(root().join("scripts/smoke.sh"))
+        .args([service, "test"])
+        .env("SMOKE_BASE_URL", base_url)
+        .env("SMOKE_INTERVAL_SECS", "0.1")
+        .env("SMOKE_TIMEOUT_SECS", "3")
+        .output()
+        .expect("the script runs")
+}
+
+/// "Deployed" means working (issue 25, item 6): `scripts/smoke.sh` passes
+/// only once the producer's readiness reports the broker reachable and
+/// the consumer's reports it ready, waiting through the answers before,
+/// and fails, naming the last answer, when that never comes.
+#[test]
+fn the_smoke_test_waits_for_a_reachable_broker_and_a_ready_consumer() {
+    let producer = serve_answers(vec![
+        (503, r#"{"error":"not_ready","message":"database"}"#),
+        (200, r#"{"status":"ready","broker":"unknown"}"#),
+        (200, r#"{"status":"ready","broker":"reachable"}"#),
+    ]);
+    let output = smoke("producer", &producer);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+
+    let producer = serve_answers(vec![(200, r#"{"status":"ready","broker":"unreachable"}"#)]);
+    let output = smoke("producer", &producer);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "a producer without its broker: {stderr}");
+    assert!(
+        stderr.contains(r#""broker":"unreachable""#),
+        "names the last answer: {stderr}"
+    );
+
+    let consumer = serve_answers(vec![
+        (503, r#"{"error":"not_ready","message":"no partition assigned"}"#),
+        (
+            200,
+            r#"{"status":"ready","circuits":{"database":"closed","producer":"closed"}}"#,
+        ),
+    ]);
+    let output = smoke("consumer", &consumer);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+
+    let consumer = serve_answers(vec![(
+        503,
+        r#"{"error":"not_ready","message":"no partition assigned"}"#,
+    )]);
+    let output = smoke("consumer", &consumer);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "a consumer without partitions: {stderr}");
+    assert!(
+        stderr.contains("no partition assigned"),
+        "names the last answer: {stderr}"
+    );
 }
 
 /// The CloudFormation of each deploy is written out and must pass cfn-lint:
