@@ -24,8 +24,9 @@
 //!   before it is recorded; every deploy's CloudFormation
 //!   passes cfn-lint, ours with no finding and Copilot's with only the
 //!   named ones; Copilot's Lambda functions still deploy after
-//!   `nodejs20.x`'s end of life; HTTPS on both load balancers; the Copilot
-//!   installer checks its signature.
+//!   `nodejs20.x`'s end of life; leaving Copilot has a date and names each
+//!   dependency with its replacement; HTTPS on both load balancers; the
+//!   Copilot installer checks its signature.
 //!
 //! No broker or database needed.
 
@@ -1577,6 +1578,84 @@ fn deploys_wait_for_ci_and_production_runs_the_image_test_ran() {
             "{name}: smoke-tests what it deployed before recording it: {runs:#?}"
         );
     }
+}
+
+/// Copilot's exit has a date and a plan (issue 25, item 9): the README's
+/// "Leaving Copilot" gives the date, and names every dependency the
+/// rendered service stacks still have on Copilot, each with its
+/// replacement: the environment stack's exports they import (not our
+/// addons'), Copilot's custom resources and the environment parameters
+/// its controller sets, and the application's bucket.
+#[test]
+fn leaving_copilot_has_a_date_and_names_each_dependency() {
+    let readme = read("deploy/README.md");
+    let section = readme
+        .split("## Leaving Copilot")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .expect("deploy/README.md has a section \"Leaving Copilot\"");
+    let date = section
+        .split("leaves Copilot by **")
+        .nth(1)
+        .and_then(|rest| rest.split("**").next())
+        .expect("the section says when the project leaves Copilot");
+    chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").unwrap_or_else(|error| panic!("{date}: {error}"));
+
+    let work = std::env::temp_dir().join(format!("render-copilot-exit-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    render_copilot(&work, &["-envs", "prod"]);
+    let ours = environment_exports();
+    let mut dependencies = BTreeSet::new();
+    for service in SERVICES {
+        let template = std::fs::read_to_string(work.join(format!("prod/{service}-prod.stack.yml"))).unwrap();
+        let names_after = |marker: &str| -> Vec<String> {
+            template
+                .split(marker)
+                .skip(1)
+                .map(|rest| {
+                    rest.chars()
+                        .take_while(|c| c.is_ascii_alphanumeric())
+                        .collect::<String>()
+                })
+                .filter(|name| !name.is_empty())
+                .collect()
+        };
+        dependencies.extend(
+            names_after("${AppName}-${EnvName}-")
+                .into_iter()
+                .filter(|name| !ours.contains(name)),
+        );
+        dependencies.extend(
+            names_after("Type: Custom::")
+                .into_iter()
+                .map(|name| format!("Custom::{name}")),
+        );
+        for line in template
+            .lines()
+            .filter(|line| line.trim_start().starts_with("Parameters: ["))
+        {
+            let list = line.split('[').nth(1).unwrap().trim_end_matches(']');
+            dependencies.extend(list.split(',').map(|name| name.trim().to_owned()));
+        }
+        for asset in ["S3Bucket", "AddonsTemplateURL"] {
+            if template.contains(&format!("{asset}:")) {
+                dependencies.insert(asset.to_owned());
+            }
+        }
+    }
+    std::fs::remove_dir_all(&work).unwrap();
+    assert!(
+        dependencies.contains("Custom::EnvControllerFunction"),
+        "{dependencies:?}"
+    );
+    let unnamed: Vec<_> = dependencies
+        .iter()
+        .filter(|dependency| !section.contains(&format!("`{dependency}`")))
+        .collect();
+    assert!(
+        unnamed.is_empty(),
+        "\"Leaving Copilot\" names no replacement for {unnamed:?} (all: {dependencies:?})"
+    );
 }
 
 /// Serves `answers` in turn on 127.0.0.1, one per connection (the last one
