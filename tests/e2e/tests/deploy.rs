@@ -20,7 +20,8 @@
 //! - Images: the binaries link only libraries the runtime image has.
 //! - Deploys: CI gates them; what is deployed is decided against the
 //!   commit each environment last received (`scripts/should-deploy.sh`);
-//!   production gets test's image by digest; a deploy is smoke-tested
+//!   production gets test's image by digest; a new event type reaches the
+//!   consumer before the producer; a deploy is smoke-tested
 //!   before it is recorded; every deploy's CloudFormation
 //!   passes cfn-lint, ours with no finding and Copilot's with only the
 //!   named ones; Copilot's Lambda functions still deploy after
@@ -1418,6 +1419,125 @@ fn prod_promotes_what_test_last_recorded_in_any_later_run() {
     let second = commit_file(&dir, "services/producer/src/main.rs");
     run("record", "test", &second, &[("IMAGE", &image(2))]);
     assert_eq!(promotes(&second), (second.clone(), image(2)));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A new event type cannot be dead-lettered because the producer deployed
+/// first (issue 25, item 8): `deploy-record.sh` does not take the producer
+/// to an environment whose consumer does not know every event type
+/// (`docs/events/<type>.json`) of the producer's commit, in `plan` or in
+/// `promote`, and takes it once the consumer has it; the deploy jobs wait
+/// for that.
+#[test]
+fn a_new_event_type_reaches_the_consumer_before_the_producer() {
+    let dir = std::env::temp_dir().join(format!("deploy-order-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    for script in [
+        "scripts/should-deploy.sh",
+        "scripts/deploy-record.sh",
+        "deploy/copilot/.workspace",
+    ] {
+        std::fs::create_dir_all(dir.join(script).parent().unwrap()).unwrap();
+        std::fs::copy(root().join(script), dir.join(script)).unwrap();
+    }
+    let bin = dir.join("bin");
+    let parameters = dir.join("ssm");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(&parameters).unwrap();
+    // The same stand-in `aws ssm` as above.
+    std::fs::write(
+        bin.join("aws"),
+        format!(
+            "#!/usr/bin/env bash\n\
+             store={}\n\
+             name=$(echo \"$4\" | tr / _)\n\
+             case $2 in\n\
+               get-parameter) [[ -f $store/$name ]] && cat \"$store/$name\" && exit 0;\n\
+                 echo 'An error occurred (ParameterNotFound)' >&2; exit 254 ;;\n\
+               put-parameter) printf '%s' \"$9\" > \"$store/$name\" ;;\n\
+             esac\n",
+            parameters.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(bin.join("aws"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    git(&dir, &["init", "--quiet"]);
+    for file in ["headers.json", "user.created.v1.json"] {
+        std::fs::create_dir_all(dir.join("docs/events")).unwrap();
+        std::fs::write(dir.join("docs/events").join(file), "{}").unwrap();
+    }
+    commit_file(&dir, "services/consumer/src/main.rs");
+    let known = commit_file(&dir, "services/producer/src/main.rs");
+    std::fs::write(dir.join("docs/events/user.deleted.v1.json"), "{}").unwrap();
+    let new_type = commit_file(&dir, "libs/events/src/lib.rs");
+
+    let run = |service: &str, action: &str, environment: &str, commit: &str| -> (String, String) {
+        let output_file = dir.join("output");
+        std::fs::write(&output_file, "").unwrap();
+        let output = std::process::Command::new(dir.join("scripts/deploy-record.sh"))
+            .arg(action)
+            .env("PATH", format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()))
+            .env("SERVICE", service)
+            .env("ENVIRONMENT", environment)
+            .env("GITHUB_SHA", commit)
+            .env("GITHUB_OUTPUT", &output_file)
+            .env("RUNNER_TEMP", &dir)
+            .env("IMAGE", format!("registry/{service}@sha256:{}", "1".repeat(64)))
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{service} {action} {environment}: {output:?}");
+        let outputs = std::fs::read_to_string(&output_file).unwrap();
+        let deploy = outputs
+            .lines()
+            .find_map(|line| line.strip_prefix("deploy="))
+            .unwrap_or("")
+            .to_owned();
+        (deploy, String::from_utf8_lossy(&output.stderr).into_owned())
+    };
+
+    // Both services run `known` everywhere.
+    for environment in ENVIRONMENTS {
+        for service in SERVICES {
+            run(service, "record", environment, &known);
+        }
+    }
+    // `new_type` adds user.deleted.v1: the producer waits for the consumer.
+    let (deploy, stderr) = run("producer", "plan", "test", &new_type);
+    assert_eq!(deploy, "false", "{stderr}");
+    assert!(stderr.contains("user.deleted.v1"), "names the type: {stderr}");
+    assert_eq!(run("consumer", "plan", "test", &new_type).0, "true");
+    run("consumer", "record", "test", &new_type);
+    assert_eq!(
+        run("producer", "plan", "test", &new_type).0,
+        "true",
+        "after the consumer"
+    );
+    run("producer", "record", "test", &new_type);
+
+    // Prod: the producer's promotion waits for prod's consumer, too.
+    let (deploy, stderr) = run("producer", "promote", "prod", &new_type);
+    assert_eq!(deploy, "false", "{stderr}");
+    assert!(stderr.contains("user.deleted.v1"), "names the type: {stderr}");
+    assert_eq!(run("consumer", "promote", "prod", &new_type).0, "true");
+    run("consumer", "record", "prod", &new_type);
+    assert_eq!(
+        run("producer", "promote", "prod", &new_type).0,
+        "true",
+        "after the consumer"
+    );
+
+    // The deploy jobs give the consumer's deploy time to land.
+    let workflow = read(".github/workflows/deploy-service.yml");
+    for action in ["plan", "promote"] {
+        let step = workflow
+            .split("- name: ")
+            .find(|step| step.contains(&format!("scripts/deploy-record.sh {action}")))
+            .unwrap_or_else(|| panic!("a step runs deploy-record.sh {action}"));
+        assert!(
+            step.contains("DEPLOY_ORDER_WAIT_SECS:"),
+            "{action} waits for the consumer: {step}"
+        );
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
