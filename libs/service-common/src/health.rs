@@ -198,8 +198,10 @@ pub const CONTAINER_CHECK_PATH: &str = "/health/live";
 /// own `GET http://127.0.0.1:{port}/health/live` ([`CONTAINER_CHECK_PATH`]),
 /// waiting at most 3 s.
 ///
-/// Exit status 0 when it answers `200`, 1 otherwise (Docker's and ECS's
-/// convention for unhealthy), with one line on stderr saying why.
+/// Exit status 0 when it answers `200`, or `503` with code
+/// [`STARTING`](crate::server::STARTING) (it is running its migrations:
+/// alive, and not to be replaced for taking long); 1 otherwise (Docker's and
+/// ECS's convention for unhealthy), with one line on stderr saying why.
 pub fn check(service: &str, port: u16) -> std::process::ExitCode {
     let url = format!("http://127.0.0.1:{port}{CONTAINER_CHECK_PATH}");
     let outcome = tokio::runtime::Builder::new_current_thread()
@@ -213,9 +215,16 @@ pub fn check(service: &str, port: u16) -> std::process::ExitCode {
                     .build()
                     .map_err(|error| error.to_string())?;
                 let response = client.get(&url).send().await.map_err(|error| error.to_string())?;
-                match response.status() {
+                let status = response.status();
+                let body = response.text().await.unwrap_or_default();
+                let starting = || {
+                    serde_json::from_str::<serde_json::Value>(&body)
+                        .is_ok_and(|body| body["error"]["code"] == crate::server::STARTING)
+                };
+                match status {
                     reqwest::StatusCode::OK => Ok(()),
-                    status => Err(format!("{status}: {}", response.text().await.unwrap_or_default())),
+                    reqwest::StatusCode::SERVICE_UNAVAILABLE if starting() => Ok(()),
+                    status => Err(format!("{status}: {body}")),
                 }
             })
         });

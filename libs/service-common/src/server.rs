@@ -1,6 +1,7 @@
 //! The HTTP server both services run: what every service answers the same
 //! way, around the service's own routes.
 
+use std::future::Future;
 use std::net::TcpListener;
 use std::time::Duration;
 
@@ -49,4 +50,53 @@ where
     .shutdown_timeout(drain.as_secs().max(1))
     .run();
     Ok(server)
+}
+
+/// The `code` of the `503` every request gets while the service starts
+/// ([`while_starting`]); [`health::check`] counts it as alive.
+pub const STARTING: &str = "starting";
+
+/// Answers on `listener` while `starting` runs (the database's migrations,
+/// which may take minutes), then stops and returns what `starting`
+/// returned; the caller serves its application on the same listener
+/// afterwards, so connections made meanwhile wait in its backlog rather
+/// than being refused.
+///
+/// Every request, `/health/live` included, gets `503` with code
+/// [`STARTING`] and `Retry-After: 5`. A load balancer's target check, which
+/// asks liveness, therefore sends no traffic yet, while the container check
+/// ([`health::check`]) counts `starting` as alive: a long migration does not
+/// get the task replaced by its own container check (docs/operations.md,
+/// "Migrations and rollbacks").
+///
+/// # Errors
+///
+/// When the listener cannot be used.
+pub async fn while_starting<T>(listener: &TcpListener, starting: impl Future<Output = T>) -> std::io::Result<T> {
+    let server = HttpServer::new(|| {
+        App::new().default_service(web::to(|| async {
+            let mut response = crate::http::error_response(
+                actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+                STARTING,
+                "the service is starting (running the database migrations); retry shortly",
+            );
+            response.headers_mut().insert(
+                actix_web::http::header::RETRY_AFTER,
+                actix_web::http::header::HeaderValue::from_static("5"),
+            );
+            response
+        }))
+    })
+    .workers(1)
+    .listen(listener.try_clone()?)?
+    .disable_signals()
+    .shutdown_timeout(1)
+    .run();
+    let handle = server.handle();
+    let serving = tokio::spawn(server);
+    let output = starting.await;
+    handle.stop(true).await;
+    // The server's own error, if any, no longer matters: it is stopped.
+    let _ = serving.await;
+    Ok(output)
 }

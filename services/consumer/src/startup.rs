@@ -58,9 +58,10 @@ pub struct Application {
 }
 
 impl Application {
-    /// Connects to the database (creating it if configured to), runs the
-    /// migrations and binds the HTTP listener. The broker may be down: the
-    /// processing loop waits for it.
+    /// Binds the HTTP listener, answering `503 starting` on it while it
+    /// connects to the database (creating it if configured to) and runs the
+    /// migrations; then builds the service, which serves on that listener.
+    /// The broker may be down: the processing loop waits for it.
     ///
     /// # Errors
     ///
@@ -68,7 +69,18 @@ impl Application {
     /// is too short, the Kafka settings are invalid, or the port cannot be
     /// bound.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let pool = service_common::database::connect(&settings.database, sqlx::migrate!("./migrations")).await?;
+        // Bound first, answering `503 starting` while the migrations run,
+        // so that a long one is not taken for a dead process
+        // (service_common::server::while_starting).
+        let address = format!("{}:{}", settings.http.host, settings.http.port);
+        let listener = TcpListener::bind(&address).with_context(|| format!("could not bind {address}"))?;
+        let port = listener.local_addr()?.port();
+        tracing::info!(%address, port, "migrating the database before serving");
+        let pool = service_common::server::while_starting(
+            &listener,
+            service_common::database::connect(&settings.database, sqlx::migrate!("./migrations")),
+        )
+        .await??;
         let keys = TokenKeys::new(&settings.auth.jwt_secret).context("invalid configuration: auth.jwt_secret")?;
         let producer_client = ProducerClient::new(
             &settings.producer.base_url,
@@ -127,9 +139,6 @@ impl Application {
             settings.inbox.retention.period(),
         );
         let streams_closed = CancellationToken::new();
-        let address = format!("{}:{}", settings.http.host, settings.http.port);
-        let listener = TcpListener::bind(&address).with_context(|| format!("could not bind {address}"))?;
-        let port = listener.local_addr()?.port();
         let server = run_server(
             listener,
             metrics,

@@ -40,9 +40,10 @@ pub struct Application {
 }
 
 impl Application {
-    /// Connects to the database (creating it if configured to), runs the
-    /// migrations, creates the Kafka producer and binds the HTTP listener.
-    /// The broker may be down: the relay waits for it.
+    /// Binds the HTTP listener, answering `503 starting` on it while it
+    /// connects to the database (creating it if configured to) and runs the
+    /// migrations; then creates the Kafka producer and serves on that
+    /// listener. The broker may be down: the relay waits for it.
     ///
     /// # Errors
     ///
@@ -50,12 +51,20 @@ impl Application {
     /// is too short, the Kafka settings are invalid, or the port cannot be
     /// bound.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let pool = service_common::database::connect(&settings.database, sqlx::migrate!("./migrations")).await?;
-        let keys = TokenKeys::new(&settings.auth.jwt_secret).context("invalid configuration: auth.jwt_secret")?;
-        let producer = EventProducer::new(&settings.kafka, "producer").context("invalid configuration: kafka")?;
+        // Bound first, answering `503 starting` while the migrations run,
+        // so that a long one is not taken for a dead process
+        // (service_common::server::while_starting).
         let address = format!("{}:{}", settings.http.host, settings.http.port);
         let listener = TcpListener::bind(&address).with_context(|| format!("could not bind {address}"))?;
         let port = listener.local_addr()?.port();
+        tracing::info!(%address, port, "migrating the database before serving");
+        let pool = service_common::server::while_starting(
+            &listener,
+            service_common::database::connect(&settings.database, sqlx::migrate!("./migrations")),
+        )
+        .await??;
+        let keys = TokenKeys::new(&settings.auth.jwt_secret).context("invalid configuration: auth.jwt_secret")?;
+        let producer = EventProducer::new(&settings.kafka, "producer").context("invalid configuration: kafka")?;
         let ttl = TokenTtl(chrono::Duration::seconds(settings.auth.token_ttl_secs as i64));
         let mut registry = Registry::default();
         producer.register_metrics(&mut registry);

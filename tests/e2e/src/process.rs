@@ -209,6 +209,14 @@ impl TestContext {
     /// As [`start_producer_process`](Self::start_producer_process), with
     /// `extra` `APP_*` variables overriding or adding to the defaults.
     pub async fn start_producer_process_with(&self, extra: &[(&str, &str)]) -> ServiceProcess {
+        let process = self.spawn_producer_process_with(extra);
+        wait_until_live(&process).await;
+        process
+    }
+
+    /// As [`start_producer_process_with`](Self::start_producer_process_with),
+    /// without waiting for it to be live.
+    pub fn spawn_producer_process_with(&self, extra: &[(&str, &str)]) -> ServiceProcess {
         let mut env = self.common_env();
         env.extend([
             ("APP_DATABASE__URL".to_owned(), self.producer_database_url.clone()),
@@ -219,7 +227,7 @@ impl TestContext {
                 .iter()
                 .map(|(key, value)| ((*key).to_owned(), (*value).to_owned())),
         );
-        start("producer", env).await
+        spawn("producer", env)
     }
 
     /// Starts the consumer binary on a free port, calling the producer at
@@ -260,10 +268,17 @@ impl TestContext {
     }
 }
 
+/// Starts `name` with `env`, as [`spawn`] does, and waits until it is live.
+async fn start(name: &'static str, env: Vec<(String, String)>) -> ServiceProcess {
+    let process = spawn(name, env);
+    wait_until_live(&process).await;
+    process
+}
+
 /// Starts `name` with `env`, on the port its `APP_HTTP__PORT` names or a
 /// free one. A process started again on the same port appends to the same
 /// log.
-async fn start(name: &'static str, mut env: Vec<(String, String)>) -> ServiceProcess {
+fn spawn(name: &'static str, mut env: Vec<(String, String)>) -> ServiceProcess {
     let named = env
         .iter()
         .rev()
@@ -287,7 +302,12 @@ async fn start(name: &'static str, mut env: Vec<(String, String)>) -> ServicePro
         .kill_on_drop(true)
         .spawn()
         .unwrap_or_else(|error| panic!("could not start {name}: {error}"));
-    let process = ServiceProcess { name, port, log, child };
+    ServiceProcess { name, port, log, child }
+}
+
+/// Waits up to 30 s for `process` to answer `200` on `/health/live`.
+async fn wait_until_live(process: &ServiceProcess) {
+    let name = process.name;
     let client = reqwest::Client::new();
     let live = format!("{}/health/live", process.url());
     eventually(
@@ -299,5 +319,4 @@ async fn start(name: &'static str, mut env: Vec<(String, String)>) -> ServicePro
         },
     )
     .await;
-    process
 }

@@ -1,6 +1,8 @@
 //! How the services connect to PostgreSQL: TLS chosen by the URL's
 //! `sslmode`.
 
+use std::time::Duration;
+
 use e2e::TestContext;
 use secrecy::SecretString;
 use service_common::configuration::DatabaseSettings;
@@ -161,5 +163,85 @@ async fn the_release_before_starts_against_the_schema_todays_release_migrated() 
             });
         started.close().await;
     }
+    context.drop_databases().await;
+}
+
+/// A long migration does not get the task replaced (issue 25, item 4):
+/// a service binds its listener before it migrates and answers `503
+/// starting` meanwhile, `/health/live` included, so a load balancer's
+/// target check sends it no traffic, while the container check
+/// (`producer healthcheck`) passes; once the migrations finish, it serves.
+/// The migration is held up by holding sqlx's migration lock, which the
+/// service's migrator waits for before it looks at anything.
+#[tokio::test]
+async fn a_service_answers_starting_while_it_migrates_and_serves_after() {
+    use sqlx::migrate::Migrate;
+    use sqlx::Connection;
+
+    let context = TestContext::new();
+    let url = context.producer_database_url.clone();
+    // The database exists, so that the test can hold the lock in it.
+    service_common::database::connect(&settings(url.clone()), NO_MIGRATIONS)
+        .await
+        .unwrap()
+        .close()
+        .await;
+    let mut holder = sqlx::PgConnection::connect(&url).await.unwrap();
+    holder.lock().await.unwrap();
+
+    let process = context.spawn_producer_process_with(&[]);
+    let client = reqwest::Client::new();
+    let live = format!("{}/health/live", process.url());
+    e2e::eventually(
+        Duration::from_secs(30),
+        "the producer to answer while it migrates",
+        || {
+            let request = client.get(&live).send();
+            async move {
+                let response = request.await.ok()?;
+                (response.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE).then_some(response)
+            }
+        },
+    )
+    .await;
+    let response = client
+        .post(format!("{}/users", process.url()))
+        .json(&serde_json::json!({"email": "a@example.com", "password": "correct horse battery"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()["retry-after"], "5");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "starting", "{body}");
+    let check = std::process::Command::new(e2e::process::binary("producer"))
+        .arg("healthcheck")
+        .env("APP_ENVIRONMENT", "local")
+        .env("APP_HTTP__PORT", process.port.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "the container check passes while the service migrates: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    holder.unlock().await.unwrap();
+    let ready = format!("{}/health/ready", process.url());
+    e2e::eventually(
+        Duration::from_secs(30),
+        "the producer to be ready after migrating",
+        || {
+            let request = client.get(&ready).send();
+            async move { request.await.ok().filter(|r| r.status().is_success()).map(drop) }
+        },
+    )
+    .await;
+    assert_eq!(
+        client.get(&live).send().await.unwrap().status(),
+        reqwest::StatusCode::OK
+    );
+    process.kill().await;
+    holder.close().await.unwrap();
     context.drop_databases().await;
 }
