@@ -8,8 +8,12 @@ use std::time::Duration;
 use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
+use anyhow::Context;
+use sqlx::migrate::Migrator;
+use sqlx::PgPool;
 use tracing_actix_web::TracingLogger;
 
+use crate::configuration::{DatabaseSettings, HttpSettings};
 use crate::health;
 use crate::http::{json_config, not_found, path_config, query_config};
 use crate::metrics::{self, Metrics};
@@ -99,4 +103,27 @@ pub async fn while_starting<T>(listener: &TcpListener, starting: impl Future<Out
     // The server's own error, if any, no longer matters: it is stopped.
     let _ = serving.await;
     Ok(output)
+}
+
+/// A service's listener and database, in the order that lets a long
+/// migration run: binds `http`'s address, then connects to `database` and
+/// runs `migrations` ([`crate::database::connect`]) while answering `503
+/// starting` on the listener ([`while_starting`]). The service then serves
+/// on the listener.
+///
+/// # Errors
+///
+/// When the address cannot be bound, or the database cannot be reached or
+/// migrated.
+pub async fn listen_then_migrate(
+    http: &HttpSettings,
+    database: &DatabaseSettings,
+    migrations: Migrator,
+) -> anyhow::Result<(TcpListener, PgPool)> {
+    let address = format!("{}:{}", http.host, http.port);
+    let listener = TcpListener::bind(&address).with_context(|| format!("could not bind {address}"))?;
+    let port = listener.local_addr()?.port();
+    tracing::info!(%address, port, "running the database migrations before serving");
+    let pool = while_starting(&listener, crate::database::connect(database, migrations)).await??;
+    Ok((listener, pool))
 }

@@ -52,17 +52,15 @@ impl Application {
     /// bound.
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         // Bound first, answering `503 starting` while the migrations run,
-        // so that a long one is not taken for a dead process
-        // (service_common::server::while_starting).
-        let address = format!("{}:{}", settings.http.host, settings.http.port);
-        let listener = TcpListener::bind(&address).with_context(|| format!("could not bind {address}"))?;
-        let port = listener.local_addr()?.port();
-        tracing::info!(%address, port, "migrating the database before serving");
-        let pool = service_common::server::while_starting(
-            &listener,
-            service_common::database::connect(&settings.database, sqlx::migrate!("./migrations")),
+        // so that a long one is not taken for a dead process.
+        let (listener, pool) = service_common::server::listen_then_migrate(
+            &settings.http,
+            &settings.database,
+            sqlx::migrate!("./migrations"),
         )
-        .await??;
+        .await?;
+        let address = format!("{}:{}", settings.http.host, settings.http.port);
+        let port = listener.local_addr()?.port();
         let keys = TokenKeys::new(&settings.auth.jwt_secret).context("invalid configuration: auth.jwt_secret")?;
         let producer = EventProducer::new(&settings.kafka, "producer").context("invalid configuration: kafka")?;
         let ttl = TokenTtl(chrono::Duration::seconds(settings.auth.token_ttl_secs as i64));

@@ -1310,6 +1310,94 @@ fn a_service_deploys_what_changed_since_its_last_deploy_and_never_older_code() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A scratch git repository holding what `scripts/deploy-record.sh` needs,
+/// with a stand-in `aws` that keeps SSM parameters in files
+/// (`aws ssm get-parameter --name N --query Parameter.Value --output text`
+/// and `aws ssm put-parameter --name N --type String --overwrite --value V`).
+struct DeployRecordSandbox {
+    dir: PathBuf,
+}
+
+impl DeployRecordSandbox {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for script in [
+            "scripts/should-deploy.sh",
+            "scripts/deploy-record.sh",
+            "deploy/copilot/.workspace",
+        ] {
+            std::fs::create_dir_all(dir.join(script).parent().unwrap()).unwrap();
+            std::fs::copy(root().join(script), dir.join(script)).unwrap();
+        }
+        let bin = dir.join("bin");
+        let parameters = dir.join("ssm");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(&parameters).unwrap();
+        std::fs::write(
+            bin.join("aws"),
+            format!(
+                "#!/usr/bin/env bash\n\
+                 store={}\n\
+                 name=$(echo \"$4\" | tr / _)\n\
+                 case $2 in\n\
+                   get-parameter) [[ -f $store/$name ]] && cat \"$store/$name\" && exit 0;\n\
+                     echo 'An error occurred (ParameterNotFound)' >&2; exit 254 ;;\n\
+                   put-parameter) printf '%s' \"$9\" > \"$store/$name\" ;;\n\
+                 esac\n",
+                parameters.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(bin.join("aws"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        git(&dir, &["init", "--quiet"]);
+        Self { dir }
+    }
+
+    /// Runs `deploy-record.sh action` for `service` in `environment` at
+    /// `commit`, with `extra` variables; returns what it wrote to
+    /// `$GITHUB_OUTPUT`, and its stderr. Panics if it fails.
+    fn run(
+        &self,
+        service: &str,
+        action: &str,
+        environment: &str,
+        commit: &str,
+        extra: &[(&str, &str)],
+    ) -> (BTreeMap<String, String>, String) {
+        let output_file = self.dir.join("output");
+        std::fs::write(&output_file, "").unwrap();
+        let output = std::process::Command::new(self.dir.join("scripts/deploy-record.sh"))
+            .arg(action)
+            .env(
+                "PATH",
+                format!("{}:{}", self.dir.join("bin").display(), std::env::var("PATH").unwrap()),
+            )
+            .env("SERVICE", service)
+            .env("ENVIRONMENT", environment)
+            .env("GITHUB_SHA", commit)
+            .env("GITHUB_OUTPUT", &output_file)
+            .env("RUNNER_TEMP", &self.dir)
+            .envs(extra.iter().copied())
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{service} {action} {environment}: {output:?}");
+        let outputs = std::fs::read_to_string(&output_file)
+            .unwrap()
+            .lines()
+            .filter_map(|line| line.split_once('='))
+            .map(|(key, value)| (key.to_owned(), value.to_owned()))
+            .collect();
+        (outputs, String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+impl Drop for DeployRecordSandbox {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// `deploy-record.sh`, with a stand-in `aws` keeping SSM parameters in
 /// files: prod promotes what test last recorded, commit and image, in any
 /// run, so a failed prod deploy is caught up by the next run even when
@@ -1317,65 +1405,11 @@ fn a_service_deploys_what_changed_since_its_last_deploy_and_never_older_code() {
 /// record without an image, promotes nothing.
 #[test]
 fn prod_promotes_what_test_last_recorded_in_any_later_run() {
-    let dir = std::env::temp_dir().join(format!("deploy-record-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    for script in [
-        "scripts/should-deploy.sh",
-        "scripts/deploy-record.sh",
-        "deploy/copilot/.workspace",
-    ] {
-        std::fs::create_dir_all(dir.join(script).parent().unwrap()).unwrap();
-        std::fs::copy(root().join(script), dir.join(script)).unwrap();
-    }
-    let bin = dir.join("bin");
-    let parameters = dir.join("ssm");
-    std::fs::create_dir_all(&bin).unwrap();
-    std::fs::create_dir_all(&parameters).unwrap();
-    // `aws ssm get-parameter --name N --query Parameter.Value --output text`
-    // and `aws ssm put-parameter --name N --type String --overwrite --value V`.
-    std::fs::write(
-        bin.join("aws"),
-        format!(
-            "#!/usr/bin/env bash\n\
-             store={}\n\
-             name=$(echo \"$4\" | tr / _)\n\
-             case $2 in\n\
-               get-parameter) [[ -f $store/$name ]] && cat \"$store/$name\" && exit 0;\n\
-                 echo 'An error occurred (ParameterNotFound)' >&2; exit 254 ;;\n\
-               put-parameter) printf '%s' \"$9\" > \"$store/$name\" ;;\n\
-             esac\n",
-            parameters.display()
-        ),
-    )
-    .unwrap();
-    std::process::Command::new("chmod")
-        .arg("+x")
-        .arg(bin.join("aws"))
-        .status()
-        .unwrap();
-    git(&dir, &["init", "--quiet"]);
-    let first = commit_file(&dir, "services/producer/src/main.rs");
-    let run = |action: &str, environment: &str, commit: &str, extra: &[(&str, &str)]| -> BTreeMap<String, String> {
-        let output_file = dir.join("output");
-        std::fs::write(&output_file, "").unwrap();
-        let output = std::process::Command::new(dir.join("scripts/deploy-record.sh"))
-            .arg(action)
-            .env("PATH", format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()))
-            .env("SERVICE", "producer")
-            .env("ENVIRONMENT", environment)
-            .env("GITHUB_SHA", commit)
-            .env("GITHUB_OUTPUT", &output_file)
-            .env("RUNNER_TEMP", &dir)
-            .envs(extra.iter().copied())
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{action} {environment}: {output:?}");
-        std::fs::read_to_string(&output_file)
-            .unwrap()
-            .lines()
-            .filter_map(|line| line.split_once('='))
-            .map(|(key, value)| (key.to_owned(), value.to_owned()))
-            .collect()
+    let sandbox = DeployRecordSandbox::new("deploy-record");
+    let dir = &sandbox.dir;
+    let first = commit_file(dir, "services/producer/src/main.rs");
+    let run = |action: &str, environment: &str, commit: &str, extra: &[(&str, &str)]| {
+        sandbox.run("producer", action, environment, commit, extra).0
     };
     let image = |n: u8| {
         format!(
@@ -1401,7 +1435,7 @@ fn prod_promotes_what_test_last_recorded_in_any_later_run() {
     // The prod deploy fails (or is not approved): nothing recorded. The
     // next commit changes only the docs, so test deploys nothing; prod
     // still catches up.
-    let docs = commit_file(&dir, "docs/operations.md");
+    let docs = commit_file(dir, "docs/operations.md");
     assert_eq!(run("plan", "test", &docs, &[])["deploy"], "false");
     assert_eq!(promotes(&docs), (first.clone(), image(1)));
     run(
@@ -1416,10 +1450,9 @@ fn prod_promotes_what_test_last_recorded_in_any_later_run() {
         "prod is up to date"
     );
     // A newer change reaches test, then prod.
-    let second = commit_file(&dir, "services/producer/src/main.rs");
+    let second = commit_file(dir, "services/producer/src/main.rs");
     run("record", "test", &second, &[("IMAGE", &image(2))]);
     assert_eq!(promotes(&second), (second.clone(), image(2)));
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// A new event type cannot be dead-lettered because the producer deployed
@@ -1430,69 +1463,21 @@ fn prod_promotes_what_test_last_recorded_in_any_later_run() {
 /// for that.
 #[test]
 fn a_new_event_type_reaches_the_consumer_before_the_producer() {
-    let dir = std::env::temp_dir().join(format!("deploy-order-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    for script in [
-        "scripts/should-deploy.sh",
-        "scripts/deploy-record.sh",
-        "deploy/copilot/.workspace",
-    ] {
-        std::fs::create_dir_all(dir.join(script).parent().unwrap()).unwrap();
-        std::fs::copy(root().join(script), dir.join(script)).unwrap();
-    }
-    let bin = dir.join("bin");
-    let parameters = dir.join("ssm");
-    std::fs::create_dir_all(&bin).unwrap();
-    std::fs::create_dir_all(&parameters).unwrap();
-    // The same stand-in `aws ssm` as above.
-    std::fs::write(
-        bin.join("aws"),
-        format!(
-            "#!/usr/bin/env bash\n\
-             store={}\n\
-             name=$(echo \"$4\" | tr / _)\n\
-             case $2 in\n\
-               get-parameter) [[ -f $store/$name ]] && cat \"$store/$name\" && exit 0;\n\
-                 echo 'An error occurred (ParameterNotFound)' >&2; exit 254 ;;\n\
-               put-parameter) printf '%s' \"$9\" > \"$store/$name\" ;;\n\
-             esac\n",
-            parameters.display()
-        ),
-    )
-    .unwrap();
-    std::fs::set_permissions(bin.join("aws"), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    git(&dir, &["init", "--quiet"]);
+    let sandbox = DeployRecordSandbox::new("deploy-order");
+    let dir = &sandbox.dir;
     for file in ["headers.json", "user.created.v1.json"] {
         std::fs::create_dir_all(dir.join("docs/events")).unwrap();
         std::fs::write(dir.join("docs/events").join(file), "{}").unwrap();
     }
-    commit_file(&dir, "services/consumer/src/main.rs");
-    let known = commit_file(&dir, "services/producer/src/main.rs");
+    commit_file(dir, "services/consumer/src/main.rs");
+    let known = commit_file(dir, "services/producer/src/main.rs");
     std::fs::write(dir.join("docs/events/user.deleted.v1.json"), "{}").unwrap();
-    let new_type = commit_file(&dir, "libs/events/src/lib.rs");
+    let new_type = commit_file(dir, "libs/events/src/lib.rs");
 
     let run = |service: &str, action: &str, environment: &str, commit: &str| -> (String, String) {
-        let output_file = dir.join("output");
-        std::fs::write(&output_file, "").unwrap();
-        let output = std::process::Command::new(dir.join("scripts/deploy-record.sh"))
-            .arg(action)
-            .env("PATH", format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()))
-            .env("SERVICE", service)
-            .env("ENVIRONMENT", environment)
-            .env("GITHUB_SHA", commit)
-            .env("GITHUB_OUTPUT", &output_file)
-            .env("RUNNER_TEMP", &dir)
-            .env("IMAGE", format!("registry/{service}@sha256:{}", "1".repeat(64)))
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{service} {action} {environment}: {output:?}");
-        let outputs = std::fs::read_to_string(&output_file).unwrap();
-        let deploy = outputs
-            .lines()
-            .find_map(|line| line.strip_prefix("deploy="))
-            .unwrap_or("")
-            .to_owned();
-        (deploy, String::from_utf8_lossy(&output.stderr).into_owned())
+        let image = format!("registry/{service}@sha256:{}", "1".repeat(64));
+        let (outputs, stderr) = sandbox.run(service, action, environment, commit, &[("IMAGE", &image)]);
+        (outputs.get("deploy").cloned().unwrap_or_default(), stderr)
     };
 
     // Both services run `known` everywhere.
@@ -1538,7 +1523,6 @@ fn a_new_event_type_reaches_the_consumer_before_the_producer() {
             "{action} waits for the consumer: {step}"
         );
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Nothing deploys that failed CI: the deploy workflow is called by CI
