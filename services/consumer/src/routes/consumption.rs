@@ -110,8 +110,7 @@ pub async fn pause(
     request: web::Json<PauseRequest>,
 ) -> Result<HttpResponse, ApiError> {
     require_operator(&caller, NEEDS_SERVICE)?;
-    let reason = service_common::http::operator_reason(&request.reason)
-        .ok_or_else(|| ApiError::Validation("reason must be 1 to 1000 characters".to_owned()))?;
+    let reason = super::operator_reason(&request.reason)?;
     check(&kafka, &request.topic, request.partition)?;
     let pause = pauses
         .pause(&request.topic, request.partition, reason)
@@ -249,8 +248,7 @@ pub async fn replay(
     request: web::Json<ReplayRequest>,
 ) -> Result<HttpResponse, ApiError> {
     require_operator(&caller, NEEDS_SERVICE)?;
-    let reason = service_common::http::operator_reason(&request.reason)
-        .ok_or_else(|| ApiError::Validation("reason must be 1 to 1000 characters".to_owned()))?;
+    let reason = super::operator_reason(&request.reason)?;
     if !Topic::EVENTS
         .iter()
         .any(|&event| kafka.topics.name(event) == request.topic)

@@ -21,3 +21,11 @@ fn require_operator(caller: &Authenticated, needs: &'static str) -> Result<(), A
         Principal::User(_) => Err(ApiError::Forbidden(needs)),
     }
 }
+
+/// An operator request's `reason`, trimmed
+/// ([`service_common::http::operator_reason`]), or `422` when it is empty
+/// or longer than 1000 characters.
+fn operator_reason(reason: &str) -> Result<&str, ApiError> {
+    service_common::http::operator_reason(reason)
+        .ok_or_else(|| ApiError::Validation("reason must be 1 to 1000 characters".to_owned()))
+}

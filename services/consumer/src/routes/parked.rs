@@ -203,8 +203,7 @@ pub async fn dead_letter(
     request: web::Json<DeadLetterRequest>,
 ) -> Result<HttpResponse, ApiError> {
     require_operator(&caller, NEEDS_SERVICE)?;
-    let reason = service_common::http::operator_reason(&request.reason)
-        .ok_or_else(|| ApiError::Validation("reason must be 1 to 1000 characters".to_owned()))?;
+    let reason = super::operator_reason(&request.reason)?;
     let origin = Origin::from(&request.origin);
     let (_, delivered) = recovery
         .dead_letter(&origin, reason)
