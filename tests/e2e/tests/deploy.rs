@@ -17,7 +17,8 @@
 //! - Kafka settings: the topic table in `docs/config/topics.md`, the topic
 //!   registry's defaults, the production replication factors,
 //!   `docs/config/server.properties`, the compose file and the CI broker.
-//! - Images: the binaries link only libraries the runtime image has.
+//! - Images: the binaries link only libraries the runtime image has;
+//!   every image a deploy runs is pinned by digest.
 //! - Deploys: CI gates them; what is deployed is decided against the
 //!   commit each environment last received (`scripts/should-deploy.sh`);
 //!   production gets test's image by digest; a new event type reaches the
@@ -1158,6 +1159,89 @@ fn the_binaries_link_only_what_the_runtime_image_has() {
             "{service} links {foreign:?}, which the runtime image lacks:\n{listing}"
         );
     }
+}
+
+/// Whether `image` names a digest: `<name>@sha256:<64 lowercase hex>`, with
+/// or without a tag before the `@`.
+fn pinned_by_digest(image: &str) -> bool {
+    let Some((name, digest)) = image.split_once("@sha256:") else {
+        return false;
+    };
+    !name.is_empty() && digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Every image a deploy runs is pinned by digest, so a rebuilt tag
+/// changes nothing until a commit moves the digest, and that commit
+/// deploys the service (`should-deploy.sh` counts its Dockerfile and its
+/// manifest, checked above). The base images of each Dockerfile, and no
+/// `# syntax=` frontend image pulled by tag; the sidecars of each manifest,
+/// as a repository and a digest (ECS's form). Dependabot moves the
+/// Dockerfiles' digests, and CI checks that the sidecars' resolve, since
+/// only ECS pulls them.
+#[test]
+fn the_images_a_deploy_runs_are_pinned_by_digest() {
+    assert!(pinned_by_digest(&format!("rust:1.95@sha256:{}", "0a".repeat(32))));
+    assert!(!pinned_by_digest("rust:1.95-bookworm"));
+    assert!(!pinned_by_digest(&format!("rust@sha256:{}", "0A".repeat(32))));
+    assert!(!pinned_by_digest("rust@sha256:0a0a"));
+
+    let dependabot = yaml(".github/dependabot.yml");
+    let docker_directories: Vec<String> = dependabot["updates"]
+        .as_vec()
+        .expect("updates")
+        .iter()
+        .filter(|update| update["package-ecosystem"].as_str() == Some("docker"))
+        .flat_map(|update| strings(&update["directories"]))
+        .collect();
+    let images_job = read(".github/workflows/ci.yml");
+    for service in SERVICES {
+        let path = format!("services/{service}/Dockerfile");
+        let dockerfile = read(&path);
+        assert!(
+            !dockerfile.lines().any(|line| line.starts_with("# syntax=")),
+            "{path}: a `# syntax=` frontend is an image pulled by tag"
+        );
+        let mut stages = BTreeSet::new();
+        let mut bases = 0;
+        for line in dockerfile.lines().filter(|line| line.starts_with("FROM ")) {
+            let words: Vec<&str> = line
+                .split_whitespace()
+                .skip(1)
+                .filter(|word| !word.starts_with("--"))
+                .collect();
+            let image = words[0];
+            if let [_, as_, stage] = words[..] {
+                assert!(as_.eq_ignore_ascii_case("as"), "{path}: {line}");
+                stages.insert(stage);
+            }
+            if stages.contains(image) {
+                continue;
+            }
+            bases += 1;
+            assert!(pinned_by_digest(image), "{path}: {image} is not pinned by digest");
+        }
+        assert_eq!(bases, 2, "{path}: a build image and a runtime image");
+        assert!(
+            docker_directories.contains(&format!("/services/{service}")),
+            "Dependabot keeps {path}'s digests current: {docker_directories:?}"
+        );
+
+        let manifest = yaml(&format!("deploy/copilot/{service}/manifest.yml"));
+        let sidecars = manifest["sidecars"].as_hash().expect("sidecars");
+        assert!(!sidecars.is_empty());
+        for (name, sidecar) in sidecars {
+            let image = text(&sidecar["image"], "sidecar image");
+            assert!(
+                pinned_by_digest(image),
+                "{service}'s sidecar {name:?}: {image} is not pinned by digest"
+            );
+        }
+    }
+    assert!(
+        images_job.contains("deploy/copilot/${{ matrix.service }}/manifest.yml")
+            && images_job.contains("docker buildx imagetools inspect"),
+        "CI checks that the sidecars' digests resolve"
+    );
 }
 
 /// Each service's deploys queue in groups of their own, one per
