@@ -75,6 +75,18 @@ pub struct Record {
 }
 
 impl Record {
+    /// Its bytes: key, value, and header names and values. What the
+    /// broker sent for it, about; not the memory this struct takes around
+    /// them (a few hundred bytes more, with its allocations).
+    pub fn size(&self) -> usize {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(name, value)| name.len() + value.as_ref().map_or(0, Vec::len))
+            .sum();
+        self.key.as_ref().map_or(0, Vec::len) + self.value.as_ref().map_or(0, Vec::len) + headers
+    }
+
     /// The value of the last header named `name` (the Kafka convention when
     /// a header repeats), if it has one.
     pub fn header(&self, name: &str) -> Option<&[u8]> {
@@ -294,6 +306,7 @@ impl EventConsumer {
             ("enable.auto.offset.store", "false".to_owned()),
             ("auto.offset.reset", consumer.auto_offset_reset.as_str().to_owned()),
             ("fetch.wait.max.ms", consumer.fetch_wait_max_ms.to_string()),
+            ("queued.max.messages.kbytes", consumer.prefetch_queue_kbytes.to_string()),
             ("statistics.interval.ms", STATISTICS_INTERVAL_MS.to_string()),
         ];
         properties.extend(consumer.group_protocol.properties(consumer));

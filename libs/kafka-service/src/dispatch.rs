@@ -7,10 +7,21 @@
 //! the first record it leaves goes through [`RecordHandler::handle`] alone,
 //! and the rest are offered as the next batch. When a worker falls behind
 //! (it is retrying a record, or waiting for a retry's due time), its queue
-//! fills up to `queue_capacity` records and the partition is paused at the
-//! broker until the worker catches up, so one slow partition costs memory
-//! for at most that many records (plus the batch in hand, at most
-//! `max_batch_records`) and holds up no other partition.
+//! fills up to `queue_capacity` records or `queue_bytes` bytes, whichever
+//! comes first, and the partition is paused at the broker until the worker
+//! has taken half of them, so one slow partition costs memory for about
+//! that much (plus what the broker had already sent when the pause took
+//! effect, and the batch in hand, at most `max_batch_records`) and holds up
+//! no other partition.
+//!
+//! Pausing is not free: librdkafka drops what it fetched ahead for the
+//! partition, and a resumed partition is fetched again only with the next
+//! fetch request, which waits for the one in flight (up to
+//! `fetch.wait.max.ms` when the other partitions have nothing new). So the
+//! bounds are set to hold at least one fetch response per partition
+//! (librdkafka's `max.partition.fetch.bytes`, 1 MiB), and the partition is
+//! resumed while half of them are still queued, for the worker to work on
+//! during the next fetch.
 //!
 //! A worker stores a record's offset once its handler returns
 //! [`Disposition::Done`]; the consumer commits stored offsets in batches.
@@ -77,6 +88,9 @@ pub trait RecordHandler: Clone + Send + Sync + 'static {
 pub struct DispatchSettings {
     /// Records queued per partition before the partition is paused.
     pub queue_capacity: usize,
+    /// Bytes queued per partition before the partition is paused
+    /// ([`Record::size`]).
+    pub queue_bytes: usize,
     /// The most records a worker offers [`RecordHandler::handle_batch`] at
     /// once (at least 1).
     pub max_batch_records: usize,
@@ -87,11 +101,12 @@ pub struct DispatchSettings {
 
 impl DispatchSettings {
     /// The settings `consumer` gives (`partition_queue_capacity`,
-    /// `max_batch_records`), workers getting `drain_timeout` at shutdown to
-    /// finish the record in hand.
+    /// `partition_queue_bytes`, `max_batch_records`), workers getting
+    /// `drain_timeout` at shutdown to finish the record in hand.
     pub fn new(consumer: &ConsumerSettings, drain_timeout: Duration) -> Self {
         Self {
             queue_capacity: consumer.partition_queue_capacity,
+            queue_bytes: consumer.partition_queue_bytes,
             max_batch_records: consumer.max_batch_records,
             drain_timeout,
         }
@@ -99,8 +114,9 @@ impl DispatchSettings {
 }
 
 enum Progress {
-    /// The worker took a record off its queue.
-    Took(PartitionKey),
+    /// The worker of that generation took a record of that many bytes off
+    /// its queue.
+    Took(PartitionKey, u64, usize),
     /// The worker stopped.
     Stopped(PartitionKey, u64),
     /// The handler panicked on the record at `offset`; the worker ended.
@@ -115,9 +131,11 @@ type PartitionKey = (String, i32);
 
 struct Worker {
     generation: u64,
-    queue: mpsc::Sender<Record>,
-    /// Records received while the queue was full, in order.
-    overflow: VecDeque<Record>,
+    queue: mpsc::UnboundedSender<Record>,
+    /// Records sent to the worker and not yet taken, and their bytes
+    /// ([`Record::size`]): what pausing bounds.
+    queued: usize,
+    queued_bytes: usize,
     paused: bool,
 }
 
@@ -143,7 +161,7 @@ pub async fn run<H: RecordHandler>(
             biased;
             () = shutdown.cancelled() => break,
             Some(event) = progress.recv() => match event {
-                Progress::Took(key) => refill(&consumer, &mut workers, &key),
+                Progress::Took(key, generation, bytes) => took(&consumer, &mut workers, &settings, &key, generation, bytes),
                 Progress::Stopped(key, generation) => {
                     if workers.get(&key).is_some_and(|worker| worker.generation == generation) {
                         workers.remove(&key);
@@ -168,14 +186,14 @@ pub async fn run<H: RecordHandler>(
                     let worker = match workers.get_mut(&key) {
                         Some(worker) if worker.generation == lease.generation() => worker,
                         _ => {
-                            let (queue, receiver) = mpsc::channel(settings.queue_capacity.max(1));
-                            let worker = Worker { generation: lease.generation(), queue, overflow: VecDeque::new(), paused: false };
+                            let (queue, receiver) = mpsc::unbounded_channel();
+                            let worker = Worker { generation: lease.generation(), queue, queued: 0, queued_bytes: 0, paused: false };
                             tasks.spawn(work(lease, receiver, handler.clone(), settings.max_batch_records.max(1), progress_sender.clone()));
                             workers.insert(key.clone(), worker);
                             workers.get_mut(&key).expect("just inserted")
                         }
                     };
-                    enqueue(&consumer, worker, &key, record);
+                    enqueue(&consumer, worker, &settings, &key, record);
                 }
                 Err(error) => {
                     // As `&dyn Error`, the log line carries the cause chain.
@@ -209,52 +227,58 @@ pub async fn run<H: RecordHandler>(
     consumer.shutdown().await
 }
 
-/// Queues `record` for `worker`, pausing the partition when the queue is full.
-fn enqueue(consumer: &EventConsumer, worker: &mut Worker, key: &PartitionKey, record: Record) {
-    if !worker.overflow.is_empty() {
-        worker.overflow.push_back(record);
+/// Queues `record` for `worker`, pausing the partition when its queue
+/// reaches either bound.
+fn enqueue(
+    consumer: &EventConsumer,
+    worker: &mut Worker,
+    settings: &DispatchSettings,
+    key: &PartitionKey,
+    record: Record,
+) {
+    let bytes = record.size();
+    // An error means the worker stopped (its lease was revoked): the
+    // record is dropped, and its next owner reads it again.
+    if worker.queue.send(record).is_err() {
         return;
     }
-    match worker.queue.try_send(record) {
-        Ok(()) => {}
-        Err(mpsc::error::TrySendError::Full(record)) => {
-            worker.overflow.push_back(record);
-            if !worker.paused {
-                tracing::debug!(
-                    topic = key.0,
-                    partition = key.1,
-                    "partition paused: its worker is behind"
-                );
-                consumer.pause(&key.0, key.1);
-                worker.paused = true;
-            }
-        }
-        // The worker stopped (its lease was revoked): drop the record.
-        Err(mpsc::error::TrySendError::Closed(_)) => {}
+    worker.queued += 1;
+    worker.queued_bytes += bytes;
+    if !worker.paused
+        && (worker.queued >= settings.queue_capacity.max(1) || worker.queued_bytes >= settings.queue_bytes)
+    {
+        tracing::debug!(
+            topic = key.0,
+            partition = key.1,
+            records = worker.queued,
+            bytes = worker.queued_bytes,
+            "partition paused: its worker is behind"
+        );
+        consumer.pause(&key.0, key.1);
+        worker.paused = true;
     }
 }
 
-/// Moves overflow records into the worker's queue as room frees up, and
-/// resumes the partition once the overflow is empty and the queue at most
-/// half full. (Each resume costs a fetch round trip before records flow
-/// again, so resuming at the first free slot would pause and resume once
-/// per record.)
-fn refill(consumer: &EventConsumer, workers: &mut HashMap<PartitionKey, Worker>, key: &PartitionKey) {
+/// Counts a record the worker took, and resumes its partition once at most
+/// half of either bound is queued. (Each resume costs a fetch round trip
+/// before records flow again, so resuming at the first free slot would
+/// pause and resume once per record, and leave the worker idle meanwhile.)
+fn took(
+    consumer: &EventConsumer,
+    workers: &mut HashMap<PartitionKey, Worker>,
+    settings: &DispatchSettings,
+    key: &PartitionKey,
+    generation: u64,
+    bytes: usize,
+) {
     let Some(worker) = workers.get_mut(key) else { return };
-    while let Some(record) = worker.overflow.pop_front() {
-        match worker.queue.try_send(record) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(record)) => {
-                worker.overflow.push_front(record);
-                return;
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                worker.overflow.clear();
-                return;
-            }
-        }
+    if worker.generation != generation {
+        return;
     }
-    if worker.paused && worker.queue.capacity() * 2 >= worker.queue.max_capacity() {
+    worker.queued = worker.queued.saturating_sub(1);
+    worker.queued_bytes = worker.queued_bytes.saturating_sub(bytes);
+    if worker.paused && worker.queued * 2 <= settings.queue_capacity && worker.queued_bytes * 2 <= settings.queue_bytes
+    {
         tracing::debug!(topic = key.0, partition = key.1, "partition resumed");
         consumer.resume(&key.0, key.1);
         worker.paused = false;
@@ -265,7 +289,7 @@ fn refill(consumer: &EventConsumer, workers: &mut HashMap<PartitionKey, Worker>,
 /// revoked.
 async fn work<H: RecordHandler>(
     lease: PartitionLease,
-    mut queue: mpsc::Receiver<Record>,
+    mut queue: mpsc::UnboundedReceiver<Record>,
     handler: H,
     max_batch_records: usize,
     progress: mpsc::UnboundedSender<Progress>,
@@ -283,15 +307,15 @@ async fn work<H: RecordHandler>(
                     None => break,
                 },
             };
-            taken.push_back(record);
             // Ignoring send errors: the dispatcher only stops listening
             // when it is shutting down.
-            let _ = progress.send(Progress::Took(key.clone()));
+            let _ = progress.send(Progress::Took(key.clone(), lease.generation(), record.size()));
+            taken.push_back(record);
         }
         while taken.len() < max_batch_records {
             let Ok(record) = queue.try_recv() else { break };
+            let _ = progress.send(Progress::Took(key.clone(), lease.generation(), record.size()));
             taken.push_back(record);
-            let _ = progress.send(Progress::Took(key.clone()));
         }
 
         let batch = taken.make_contiguous();

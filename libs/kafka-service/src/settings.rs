@@ -126,6 +126,13 @@ pub struct ConsumerSettings {
     /// paused (see `dispatch`).
     #[serde(default = "default_partition_queue_capacity")]
     pub partition_queue_capacity: usize,
+    /// Bytes (keys, values and headers) queued per partition for its worker
+    /// before the partition is paused, whichever of this and
+    /// `partition_queue_capacity` comes first (see `dispatch`). The default,
+    /// 1 MiB, is librdkafka's `max.partition.fetch.bytes`: one fetch
+    /// response's worth, so a partition is not paused in the middle of one.
+    #[serde(default = "default_partition_queue_bytes")]
+    pub partition_queue_bytes: usize,
     /// The most records of one partition its worker hands to the handler at
     /// once; the consumer service applies them in one database transaction
     /// (see `dispatch`), so this bounds a transaction's size.
@@ -141,6 +148,17 @@ pub struct ConsumerSettings {
     /// long a paused partition's resume waits for the fetch in flight.
     #[serde(default = "default_fetch_wait_max_ms")]
     pub fetch_wait_max_ms: u64,
+    /// The most librdkafka fetches ahead of what the dispatcher has taken,
+    /// for all partitions together, in KiB (`queued.max.messages.kbytes`;
+    /// librdkafka's default is 65536, 64 MiB). Beside the partition queues
+    /// (`partition_queue_bytes` each), this is what a backlog costs in
+    /// memory. The default, 8 MiB, holds one fetch response
+    /// (`max.partition.fetch.bytes`, 1 MiB) for each of a topic's 8
+    /// partitions: on a 200 000-record backlog (`scripts/bench.sh`,
+    /// docs/benchmarks.md) it drained as fast as 16 MiB, with a peak RSS of
+    /// 124 MiB against 151; 4 MiB drained three times slower.
+    #[serde(default = "default_prefetch_queue_kbytes")]
+    pub prefetch_queue_kbytes: u64,
 }
 
 impl KafkaSettings {
@@ -266,8 +284,10 @@ impl ConsumerSettings {
             commit_batch_size: default_commit_batch_size(),
             commit_interval_ms: default_commit_interval_ms(),
             partition_queue_capacity: default_partition_queue_capacity(),
+            partition_queue_bytes: default_partition_queue_bytes(),
             max_batch_records: default_max_batch_records(),
             fetch_wait_max_ms: default_fetch_wait_max_ms(),
+            prefetch_queue_kbytes: default_prefetch_queue_kbytes(),
         }
     }
 }
@@ -294,11 +314,19 @@ fn default_commit_interval_ms() -> u64 {
 }
 
 fn default_partition_queue_capacity() -> usize {
-    256
+    4_096
+}
+
+fn default_partition_queue_bytes() -> usize {
+    1_048_576
 }
 
 fn default_max_batch_records() -> usize {
     256
+}
+
+fn default_prefetch_queue_kbytes() -> u64 {
+    8_192
 }
 
 fn default_fetch_wait_max_ms() -> u64 {

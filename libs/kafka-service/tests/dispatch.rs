@@ -76,6 +76,33 @@ impl RecordHandler for Recorder {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_record_is_handled_once_in_partition_order_under_back_pressure() {
+    // Small queues: the slow partition is paused and resumed many times.
+    handled_once_in_partition_order(Queues {
+        records: 8,
+        bytes: usize::MAX,
+    })
+    .await;
+}
+
+/// The same, with partitions paused by the bytes queued: each record here
+/// has 6 to 13 bytes of key and value, so 64 bytes is 5 to 10 records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_record_is_handled_once_in_partition_order_under_back_pressure_by_bytes() {
+    handled_once_in_partition_order(Queues {
+        records: 10_000,
+        bytes: 64,
+    })
+    .await;
+}
+
+/// The bounds of each partition's queue.
+#[derive(Clone, Copy)]
+struct Queues {
+    records: usize,
+    bytes: usize,
+}
+
+async fn handled_once_in_partition_order(queues: Queues) {
     let cluster = MockCluster::new(1).unwrap();
     cluster.create_topic("events", PARTITIONS, 1).unwrap();
     let settings = KafkaSettings::new(cluster.bootstrap_servers());
@@ -91,8 +118,8 @@ async fn every_record_is_handled_once_in_partition_order_under_back_pressure() {
     }
 
     let recorder = Recorder::default();
-    // Small queues: the slow partition is paused and resumed many times.
-    let (monitor, shutdown, run) = dispatch_events(&settings, "dispatch-test", recorder.clone(), MAX_BATCH_RECORDS);
+    let (monitor, shutdown, run) =
+        dispatch_events(&settings, "dispatch-test", recorder.clone(), MAX_BATCH_RECORDS, queues);
 
     let handled = || recorder.handled.lock().values().map(Vec::len).sum::<usize>();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -181,7 +208,16 @@ async fn a_worker_that_panics_stops_its_partition_and_fails_readiness() {
     assert!(per_partition[0] > 5, "{per_partition:?}");
 
     let handler = Panicky::default();
-    let (monitor, shutdown, run) = dispatch_events(&settings, "panic-test", handler.clone(), 1);
+    let (monitor, shutdown, run) = dispatch_events(
+        &settings,
+        "panic-test",
+        handler.clone(),
+        1,
+        Queues {
+            records: 8,
+            bytes: usize::MAX,
+        },
+    );
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let reason = loop {
@@ -227,6 +263,7 @@ fn dispatch_events<H: RecordHandler>(
     group_id: &str,
     handler: H,
     max_batch_records: usize,
+    queues: Queues,
 ) -> (
     GroupMonitor,
     CancellationToken,
@@ -249,7 +286,8 @@ fn dispatch_events<H: RecordHandler>(
         consumer,
         handler,
         DispatchSettings {
-            queue_capacity: 8,
+            queue_capacity: queues.records,
+            queue_bytes: queues.bytes,
             max_batch_records,
             drain_timeout: Duration::from_secs(5),
         },
