@@ -16,11 +16,14 @@
 //!    appended to the producer's outbox in one burst (the producer's own
 //!    `outbox::append`, no HTTP, no password hashing), relayed, consumed
 //!    and applied by the release-built services; from the first append to
-//!    the last applied.
+//!    the last applied. Relay drain: as many rows appended while the relay
+//!    could not publish (the benchmark holds its election lock), published
+//!    once it may, beside the raw produce rate.
 //! 3. End-to-end latency: events appended at a steady rate, each timed from
 //!    its commit to its arrival on the consumer's live feed (which publishes
-//!    right after the read model's commit); and users created and tokens
-//!    issued over HTTP, timed from the 2xx.
+//!    right after the read model's commit); users created and tokens
+//!    issued over HTTP, timed from the 2xx; and the outbox appends again at
+//!    rising rates until the p99 reaches 100 ms.
 //! 4. HTTP API: `POST /users` and `POST /auth/token` at several
 //!    concurrencies, beside the argon2 hashes per second this machine does
 //!    with the same parameters on all its cores.
@@ -38,7 +41,8 @@ use measure::{Figures, Samples};
 /// outbox latency run (default 200, the rate the latency target names),
 /// `--seconds S` per latency run (default 15), `--http-seconds S` per HTTP
 /// run (default 5), `--out DIR` (default docs/benchmarks), `--raw-only
-/// true` to stop after the raw client limit, `--queue-capacity N` for the
+/// true` to stop after the raw client limit, `--drain-only true` to stop
+/// after the drain, `--queue-capacity N` and `--queue-bytes N` for the
 /// consumer's partition queues, `--outbox-batch N` for the relay's batches,
 /// `--fetch-wait-ms N` for every consumer's `fetch.wait.max.ms` (default
 /// 500, librdkafka's and the consumer's: Kafka answers a waiting fetch as
@@ -51,6 +55,8 @@ struct Options {
     out: PathBuf,
     /// Stop after the raw client limit (`--raw-only true`).
     raw_only: bool,
+    /// Stop after the drain (`--drain-only true`).
+    drain_only: bool,
     /// How the services and the raw client are configured.
     tuning: measure::Tuning,
 }
@@ -63,8 +69,10 @@ fn options() -> Options {
         http_seconds: 5,
         out: PathBuf::from("docs/benchmarks"),
         raw_only: false,
+        drain_only: false,
         tuning: measure::Tuning {
             queue_capacity: None,
+            queue_bytes: None,
             outbox_batch: None,
             fetch_wait_ms: 500,
         },
@@ -79,7 +87,9 @@ fn options() -> Options {
             "--http-seconds" => options.http_seconds = value.parse().expect("--http-seconds S"),
             "--out" => options.out = PathBuf::from(value),
             "--raw-only" => options.raw_only = value == "true",
+            "--drain-only" => options.drain_only = value == "true",
             "--queue-capacity" => options.tuning.queue_capacity = Some(value.parse().expect("--queue-capacity N")),
+            "--queue-bytes" => options.tuning.queue_bytes = Some(value.parse().expect("--queue-bytes N")),
             "--outbox-batch" => options.tuning.outbox_batch = Some(value.parse().expect("--outbox-batch N")),
             "--fetch-wait-ms" => options.tuning.fetch_wait_ms = value.parse().expect("--fetch-wait-ms N"),
             other => panic!("unknown option {other}; see bench/src/main.rs"),
@@ -110,6 +120,10 @@ async fn main() -> anyhow::Result<()> {
     let mut drain = measure::drain(options.events, &options.tuning).await?;
     drain.ratio_to_raw = drain.per_s / raw.consume_per_s;
     figures.drain = Some(drain);
+    if options.drain_only {
+        println!("{}", figures.markdown());
+        return Ok(());
+    }
 
     // Before the services start, so that nothing else runs meanwhile.
     eprintln!("bench: the argon2 floor");
@@ -126,6 +140,11 @@ async fn main() -> anyhow::Result<()> {
     pipeline.ratio_to_raw = pipeline.per_s / raw.produce_per_s.min(raw.consume_per_s);
     figures.pipeline = Some(pipeline);
 
+    eprintln!("bench: 2/5 relay drain, {} outbox rows", options.events);
+    let mut relay = measure::relay_drain(&system, options.events).await?;
+    relay.ratio_to_raw = relay.per_s / raw.produce_per_s;
+    figures.relay_drain = Some(relay);
+
     eprintln!(
         "bench: 3/5 end-to-end latency, {} events/s for {} s",
         options.rate, options.latency_seconds
@@ -135,6 +154,9 @@ async fn main() -> anyhow::Result<()> {
     let http_latency: Samples = measure::http_latency(&system, Duration::from_secs(options.latency_seconds)).await?;
     figures.latency_outbox = Some(outbox_latency.summary(options.rate as f64));
     figures.latency_http = Some(http_latency.summary(http_latency.rate()));
+    eprintln!("bench: 3/5 outbox latency at rising rates, 5 s each");
+    figures.latency_sweep =
+        measure::latency_sweep(&system, &[400, 800, 1200, 1600, 2000], Duration::from_secs(5)).await?;
 
     eprintln!("bench: 4/5 HTTP API");
     let (http, cpu) = system

@@ -32,8 +32,10 @@ pub(super) fn user_created() -> UserEvent {
 
 /// How the services and the raw client are configured for a run.
 pub struct Tuning {
-    /// The consumer's `kafka.partition_queue_capacity` (its default: 256).
+    /// The consumer's `kafka.partition_queue_capacity` (its default: 4096).
     pub queue_capacity: Option<usize>,
+    /// The consumer's `kafka.partition_queue_bytes` (its default: 1 MiB).
+    pub queue_bytes: Option<usize>,
     /// The producer's `outbox.batch_size` (its default: 500).
     pub outbox_batch: Option<usize>,
     /// `fetch.wait.max.ms` of the consumer service and of the raw consumer,

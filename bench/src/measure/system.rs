@@ -18,7 +18,9 @@ use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::figures::{percentile, CpuProfile, DrainFigures, HttpFigures, PipelineFigures, Samples};
+use super::figures::{
+    percentile, CpuProfile, DrainFigures, HttpFigures, LatencySummary, PipelineFigures, RelayDrainFigures, Samples,
+};
 use super::process::{cpu_seconds, MemoryWatch};
 use super::raw::{user_created, Tuning};
 
@@ -58,6 +60,7 @@ impl System {
     pub async fn start(tuning: &Tuning) -> anyhow::Result<Self> {
         let context = TestContext::new();
         let capacity = tuning.queue_capacity.map(|n| n.to_string());
+        let queue_bytes = tuning.queue_bytes.map(|n| n.to_string());
         let batch = tuning.outbox_batch.map(|n| n.to_string());
         let fetch_wait = tuning.fetch_wait_ms.to_string();
         let log_filter = std::env::var("BENCH_SERVICE_LOG").unwrap_or_else(|_| "warn".to_owned());
@@ -69,6 +72,9 @@ impl System {
         ];
         if let Some(capacity) = &capacity {
             quiet.push(("APP_KAFKA__PARTITION_QUEUE_CAPACITY", capacity));
+        }
+        if let Some(queue_bytes) = &queue_bytes {
+            quiet.push(("APP_KAFKA__PARTITION_QUEUE_BYTES", queue_bytes));
         }
         if let Some(batch) = &batch {
             quiet.push(("APP_OUTBOX__BATCH_SIZE", batch));
@@ -255,6 +261,110 @@ pub async fn pipeline(system: &System, events: usize) -> anyhow::Result<(Pipelin
     ))
 }
 
+/// Step 2: the relay publishing a backlog of `events` outbox rows appended
+/// while it could not publish, with the consumer applying them meanwhile.
+///
+/// What keeps the relay from publishing is its own election: this takes
+/// the relay's advisory lock (ending the leader's connection, which makes
+/// it stand by and try the lock every `outbox.poll_interval_ms`), appends
+/// the rows as [`pipeline`] does, and lets the lock go. Unlike a broker
+/// outage, the producer client has nothing to reconnect; the rate is
+/// taken from the first rows marked published to the last, by the
+/// marking statements' own times (`published_at`), and the election is
+/// reported apart.
+pub async fn relay_drain(system: &System, events: usize) -> anyhow::Result<RelayDrainFigures> {
+    let applied_before = system.applied().await;
+    let mut holder = system.producer_pool.acquire().await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        sqlx::query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE application_name = $1 AND datname = current_database()",
+        )
+        .bind(producer::outbox::RELAY_APPLICATION_NAME)
+        .execute(&mut *holder)
+        .await?;
+        let taken: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(producer::outbox::RELAY_LOCK_KEY)
+            .fetch_one(&mut *holder)
+            .await?;
+        if taken {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "relay drain: the relay's lock not taken in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let last_id_before: i64 = sqlx::query_scalar("SELECT coalesce(max(id), 0) FROM outbox")
+        .fetch_one(&system.producer_pool)
+        .await?;
+    let batch: Vec<UserEvent> = (0..events).map(|_| user_created()).collect();
+    let appended = futures::stream::iter(batch.iter().map(|event| append(&system.producer_pool, event)))
+        .buffer_unordered(8)
+        .collect::<Vec<_>>()
+        .await;
+    for result in appended {
+        result?;
+    }
+
+    let (released_at, _): (chrono::DateTime<chrono::Utc>, bool) =
+        sqlx::query_as("SELECT clock_timestamp(), pg_advisory_unlock($1)")
+            .bind(producer::outbox::RELAY_LOCK_KEY)
+            .fetch_one(&mut *holder)
+            .await?;
+    drop(holder);
+    let profiled = system
+        .profile(async {
+            let started = Instant::now();
+            loop {
+                let pending: i64 =
+                    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE id > $1 AND published_at IS NULL")
+                        .bind(last_id_before)
+                        .fetch_one(&system.producer_pool)
+                        .await?;
+                if pending == 0 {
+                    return Ok(());
+                }
+                anyhow::ensure!(
+                    started.elapsed() < Duration::from_secs(600),
+                    "relay drain: {pending} of {events} rows unpublished after 10 minutes"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+        .await?;
+    let ((), cpu) = profiled;
+    let (start_seconds, span_seconds, after_first): (f64, f64, i64) = sqlx::query_as(
+        "WITH mine AS (SELECT published_at FROM outbox WHERE id > $1), \
+              bounds AS (SELECT min(published_at) AS first, max(published_at) AS last FROM mine) \
+         SELECT extract(epoch FROM bounds.first - $2)::float8, extract(epoch FROM bounds.last - bounds.first)::float8, \
+                (SELECT count(*) FROM mine WHERE published_at > bounds.first) \
+         FROM bounds",
+    )
+    .bind(last_id_before)
+    .bind(released_at)
+    .fetch_one(&system.producer_pool)
+    .await?;
+    // The next steps start with every event applied.
+    let started = Instant::now();
+    while system.applied().await < applied_before + events as i64 {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "relay drain: the consumer did not apply the rows in 10 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(RelayDrainFigures {
+        events,
+        start_seconds,
+        per_s: after_first as f64 / span_seconds,
+        ratio_to_raw: 0.0,
+        cpu,
+    })
+}
+
 /// Step 2: the consumer service alone (release build, `tuning`) applying a
 /// backlog of `events` `user.created.v1` records that the contract's own
 /// producer (`e2e::load::publish`, what the relay would publish) wrote to
@@ -274,16 +384,22 @@ pub async fn drain(events: usize, tuning: &Tuning) -> anyhow::Result<DrainFigure
     if let Some(capacity) = &capacity {
         env.push(("APP_KAFKA__PARTITION_QUEUE_CAPACITY", capacity));
     }
+    let bytes = tuning.queue_bytes.map(|n| n.to_string());
+    if let Some(bytes) = &bytes {
+        env.push(("APP_KAFKA__PARTITION_QUEUE_BYTES", bytes));
+    }
     let started = Instant::now();
     let consumer = context.start_consumer_process(e2e::process::NO_PRODUCER, &env).await;
     let pool = context.consumer_pool().await;
     let total = i64::try_from(events)?;
     let mut first = None;
+    let mut cpu_at_first = Vec::new();
     let last = loop {
         let applied = e2e::load::processed_count(&pool).await;
         let now = Instant::now();
-        if applied > 0 {
-            first.get_or_insert((now, applied));
+        if applied > 0 && first.is_none() {
+            first = Some((now, applied));
+            cpu_at_first = cpu_seconds(0, consumer.pid());
         }
         if applied >= total {
             break now;
@@ -292,36 +408,105 @@ pub async fn drain(events: usize, tuning: &Tuning) -> anyhow::Result<DrainFigure
             started.elapsed() < Duration::from_secs(600),
             "drain: {applied} of {events} applied in 10 minutes"
         );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Counting a growing table is work for the database the drain
+        // runs on: once the drain started, the rate comes from the
+        // database's own times (below), and this only watches for its end.
+        let poll = if first.is_none() { 20 } else { 200 };
+        tokio::time::sleep(Duration::from_millis(poll)).await;
     };
-    let (first, applied_at_first) = first.expect("events applied");
+    let (first, _) = first.expect("events applied");
+    // `processed_at` is the start of the transaction that applied the
+    // event: the rate counts the events after the first transaction, over
+    // the time from its start to the last transaction's.
+    let (span_seconds, after_first): (f64, i64) = sqlx::query_as(
+        "WITH bounds AS (SELECT min(processed_at) AS first, max(processed_at) AS last FROM processed_events) \
+         SELECT extract(epoch FROM bounds.last - bounds.first)::float8, \
+                (SELECT count(*) FROM processed_events WHERE processed_at > bounds.first) \
+         FROM bounds",
+    )
+    .fetch_one(&pool)
+    .await?;
+    let mut by_process: Vec<(String, f64)> = cpu_seconds(0, consumer.pid())
+        .into_iter()
+        .zip(cpu_at_first)
+        .filter(|((name, _), _)| name != "producer")
+        .map(|((name, after), (_, before))| (name, after - before))
+        .collect();
+    by_process.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let cpu = CpuProfile {
+        wall_seconds: (last - first).as_secs_f64(),
+        by_process,
+    };
+    let peak_rss_kib = super::process::peak_rss_kib(consumer.pid());
     consumer.kill().await;
     pool.close().await;
     context.drop_databases().await;
     Ok(DrainFigures {
         events,
         join_seconds: (first - started).as_secs_f64(),
-        per_s: (total - applied_at_first) as f64 / (last - first).as_secs_f64(),
+        per_s: after_first as f64 / span_seconds,
         ratio_to_raw: 0.0,
+        peak_rss_kib,
+        cpu,
     })
 }
 
-/// Step 3: One event appended every `1/rate` s for `duration`, each timed from
+/// Step 3: One event appended every `1/rate` s for `duration`, each in a
+/// transaction of its own started on time whether the ones before have
+/// committed or not (as concurrent HTTP requests append), and timed from
 /// its commit to its arrival on the live feed.
 pub async fn outbox_latency(system: &System, rate: u32, duration: Duration) -> anyhow::Result<Samples> {
     let arrivals = system.feed().await?;
-    let mut sent: Vec<(String, Instant)> = Vec::new();
+    let mut appends = tokio::task::JoinSet::new();
     let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let started = Instant::now();
     while started.elapsed() < duration {
         ticks.tick().await;
-        let event = user_created();
-        append(&system.producer_pool, &event).await?;
-        sent.push((event.user_id().to_string(), Instant::now()));
+        let pool = system.producer_pool.clone();
+        appends.spawn(async move {
+            let event = user_created();
+            let mut tx = pool.begin().await?;
+            producer::outbox::append(&mut tx, &event).await?;
+            tx.commit().await?;
+            let committed = Instant::now();
+            producer::outbox::notify(&pool).await;
+            anyhow::Ok((event.user_id().to_string(), committed))
+        });
+    }
+    let mut sent = Vec::with_capacity(appends.len());
+    while let Some(appended) = appends.join_next().await {
+        sent.push(appended??);
     }
     let seconds = started.elapsed().as_secs_f64();
     Ok(collect(&arrivals, sent, UserEvent::CREATED_V1, seconds).await)
+}
+
+/// Step 3: [`outbox_latency`] at rising rates, `seconds` each, from `rates`,
+/// until the p99 reaches 100 ms, events go missing or the appends fall more
+/// than 5 % short of the rate offered; with the CPU each process used at
+/// each rate.
+pub async fn latency_sweep(
+    system: &System,
+    rates: &[u32],
+    seconds: Duration,
+) -> anyhow::Result<Vec<(LatencySummary, CpuProfile)>> {
+    let mut steps = Vec::new();
+    for &rate in rates {
+        let (samples, cpu) = system.profile(outbox_latency(system, rate, seconds)).await?;
+        let achieved = samples.rate();
+        let summary = samples.summary(achieved);
+        let over = summary.p99_ms >= 100.0 || summary.missing > 0 || achieved < 0.95 * f64::from(rate);
+        eprintln!(
+            "bench: sweep {rate}/s: appended {achieved:.0}/s, p99 {:.1} ms",
+            summary.p99_ms
+        );
+        steps.push((summary, cpu));
+        if over {
+            break;
+        }
+    }
+    Ok(steps)
 }
 
 /// Step 3: A user created and a token issued over HTTP every 100 ms (20 events

@@ -75,4 +75,4 @@ pub mod relaying;
 pub use appending::{append, lock_subject, notify, CHANNEL};
 pub use failing::{failing_rows, retry_now, set_aside, FailingRow, SetAside};
 pub use gauges::OutboxGauges;
-pub use relaying::{Relay, RELAY_APPLICATION_NAME};
+pub use relaying::{Relay, RELAY_APPLICATION_NAME, RELAY_LOCK_KEY};

@@ -23,7 +23,7 @@ use crate::configuration::Settings;
 
 /// Advisory lock key that elects the one relay publishing at a time
 /// (`pg_try_advisory_lock`). Any constant unique within the database.
-const RELAY_LOCK_KEY: i64 = 0x6f75_7462_6f78; // "outbox"
+pub const RELAY_LOCK_KEY: i64 = 0x6f75_7462_6f78; // "outbox"
 
 /// The leadership connection's `application_name`, which finds it in
 /// `pg_stat_activity`.
