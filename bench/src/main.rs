@@ -12,7 +12,9 @@
 //!    The produce rate is the median of three bursts.
 //! 2. Drain: the release-built consumer alone applying a backlog of
 //!    `--events` records written to its topic beforehand, beside the raw
-//!    consume rate. Pipeline throughput: the same number of events
+//!    consume rate. Scaling: ten times as many token events drained while
+//!    a second and a third member join the group, with the partitions
+//!    moved and every event checked applied once. Pipeline throughput: the same number of events
 //!    appended to the producer's outbox in one burst (the producer's own
 //!    `outbox::append`, no HTTP, no password hashing), relayed, consumed
 //!    and applied by the release-built services; from the first append to
@@ -42,11 +44,16 @@ use measure::{Figures, Samples};
 /// `--seconds S` per latency run (default 15), `--http-seconds S` per HTTP
 /// run (default 5), `--out DIR` (default docs/benchmarks), `--raw-only
 /// true` to stop after the raw client limit, `--drain-only true` to stop
-/// after the drain, `--queue-capacity N` and `--queue-bytes N` for the
-/// consumer's partition queues, `--outbox-batch N` for the relay's batches,
+/// after the drains (the consumer alone, then with members joining),
+/// `--queue-capacity N` and `--queue-bytes N` for the consumer's partition
+/// queues, `--outbox-batch N` for the relay's batches,
 /// `--fetch-wait-ms N` for every consumer's `fetch.wait.max.ms` (default
 /// 500, librdkafka's and the consumer's: Kafka answers a waiting fetch as
 /// soon as a record arrives, so the wait only paces idle polling).
+/// Tokens per user in the scaling run: `--events` users, so ten times as
+/// many records, enough for a drain that outlasts two members' joins.
+const SCALING_TOKENS_PER_USER: usize = 10;
+
 struct Options {
     events: usize,
     rate: u32,
@@ -120,6 +127,11 @@ async fn main() -> anyhow::Result<()> {
     let mut drain = measure::drain(options.events, &options.tuning).await?;
     drain.ratio_to_raw = drain.per_s / raw.consume_per_s;
     figures.drain = Some(drain);
+    eprintln!(
+        "bench: 2/5 the consumer draining {} token events as a 2nd and a 3rd member join",
+        options.events * SCALING_TOKENS_PER_USER
+    );
+    figures.scaling = Some(measure::scaling(options.events, SCALING_TOKENS_PER_USER, &options.tuning).await?);
     if options.drain_only {
         println!("{}", figures.markdown());
         return Ok(());

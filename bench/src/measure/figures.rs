@@ -21,6 +21,8 @@ pub struct Figures {
     pub pipeline: Option<PipelineFigures>,
     /// Step 2: The relay publishing a backlog.
     pub relay_drain: Option<RelayDrainFigures>,
+    /// Step 2: The consumer's drain as members join the group.
+    pub scaling: Option<ScalingFigures>,
     /// Step 3: Latency of events appended to the outbox at a steady rate.
     pub latency_outbox: Option<LatencySummary>,
     /// Step 3: Latency of users created and tokens issued over HTTP.
@@ -106,6 +108,27 @@ pub struct PipelineFigures {
     pub appends_per_s: f64,
     /// `per_s` over the slower direction of the raw client limit.
     pub ratio_to_raw: f64,
+}
+
+/// The consumer's drain of a backlog of `issued-token` records while a
+/// second and a third member join the group.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScalingFigures {
+    /// Records in the backlog.
+    pub events: usize,
+    /// Events per second applied with 1, 2 and 3 members, each from the
+    /// moment the member before last held partitions (or the first event
+    /// applied) to the next one's.
+    pub per_s_by_members: Vec<f64>,
+    /// Partitions revoked from a member over the drain, all members
+    /// together.
+    pub partitions_moved: u64,
+    /// The fewest moves that take the group's partitions from 1 member to
+    /// 2 and then 3 (half, then a third of them).
+    pub fewest_moves: u64,
+    /// Records handled again after a rebalance and found already applied
+    /// (`kafka_records_consumed_total{outcome="duplicate"}`), all members.
+    pub duplicates: u64,
 }
 
 /// The relay publishing a backlog of outbox rows.
@@ -197,6 +220,7 @@ impl Figures {
             drain: None,
             pipeline: None,
             relay_drain: None,
+            scaling: None,
             latency_outbox: None,
             latency_http: None,
             latency_sweep: Vec::new(),
@@ -255,6 +279,22 @@ impl Figures {
                 drain.per_s,
                 drain.ratio_to_raw * 100.0,
                 drain.peak_rss_kib / 1024
+            );
+        }
+        if let Some(scaling) = &self.scaling {
+            let rates: Vec<String> = scaling
+                .per_s_by_members
+                .iter()
+                .enumerate()
+                .map(|(members, per_s)| format!("{} {per_s:.0}", members + 1))
+                .collect();
+            out += &format!(
+                "| scaling: a backlog of {} `token.issued.v1` records while a 2nd and a 3rd member join | events/s by members: {}; {} partitions moved (the fewest possible: {}); {} records handled again and found applied; every event applied once |\n",
+                scaling.events,
+                rates.join(", "),
+                scaling.partitions_moved,
+                scaling.fewest_moves,
+                scaling.duplicates
             );
         }
         if let Some(relay) = &self.relay_drain {

@@ -20,6 +20,7 @@ use uuid::Uuid;
 
 use super::figures::{
     percentile, CpuProfile, DrainFigures, HttpFigures, LatencySummary, PipelineFigures, RelayDrainFigures, Samples,
+    ScalingFigures,
 };
 use super::process::{cpu_seconds, MemoryWatch};
 use super::raw::{user_created, Tuning};
@@ -374,20 +375,8 @@ pub async fn drain(events: usize, tuning: &Tuning) -> anyhow::Result<DrainFigure
     let context = TestContext::new();
     let (_, created) = e2e::load::new_users(events);
     e2e::load::publish(&context, &created).await;
-    let fetch_wait = tuning.fetch_wait_ms.to_string();
-    let log_filter = std::env::var("BENCH_SERVICE_LOG").unwrap_or_else(|_| "warn".to_owned());
-    let mut env = vec![
-        ("RUST_LOG", log_filter.as_str()),
-        ("APP_KAFKA__FETCH_WAIT_MAX_MS", fetch_wait.as_str()),
-    ];
-    let capacity = tuning.queue_capacity.map(|n| n.to_string());
-    if let Some(capacity) = &capacity {
-        env.push(("APP_KAFKA__PARTITION_QUEUE_CAPACITY", capacity));
-    }
-    let bytes = tuning.queue_bytes.map(|n| n.to_string());
-    if let Some(bytes) = &bytes {
-        env.push(("APP_KAFKA__PARTITION_QUEUE_BYTES", bytes));
-    }
+    let env = consumer_env(tuning);
+    let env: Vec<(&str, &str)> = env.iter().map(|(key, value)| (*key, value.as_str())).collect();
     let started = Instant::now();
     let consumer = context.start_consumer_process(e2e::process::NO_PRODUCER, &env).await;
     let pool = context.consumer_pool().await;
@@ -449,6 +438,130 @@ pub async fn drain(events: usize, tuning: &Tuning) -> anyhow::Result<DrainFigure
         peak_rss_kib,
         cpu,
     })
+}
+
+/// Step 2: the consumer draining a backlog of `issued-token` records, for
+/// `users` users created first with `tokens_per_user` each, while a second
+/// member joins the group (at a fifth of the backlog) and a third (at
+/// half); then every event is checked applied exactly once, in per-user
+/// order, with the group's offsets at the end and nothing dead-lettered
+/// (`e2e::load::assert_exact_state`, which panics otherwise).
+///
+/// The users are created by a first member that then stops, so that the
+/// tokens wait as a backlog rather than for their users.
+pub async fn scaling(users: usize, tokens_per_user: usize, tuning: &Tuning) -> anyhow::Result<ScalingFigures> {
+    // (members, divisor): with that many members, the next joins once a
+    // 1/divisor of the backlog is applied.
+    const JOIN_AT: [(usize, i64); 2] = [(1, 5), (2, 2)];
+    let context = TestContext::new();
+    let (ids, created) = e2e::load::new_users(users);
+    e2e::load::publish(&context, &created).await;
+    let env = consumer_env(tuning);
+    let env: Vec<(&str, &str)> = env.iter().map(|(key, value)| (*key, value.as_str())).collect();
+    let creator = context.start_consumer_process(e2e::process::NO_PRODUCER, &env).await;
+    let pool = context.consumer_pool().await;
+    let created = i64::try_from(users)?;
+    e2e::load::wait_for_processed(&pool, created, Duration::from_secs(120)).await;
+    creator.terminate(Duration::from_secs(30)).await;
+
+    let tokens = e2e::load::tokens_for(&ids, tokens_per_user);
+    e2e::load::publish(&context, &tokens).await;
+    let total = i64::try_from(tokens.len())?;
+    let mut members = vec![context.start_consumer_process(e2e::process::NO_PRODUCER, &env).await];
+    let client = reqwest::Client::new();
+    // (when, tokens applied): the first applied, then each time a new
+    // member holds partitions, then the last applied.
+    let mut boundaries: Vec<(Instant, i64)> = Vec::new();
+    let mut partitions = 0;
+    let started = Instant::now();
+    loop {
+        let applied = e2e::load::processed_count(&pool).await - created;
+        let now = Instant::now();
+        if applied >= total {
+            boundaries.push((now, applied));
+            break;
+        }
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(600),
+            "scaling: {applied} of {total} applied in 10 minutes"
+        );
+        if boundaries.is_empty() {
+            if applied > 0 {
+                boundaries.push((now, applied));
+                partitions = members[0].assigned_partitions().await.values().sum::<i64>();
+            }
+        } else if boundaries.len() < members.len() {
+            if members
+                .last()
+                .expect("a member")
+                .assigned_partitions()
+                .await
+                .values()
+                .sum::<i64>()
+                > 0
+            {
+                let applied = e2e::load::processed_count(&pool).await - created;
+                boundaries.push((Instant::now(), applied));
+            }
+        } else if JOIN_AT
+            .iter()
+            .any(|&(joined, divisor)| members.len() == joined && applied >= total / divisor)
+        {
+            members.push(context.start_consumer_process(e2e::process::NO_PRODUCER, &env).await);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    e2e::load::assert_exact_state(&context, &pool, &ids, i64::try_from(tokens_per_user)?).await;
+
+    let mut partitions_moved = 0.0;
+    let mut duplicates = 0.0;
+    for member in &members {
+        let text = e2e::metrics::scrape(&client, &member.url()).await;
+        partitions_moved += e2e::metrics::samples(&text, "kafka_consumer_rebalances_total")
+            .iter()
+            .filter(|(labels, _)| labels.get("kind").map(String::as_str) == Some("revoke"))
+            .map(|(_, value)| value)
+            .sum::<f64>();
+        duplicates += e2e::metrics::samples(&text, "kafka_records_consumed_total")
+            .iter()
+            .filter(|(labels, _)| labels.get("outcome").map(String::as_str) == Some("duplicate"))
+            .map(|(_, value)| value)
+            .sum::<f64>();
+    }
+    for member in members {
+        member.terminate(Duration::from_secs(30)).await;
+    }
+    pool.close().await;
+    context.drop_databases().await;
+    let partitions = u64::try_from(partitions)?;
+    Ok(ScalingFigures {
+        events: tokens.len(),
+        per_s_by_members: boundaries
+            .windows(2)
+            .map(|pair| (pair[1].1 - pair[0].1) as f64 / (pair[1].0 - pair[0].0).as_secs_f64())
+            .collect(),
+        partitions_moved: partitions_moved as u64,
+        fewest_moves: partitions / 2 + partitions / 3,
+        duplicates: duplicates as u64,
+    })
+}
+
+/// The consumer service's variables for `tuning`.
+fn consumer_env(tuning: &Tuning) -> Vec<(&'static str, String)> {
+    let mut env = vec![
+        (
+            "RUST_LOG",
+            std::env::var("BENCH_SERVICE_LOG").unwrap_or_else(|_| "warn".to_owned()),
+        ),
+        ("APP_KAFKA__FETCH_WAIT_MAX_MS", tuning.fetch_wait_ms.to_string()),
+    ];
+    if let Some(capacity) = tuning.queue_capacity {
+        env.push(("APP_KAFKA__PARTITION_QUEUE_CAPACITY", capacity.to_string()));
+    }
+    if let Some(bytes) = tuning.queue_bytes {
+        env.push(("APP_KAFKA__PARTITION_QUEUE_BYTES", bytes.to_string()));
+    }
+    env
 }
 
 /// Step 3: One event appended every `1/rate` s for `duration`, each in a
