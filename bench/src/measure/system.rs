@@ -43,43 +43,21 @@ impl System {
         let before = cpu_seconds(self.producer.pid(), self.consumer.pid());
         let started = Instant::now();
         let output = work.await?;
-        let mut by_process: Vec<(String, f64)> = cpu_seconds(self.producer.pid(), self.consumer.pid())
-            .into_iter()
-            .zip(before)
-            .map(|((name, after), (_, before))| (name, after - before))
-            .collect();
-        by_process.sort_by(|a, b| b.1.total_cmp(&a.1));
-        let profile = CpuProfile {
-            wall_seconds: started.elapsed().as_secs_f64(),
-            by_process,
-        };
-        Ok((output, profile))
+        let after = cpu_seconds(self.producer.pid(), self.consumer.pid());
+        Ok((output, cpu_profile(before, after, started.elapsed())))
     }
 
     /// Starts both services (release binaries next to this one) with warn
     /// logging, login limits out of the way and `tuning`.
     pub async fn start(tuning: &Tuning) -> anyhow::Result<Self> {
         let context = TestContext::new();
-        let capacity = tuning.queue_capacity.map(|n| n.to_string());
-        let queue_bytes = tuning.queue_bytes.map(|n| n.to_string());
-        let batch = tuning.outbox_batch.map(|n| n.to_string());
-        let fetch_wait = tuning.fetch_wait_ms.to_string();
-        let log_filter = std::env::var("BENCH_SERVICE_LOG").unwrap_or_else(|_| "warn".to_owned());
-        let mut quiet = vec![
-            ("RUST_LOG", log_filter.as_str()),
-            ("APP_LOGIN_LIMIT__PER_ADDRESS_PER_MINUTE", "10000000"),
-            ("APP_LOGIN_LIMIT__PER_USERNAME_PER_MINUTE", "10000000"),
-            ("APP_KAFKA__FETCH_WAIT_MAX_MS", &fetch_wait),
-        ];
-        if let Some(capacity) = &capacity {
-            quiet.push(("APP_KAFKA__PARTITION_QUEUE_CAPACITY", capacity));
+        let mut env = service_env(tuning);
+        env.push(("APP_LOGIN_LIMIT__PER_ADDRESS_PER_MINUTE", "10000000".to_owned()));
+        env.push(("APP_LOGIN_LIMIT__PER_USERNAME_PER_MINUTE", "10000000".to_owned()));
+        if let Some(batch) = tuning.outbox_batch {
+            env.push(("APP_OUTBOX__BATCH_SIZE", batch.to_string()));
         }
-        if let Some(queue_bytes) = &queue_bytes {
-            quiet.push(("APP_KAFKA__PARTITION_QUEUE_BYTES", queue_bytes));
-        }
-        if let Some(batch) = &batch {
-            quiet.push(("APP_OUTBOX__BATCH_SIZE", batch));
-        }
+        let quiet = borrowed(&env);
         let producer = context.start_producer_process_with(&quiet).await;
         let consumer = context.start_consumer_process(&producer.url(), &quiet).await;
         wait_for_assignment(&context, &consumer).await?;
@@ -375,8 +353,8 @@ pub async fn drain(events: usize, tuning: &Tuning) -> anyhow::Result<DrainFigure
     let context = TestContext::new();
     let (_, created) = e2e::load::new_users(events);
     e2e::load::publish(&context, &created).await;
-    let env = consumer_env(tuning);
-    let env: Vec<(&str, &str)> = env.iter().map(|(key, value)| (*key, value.as_str())).collect();
+    let env = service_env(tuning);
+    let env = borrowed(&env);
     let started = Instant::now();
     let consumer = context.start_consumer_process(e2e::process::NO_PRODUCER, &env).await;
     let pool = context.consumer_pool().await;
@@ -415,17 +393,8 @@ pub async fn drain(events: usize, tuning: &Tuning) -> anyhow::Result<DrainFigure
     )
     .fetch_one(&pool)
     .await?;
-    let mut by_process: Vec<(String, f64)> = cpu_seconds(0, consumer.pid())
-        .into_iter()
-        .zip(cpu_at_first)
-        .filter(|((name, _), _)| name != "producer")
-        .map(|((name, after), (_, before))| (name, after - before))
-        .collect();
-    by_process.sort_by(|a, b| b.1.total_cmp(&a.1));
-    let cpu = CpuProfile {
-        wall_seconds: (last - first).as_secs_f64(),
-        by_process,
-    };
+    let mut cpu = cpu_profile(cpu_at_first, cpu_seconds(0, consumer.pid()), last - first);
+    cpu.by_process.retain(|(name, _)| name != "producer");
     let peak_rss_kib = super::process::peak_rss_kib(consumer.pid());
     consumer.kill().await;
     pool.close().await;
@@ -456,8 +425,8 @@ pub async fn scaling(users: usize, tokens_per_user: usize, tuning: &Tuning) -> a
     let context = TestContext::new();
     let (ids, created) = e2e::load::new_users(users);
     e2e::load::publish(&context, &created).await;
-    let env = consumer_env(tuning);
-    let env: Vec<(&str, &str)> = env.iter().map(|(key, value)| (*key, value.as_str())).collect();
+    let env = service_env(tuning);
+    let env = borrowed(&env);
     let creator = context.start_consumer_process(e2e::process::NO_PRODUCER, &env).await;
     let pool = context.consumer_pool().await;
     let created = i64::try_from(users)?;
@@ -546,8 +515,29 @@ pub async fn scaling(users: usize, tokens_per_user: usize, tuning: &Tuning) -> a
     })
 }
 
-/// The consumer service's variables for `tuning`.
-fn consumer_env(tuning: &Tuning) -> Vec<(&'static str, String)> {
+/// CPU seconds each process used between `before` and `after` (both from
+/// [`cpu_seconds`], same processes), most first, over `wall`.
+fn cpu_profile(before: Vec<(String, f64)>, after: Vec<(String, f64)>, wall: Duration) -> CpuProfile {
+    let mut by_process: Vec<(String, f64)> = after
+        .into_iter()
+        .zip(before)
+        .map(|((name, after), (_, before))| (name, after - before))
+        .collect();
+    by_process.sort_by(|a, b| b.1.total_cmp(&a.1));
+    CpuProfile {
+        wall_seconds: wall.as_secs_f64(),
+        by_process,
+    }
+}
+
+/// `env` as the `(name, value)` pairs the process starters take.
+fn borrowed<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    env.iter().map(|(name, value)| (*name, value.as_str())).collect()
+}
+
+/// The services' variables for `tuning` (log level, fetch wait, partition
+/// queues).
+fn service_env(tuning: &Tuning) -> Vec<(&'static str, String)> {
     let mut env = vec![
         (
             "RUST_LOG",

@@ -114,8 +114,8 @@ impl DispatchSettings {
 }
 
 enum Progress {
-    /// The worker of that generation took a record of that many bytes off
-    /// its queue.
+    /// The worker of that generation took a record of that many bytes
+    /// ([`Record::size`], as counted when it was queued) off its queue.
     Took(PartitionKey, u64, usize),
     /// The worker stopped.
     Stopped(PartitionKey, u64),
@@ -131,9 +131,11 @@ type PartitionKey = (String, i32);
 
 struct Worker {
     generation: u64,
-    queue: mpsc::UnboundedSender<Record>,
-    /// Records sent to the worker and not yet taken, and their bytes
-    /// ([`Record::size`]): what pausing bounds.
+    /// Each record with its [`Record::size`], which the worker reports back
+    /// when it takes the record.
+    queue: mpsc::UnboundedSender<(Record, usize)>,
+    /// Records sent to the worker and not yet taken, and their bytes:
+    /// what pausing bounds.
     queued: usize,
     queued_bytes: usize,
     paused: bool,
@@ -239,7 +241,7 @@ fn enqueue(
     let bytes = record.size();
     // An error means the worker stopped (its lease was revoked): the
     // record is dropped, and its next owner reads it again.
-    if worker.queue.send(record).is_err() {
+    if worker.queue.send((record, bytes)).is_err() {
         return;
     }
     worker.queued += 1;
@@ -289,7 +291,7 @@ fn took(
 /// revoked.
 async fn work<H: RecordHandler>(
     lease: PartitionLease,
-    mut queue: mpsc::UnboundedReceiver<Record>,
+    mut queue: mpsc::UnboundedReceiver<(Record, usize)>,
     handler: H,
     max_batch_records: usize,
     progress: mpsc::UnboundedSender<Progress>,
@@ -299,22 +301,22 @@ async fn work<H: RecordHandler>(
     let mut taken: VecDeque<Record> = VecDeque::new();
     loop {
         if taken.is_empty() {
-            let record = tokio::select! {
+            let (record, bytes) = tokio::select! {
                 biased;
                 () = lease.revoked().cancelled() => break,
-                record = queue.recv() => match record {
-                    Some(record) => record,
+                queued = queue.recv() => match queued {
+                    Some(queued) => queued,
                     None => break,
                 },
             };
             // Ignoring send errors: the dispatcher only stops listening
             // when it is shutting down.
-            let _ = progress.send(Progress::Took(key.clone(), lease.generation(), record.size()));
+            let _ = progress.send(Progress::Took(key.clone(), lease.generation(), bytes));
             taken.push_back(record);
         }
         while taken.len() < max_batch_records {
-            let Ok(record) = queue.try_recv() else { break };
-            let _ = progress.send(Progress::Took(key.clone(), lease.generation(), record.size()));
+            let Ok((record, bytes)) = queue.try_recv() else { break };
+            let _ = progress.send(Progress::Took(key.clone(), lease.generation(), bytes));
             taken.push_back(record);
         }
 
