@@ -114,6 +114,20 @@ pub struct ConsumerSettings {
     /// the client setting.
     #[serde(default = "default_session_timeout_ms")]
     pub session_timeout_ms: u64,
+    /// How often this member heartbeats to the group coordinator, in
+    /// milliseconds (`heartbeat.interval.ms`). Classic protocol only, like
+    /// `session_timeout_ms`.
+    ///
+    /// Members learn that a rebalance has begun from a heartbeat's answer,
+    /// so when a member joins, the partitions that move to it are owned by
+    /// no one for up to one interval: revoked at once, assigned in a second
+    /// round once every member has rejoined. With librdkafka's 3000 that
+    /// was 3 s per join in `scripts/bench.sh`'s scaling run
+    /// (docs/benchmarks.md, "Scaling"); 1000 makes it 1 s for one
+    /// heartbeat a second per member, and stays within Kafka's advice of at
+    /// most a third of the session timeout.
+    #[serde(default = "default_heartbeat_interval_ms")]
+    pub heartbeat_interval_ms: u64,
     /// Commit processed offsets after this many records have been processed
     /// since the last commit.
     #[serde(default = "default_commit_batch_size")]
@@ -144,8 +158,12 @@ pub struct ConsumerSettings {
     ///
     /// Apache Kafka answers a waiting fetch as soon as `fetch.min.bytes`
     /// (librdkafka's default: 1 byte) have arrived, so this does not delay
-    /// records: it only paces polling while nothing arrives, and bounds how
-    /// long a paused partition's resume waits for the fetch in flight.
+    /// records that arrive while a fetch waits: it paces polling while
+    /// nothing arrives, and bounds how long a partition that has just become
+    /// fetchable (newly assigned, or resumed) waits for the fetch in flight,
+    /// which librdkafka sent without it. After the first assignment the
+    /// first fetch holds one partition, so records on the others wait up to
+    /// this long (docs/benchmarks.md, "End-to-end latency").
     #[serde(default = "default_fetch_wait_max_ms")]
     pub fetch_wait_max_ms: u64,
     /// The most librdkafka fetches ahead of what the dispatcher has taken,
@@ -266,6 +284,7 @@ impl GroupProtocol {
             GroupProtocol::Classic => vec![
                 protocol,
                 ("session.timeout.ms", consumer.session_timeout_ms.to_string()),
+                ("heartbeat.interval.ms", consumer.heartbeat_interval_ms.to_string()),
                 ("partition.assignment.strategy", "cooperative-sticky".to_owned()),
             ],
             GroupProtocol::Consumer => vec![protocol, ("group.remote.assignor", "range".to_owned())],
@@ -281,6 +300,7 @@ impl ConsumerSettings {
             auto_offset_reset: AutoOffsetReset::default(),
             group_protocol: GroupProtocol::default(),
             session_timeout_ms: default_session_timeout_ms(),
+            heartbeat_interval_ms: default_heartbeat_interval_ms(),
             commit_batch_size: default_commit_batch_size(),
             commit_interval_ms: default_commit_interval_ms(),
             partition_queue_capacity: default_partition_queue_capacity(),
@@ -303,6 +323,10 @@ fn default_message_timeout_ms() -> u64 {
 /// librdkafka's default since 2.0 (KIP-735).
 fn default_session_timeout_ms() -> u64 {
     45_000
+}
+
+fn default_heartbeat_interval_ms() -> u64 {
+    1_000
 }
 
 fn default_commit_batch_size() -> usize {
@@ -368,6 +392,7 @@ mod tests {
             [
                 "group.protocol=classic",
                 "session.timeout.ms=45000",
+                "heartbeat.interval.ms=1000",
                 "partition.assignment.strategy=cooperative-sticky"
             ]
         );

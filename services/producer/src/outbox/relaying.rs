@@ -228,9 +228,15 @@ impl Relay {
     /// query outlasts the statement deadline) or the producer's client was
     /// replaced after a fatal error.
     async fn lead(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        // The relay's writes (rows marked published, failures counted) do
+        // not wait for their WAL to reach the disk: one that a database
+        // crash loses only publishes its rows again, which the consumers'
+        // inbox skips, and each mark saves an `fsync` that the appends and
+        // the consumers' commits wait behind (docs/delivery.md, "The producer's relay").
         let options = (*self.pool.connect_options())
             .clone()
-            .application_name(RELAY_APPLICATION_NAME);
+            .application_name(RELAY_APPLICATION_NAME)
+            .options([("synchronous_commit", "off")]);
         let mut connection = PgConnection::connect_with(&options)
             .await
             .context("could not open the relay's database connection")?;
