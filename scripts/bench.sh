@@ -8,7 +8,7 @@
 # (results.md, results.json, latency.png, throughput.png).
 #
 #   scripts/bench.sh [--events N] [--rate R] [--seconds S] [--http-seconds S] [--out DIR]
-#                    [--raw-only true] [--drain-only true] [--queue-capacity N] [--queue-bytes N]
+#                    [--raw-only true] [--drain-only true] [--latency-only true] [--queue-capacity N] [--queue-bytes N]
 #                    [--outbox-batch N] [--fetch-wait-ms N]
 set -euo pipefail
 cd "$(dirname "$0")/.."

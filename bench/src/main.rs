@@ -12,7 +12,7 @@
 //!    The produce rate is the median of three bursts.
 //! 2. Drain: the release-built consumer alone applying a backlog of
 //!    `--events` records written to its topic beforehand, beside the raw
-//!    consume rate. Scaling: ten times as many token events drained while
+//!    consume rate. Scaling: 25 times as many token events drained while
 //!    a second and a third member join the group, with the partitions
 //!    moved and every event checked applied once. Pipeline throughput: the same number of events
 //!    appended to the producer's outbox in one burst (the producer's own
@@ -23,9 +23,10 @@
 //!    once it may, beside the raw produce rate.
 //! 3. End-to-end latency: events appended at a steady rate, each timed from
 //!    its commit to its arrival on the consumer's live feed (which publishes
-//!    right after the read model's commit); users created and tokens
-//!    issued over HTTP, timed from the 2xx; and the outbox appends again at
-//!    rising rates until the p99 reaches 100 ms.
+//!    right after the read model's commit), and split where the databases
+//!    recorded it, beside the kernel's pressure stall information; users
+//!    created and tokens issued over HTTP, timed from the 2xx; and the
+//!    outbox appends again at rising rates until the p99 reaches 100 ms.
 //! 4. HTTP API: `POST /users` and `POST /auth/token` at several
 //!    concurrencies, beside the argon2 hashes per second this machine does
 //!    with the same parameters on all its cores.
@@ -45,14 +46,19 @@ use measure::{Figures, Samples};
 /// run (default 5), `--out DIR` (default docs/benchmarks), `--raw-only
 /// true` to stop after the raw client limit, `--drain-only true` to stop
 /// after the drains (the consumer alone, then with members joining),
+/// `--latency-only true` to run only the outbox latency run after the raw
+/// client (the latency's stages are printed with it),
 /// `--queue-capacity N` and `--queue-bytes N` for the consumer's partition
 /// queues, `--outbox-batch N` for the relay's batches,
 /// `--fetch-wait-ms N` for every consumer's `fetch.wait.max.ms` (default
 /// 500, librdkafka's and the consumer's: Kafka answers a waiting fetch as
-/// soon as a record arrives, so the wait only paces idle polling).
-/// Tokens per user in the scaling run: `--events` users, so ten times as
-/// many records, enough for a drain that outlasts two members' joins.
-const SCALING_TOKENS_PER_USER: usize = 10;
+/// soon as a record arrives, so the wait paces idle polling, and bounds how
+/// long a partition newly assigned or resumed waits for the fetch in
+/// flight).
+/// Tokens per user in the scaling run: `--events` users, so 25 times as
+/// many records, enough for a drain that outlasts two members' joins (each
+/// takes about 5 s from the process's start to its first partitions).
+const SCALING_TOKENS_PER_USER: usize = 25;
 
 struct Options {
     events: usize,
@@ -64,6 +70,9 @@ struct Options {
     raw_only: bool,
     /// Stop after the drain (`--drain-only true`).
     drain_only: bool,
+    /// Skip the drains and the pipeline; stop after the outbox latency run
+    /// at `--rate` (`--latency-only true`).
+    latency_only: bool,
     /// How the services and the raw client are configured.
     tuning: measure::Tuning,
 }
@@ -77,6 +86,7 @@ fn options() -> Options {
         out: PathBuf::from("docs/benchmarks"),
         raw_only: false,
         drain_only: false,
+        latency_only: false,
         tuning: measure::Tuning {
             queue_capacity: None,
             queue_bytes: None,
@@ -95,6 +105,7 @@ fn options() -> Options {
             "--out" => options.out = PathBuf::from(value),
             "--raw-only" => options.raw_only = value == "true",
             "--drain-only" => options.drain_only = value == "true",
+            "--latency-only" => options.latency_only = value == "true",
             "--queue-capacity" => options.tuning.queue_capacity = Some(value.parse().expect("--queue-capacity N")),
             "--queue-bytes" => options.tuning.queue_bytes = Some(value.parse().expect("--queue-bytes N")),
             "--outbox-batch" => options.tuning.outbox_batch = Some(value.parse().expect("--outbox-batch N")),
@@ -116,6 +127,25 @@ async fn main() -> anyhow::Result<()> {
     let raw = measure::raw_client(options.events, options.rate, &options.tuning).await?;
     figures.raw = Some(raw.clone());
     if options.raw_only {
+        println!("{}", figures.markdown());
+        return Ok(());
+    }
+    if options.latency_only {
+        let system = measure::System::start(&options.tuning).await?;
+        // The full run's earlier steps warm the consumer; here a short run
+        // does, as the first records after an assignment wait up to
+        // `fetch.wait.max.ms` (see docs/benchmarks.md, "End-to-end latency").
+        measure::outbox_latency_with_stages(&system, options.rate, Duration::from_secs(2)).await?;
+        eprintln!(
+            "bench: 3/5 outbox latency, {} events/s for {} s",
+            options.rate, options.latency_seconds
+        );
+        let (samples, stages) =
+            measure::outbox_latency_with_stages(&system, options.rate, Duration::from_secs(options.latency_seconds))
+                .await?;
+        system.stop().await;
+        figures.latency_outbox = Some(samples.summary(options.rate as f64));
+        figures.latency_stages = Some(stages);
         println!("{}", figures.markdown());
         return Ok(());
     }
@@ -161,9 +191,13 @@ async fn main() -> anyhow::Result<()> {
         "bench: 3/5 end-to-end latency, {} events/s for {} s",
         options.rate, options.latency_seconds
     );
-    let outbox_latency: Samples =
-        measure::outbox_latency(&system, options.rate, Duration::from_secs(options.latency_seconds)).await?;
-    let http_latency: Samples = measure::http_latency(&system, Duration::from_secs(options.latency_seconds)).await?;
+    let (outbox_latency, stages): (Samples, _) =
+        measure::outbox_latency_with_stages(&system, options.rate, Duration::from_secs(options.latency_seconds))
+            .await?;
+    figures.latency_stages = Some(stages);
+    let (http_latency, http_stages): (Samples, _) =
+        measure::http_latency(&system, Duration::from_secs(options.latency_seconds)).await?;
+    figures.latency_http_stages = Some(http_stages);
     figures.latency_outbox = Some(outbox_latency.summary(options.rate as f64));
     figures.latency_http = Some(http_latency.summary(http_latency.rate()));
     eprintln!("bench: 3/5 outbox latency at rising rates, 5 s each");

@@ -25,8 +25,13 @@ pub struct Figures {
     pub scaling: Option<ScalingFigures>,
     /// Step 3: Latency of events appended to the outbox at a steady rate.
     pub latency_outbox: Option<LatencySummary>,
+    /// Step 3: Where the outbox latency run's time went.
+    pub latency_stages: Option<LatencyStages>,
     /// Step 3: Latency of users created and tokens issued over HTTP.
     pub latency_http: Option<LatencySummary>,
+    /// Step 3: Where the HTTP latency run's time went (from the 2xx, which
+    /// follows the commit).
+    pub latency_http_stages: Option<LatencyStages>,
     /// Step 3: Outbox commit → applied at rising rates, with the CPU each
     /// process used at each.
     pub latency_sweep: Vec<(LatencySummary, CpuProfile)>,
@@ -120,6 +125,13 @@ pub struct ScalingFigures {
     /// moment the member before last held partitions (or the first event
     /// applied) to the next one's.
     pub per_s_by_members: Vec<f64>,
+    /// Events per second applied with 1 and 2 members until the next
+    /// member's process was started: the members' rate before any join
+    /// was under way.
+    pub per_s_before_next_launch: Vec<f64>,
+    /// CPU over the same stretches, with 1, 2 and 3 members (`consumers`:
+    /// all members together).
+    pub cpu_by_members: Vec<CpuProfile>,
     /// Partitions revoked from a member over the drain, all members
     /// together.
     pub partitions_moved: u64,
@@ -188,6 +200,102 @@ pub struct LatencySummary {
     pub missing: usize,
 }
 
+/// One event's outbox commit → applied time, split where the databases
+/// recorded it (see [`LatencyStages`]), milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct StageSample {
+    /// Seconds from the run's start to the commit.
+    pub committed_s: f64,
+    /// From the commit to the arrival, the share of time some task waited
+    /// for a core, and for I/O, machine-wide (Linux's pressure stall
+    /// information); `None` without it.
+    pub pressure: Option<(f64, f64)>,
+    /// Commit → on the live feed.
+    pub total_ms: f64,
+    /// Commit → the relay marked its row published.
+    pub published_ms: f64,
+    /// Commit → the consumer's applying transaction began.
+    pub apply_started_ms: f64,
+    /// That transaction's start → on the live feed.
+    pub applied_ms: f64,
+}
+
+/// Where a latency run's time went, from each event's commit (or, over
+/// HTTP, its `2xx`, which follows the commit), milliseconds as (p50, p99).
+/// `apply_started_ms` and `applied_ms` add up to each event's total;
+/// `published_ms` overlaps them, as the consumer may read a record before
+/// its delivery report reaches the relay.
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencyStages {
+    /// Events split: those that arrived and that both databases recorded.
+    pub count: usize,
+    /// Commit → the relay marked the row published: its read of the
+    /// outbox, the produce, the broker's delivery report.
+    pub published_ms: (f64, f64),
+    /// Commit → the consumer's applying transaction began: the relay, the
+    /// broker, the consumer's fetch and dispatch.
+    pub apply_started_ms: (f64, f64),
+    /// That transaction's start → on the live feed: the apply, its commit
+    /// (with `fsync`), the feed.
+    pub applied_ms: (f64, f64),
+    /// Over the slowest 1 % of events by total: the median of
+    /// (`published_ms`, `apply_started_ms`, `applied_ms`).
+    pub slowest_percent_ms: (f64, f64, f64),
+    /// When the slowest 1 % were committed, seconds into the run: (first,
+    /// last).
+    pub slowest_percent_committed_s: (f64, f64),
+    /// The mean share of each event's time in which some task waited for a
+    /// core, and for I/O (see [`StageSample::pressure`]): over all events,
+    /// then over the slowest 1 %. `None` without pressure stall
+    /// information.
+    pub pressure: Option<((f64, f64), (f64, f64))>,
+}
+
+impl LatencyStages {
+    /// The percentiles of `samples`.
+    pub fn of(mut samples: Vec<StageSample>) -> Self {
+        let quantiles = |stage: fn(&StageSample) -> f64, samples: &[StageSample]| {
+            let mut values: Vec<f64> = samples.iter().map(stage).collect();
+            values.sort_by(f64::total_cmp);
+            (percentile(&values, 0.50), percentile(&values, 0.99))
+        };
+        let published_ms = quantiles(|s| s.published_ms, &samples);
+        let apply_started_ms = quantiles(|s| s.apply_started_ms, &samples);
+        let applied_ms = quantiles(|s| s.applied_ms, &samples);
+        samples.sort_by(|a, b| b.total_ms.total_cmp(&a.total_ms));
+        let slowest = &samples[..samples.len().div_ceil(100)];
+        let mean_pressure = |samples: &[StageSample]| {
+            let shares: Vec<(f64, f64)> = samples.iter().filter_map(|s| s.pressure).collect();
+            let n = shares.len() as f64;
+            (!shares.is_empty()).then(|| {
+                (
+                    shares.iter().map(|s| s.0).sum::<f64>() / n,
+                    shares.iter().map(|s| s.1).sum::<f64>() / n,
+                )
+            })
+        };
+        let pressure = mean_pressure(&samples).zip(mean_pressure(slowest));
+        let median = |stage: fn(&StageSample) -> f64| quantiles(stage, slowest).0;
+        let committed = slowest.iter().map(|s| s.committed_s);
+        Self {
+            count: samples.len(),
+            published_ms,
+            apply_started_ms,
+            applied_ms,
+            slowest_percent_ms: (
+                median(|s| s.published_ms),
+                median(|s| s.apply_started_ms),
+                median(|s| s.applied_ms),
+            ),
+            slowest_percent_committed_s: (
+                committed.clone().fold(f64::INFINITY, f64::min),
+                committed.fold(f64::NEG_INFINITY, f64::max),
+            ),
+            pressure,
+        }
+    }
+}
+
 /// One HTTP endpoint at one concurrency.
 #[derive(Debug, Clone, Serialize)]
 pub struct HttpFigures {
@@ -222,7 +330,9 @@ impl Figures {
             relay_drain: None,
             scaling: None,
             latency_outbox: None,
+            latency_stages: None,
             latency_http: None,
+            latency_http_stages: None,
             latency_sweep: Vec::new(),
             argon2_per_second: None,
             http: Vec::new(),
@@ -289,9 +399,21 @@ impl Figures {
                 .map(|(members, per_s)| format!("{} {per_s:.0}", members + 1))
                 .collect();
             out += &format!(
-                "| scaling: a backlog of {} `token.issued.v1` records while a 2nd and a 3rd member join | events/s by members: {}; {} partitions moved (the fewest possible: {}); {} records handled again and found applied; every event applied once |\n",
+                "| scaling: a backlog of {} `token.issued.v1` records while a 2nd and a 3rd member join | events/s by members: {}{} (before the next member's process started: {}); {} partitions moved (the fewest possible: {}); {} records handled again and found applied; every event applied once |\n",
                 scaling.events,
                 rates.join(", "),
+                if rates.len() < 3 {
+                    " (the drain ended before the last member held partitions)"
+                } else {
+                    ""
+                },
+                scaling
+                    .per_s_before_next_launch
+                    .iter()
+                    .enumerate()
+                    .map(|(members, per_s)| format!("{} {per_s:.0}", members + 1))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 scaling.partitions_moved,
                 scaling.fewest_moves,
                 scaling.duplicates
@@ -331,6 +453,31 @@ impl Figures {
                     missing(l)
                 );
             }
+        }
+        for (name, from, stages) in [
+            ("outbox commit → applied", "commit", &self.latency_stages),
+            ("HTTP 2xx → applied", "2xx", &self.latency_http_stages),
+        ] {
+            let Some(stages) = stages else { continue };
+            let (published, apply_started, applied) = stages.slowest_percent_ms;
+            let (first, last) = stages.slowest_percent_committed_s;
+            out += &format!(
+                "| latency, {name}, by stage ({} events; p50 / p99, and the median over the slowest 1 %) | {from} → marked published {:.1} / {:.1} ms ({published:.1}); {from} → the applying transaction began {:.1} / {:.1} ms ({apply_started:.1}); its start → on the feed {:.1} / {:.1} ms ({applied:.1}); the slowest 1 % committed {first:.1} to {last:.1} s into the run{} |\n",
+                stages.count,
+                stages.published_ms.0,
+                stages.published_ms.1,
+                stages.apply_started_ms.0,
+                stages.apply_started_ms.1,
+                stages.applied_ms.0,
+                stages.applied_ms.1,
+                stages.pressure.map_or(String::new(), |((cpu, io), (slow_cpu, slow_io))| format!(
+                    "; some task waiting for a core {:.0} % of the time (the slowest 1 %: {:.0} %), for I/O {:.0} % ({:.0} %)",
+                    cpu * 100.0,
+                    slow_cpu * 100.0,
+                    io * 100.0,
+                    slow_io * 100.0
+                )),
+            );
         }
         for (l, cpu) in &self.latency_sweep {
             let busiest: Vec<String> = cpu
@@ -404,6 +551,24 @@ impl Figures {
                 );
             }
         }
+        for (members, cpu) in self
+            .scaling
+            .iter()
+            .flat_map(|scaling| scaling.cpu_by_members.iter().enumerate())
+        {
+            out += &format!(
+                "| CPU during the scaling drain with {} member{} ({:.1} s × {} cores) | {} |\n",
+                members + 1,
+                if members == 0 { "" } else { "s" },
+                cpu.wall_seconds,
+                self.cores,
+                cpu.by_process
+                    .iter()
+                    .map(|(name, seconds)| format!("{name} {seconds:.1} s"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
         if let Some((producer, consumer)) = self.peak_rss_kib {
             out += &format!(
                 "| peak resident memory | producer {:.0} MiB, consumer {:.0} MiB |\n",
@@ -455,4 +620,46 @@ pub fn percentile(sorted: &[f64], q: f64) -> f64 {
     }
     let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
     sorted[rank - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(total_ms: f64, apply_started_ms: f64) -> StageSample {
+        StageSample {
+            committed_s: total_ms / 1000.0,
+            pressure: Some((0.5, total_ms / 1000.0)),
+            total_ms,
+            published_ms: apply_started_ms / 2.0,
+            apply_started_ms,
+            applied_ms: total_ms - apply_started_ms,
+        }
+    }
+
+    #[test]
+    fn stages_split_the_total_and_single_out_the_slowest_percent() {
+        // 200 events of 1..=200 ms, each half before the apply began; the
+        // slowest 1 % are the two of 199 and 200 ms.
+        let samples: Vec<StageSample> = (1..=200).map(|ms| sample(f64::from(ms), f64::from(ms) / 2.0)).collect();
+        let stages = LatencyStages::of(samples);
+        assert_eq!(stages.count, 200);
+        assert_eq!(stages.apply_started_ms, (50.0, 99.0));
+        assert_eq!(stages.applied_ms, (50.0, 99.0));
+        assert_eq!(stages.slowest_percent_ms, (49.75, 99.5, 99.5));
+        assert_eq!(stages.slowest_percent_committed_s, (0.199, 0.2));
+        let ((cpu, io), (slow_cpu, slow_io)) = stages.pressure.expect("pressure");
+        assert_eq!((cpu, slow_cpu), (0.5, 0.5));
+        assert!((io - 0.1005).abs() < 1e-9, "{io}");
+        assert!((slow_io - 0.1995).abs() < 1e-9, "{slow_io}");
+    }
+
+    #[test]
+    fn percentile_is_the_nearest_rank() {
+        let sorted: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&sorted, 0.99), 99.0);
+        assert_eq!(percentile(&sorted, 0.5), 50.0);
+        assert_eq!(percentile(&sorted[..1], 0.99), 1.0);
+        assert!(percentile(&[], 0.5).is_nan());
+    }
 }

@@ -14,6 +14,6 @@ mod system;
 pub use figures::{Figures, Samples};
 pub use raw::{raw_client, Tuning};
 pub use system::{
-    argon2_floor, drain, http_api, http_latency, latency_sweep, outbox_latency, pipeline, relay_drain, scaling,
-    Progress, ProgressSample, System,
+    argon2_floor, drain, http_api, http_latency, latency_sweep, outbox_latency_with_stages, pipeline, relay_drain,
+    scaling, Progress, ProgressSample, System,
 };

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// CPU seconds (user + system) each process group has used so far: the
 /// services and the broker by pid, PostgreSQL by name, this program.
@@ -15,6 +15,23 @@ pub fn cpu_seconds(producer: u32, consumer: u32) -> Vec<(String, f64)> {
         ("kafka (broker)".to_owned(), broker_cpu_seconds()),
         ("postgres".to_owned(), cpu_seconds_by_name("postgres")),
         ("bench".to_owned(), of("self")),
+    ]
+}
+
+/// CPU seconds used so far, by process: (name, seconds).
+pub type CpuSeconds = Vec<(String, f64)>;
+
+/// CPU seconds (user + system) a consumer group's `members` (pids) have
+/// used so far, together, beside the broker, PostgreSQL and this program.
+pub fn group_cpu_seconds(members: &[u32]) -> CpuSeconds {
+    vec![
+        (
+            "consumers".to_owned(),
+            members.iter().map(|pid| cpu_seconds_of(&pid.to_string())).sum(),
+        ),
+        ("kafka (broker)".to_owned(), broker_cpu_seconds()),
+        ("postgres".to_owned(), cpu_seconds_by_name("postgres")),
+        ("bench".to_owned(), cpu_seconds_of("self")),
     ]
 }
 
@@ -58,6 +75,68 @@ fn cpu_seconds_by_name(name: &str) -> f64 {
         })
         .map(|pid| cpu_seconds_of(&pid))
         .sum()
+}
+
+/// The kernel's pressure stall totals so far (`/proc/pressure/cpu` and
+/// `/proc/pressure/io`, the `some` lines' `total`, in seconds): how long at
+/// least one task waited for a core, and for I/O (PostgreSQL's `fsync`s
+/// among it), machine-wide. `None` where the kernel has no PSI.
+fn pressure_seconds() -> Option<(f64, f64)> {
+    let some_total = |resource: &str| -> Option<f64> {
+        let text = std::fs::read_to_string(format!("/proc/pressure/{resource}")).ok()?;
+        let line = text.lines().find(|line| line.starts_with("some "))?;
+        let total = line.split_whitespace().find_map(|field| field.strip_prefix("total="))?;
+        Some(total.parse::<f64>().ok()? / 1e6)
+    };
+    Some((some_total("cpu")?, some_total("io")?))
+}
+
+/// [`pressure_seconds`] sampled every 20 ms until stopped.
+pub struct PressureWatch {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<Vec<(Instant, f64, f64)>>,
+}
+
+impl PressureWatch {
+    /// Starts sampling.
+    pub fn start() -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn({
+            let stop = Arc::clone(&stop);
+            async move {
+                let mut samples = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    if let Some((cpu, io)) = pressure_seconds() {
+                        samples.push((Instant::now(), cpu, io));
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                samples
+            }
+        });
+        Self { stop, task }
+    }
+
+    /// Stops sampling; the samples, oldest first.
+    pub async fn stop(self) -> Pressure {
+        self.stop.store(true, Ordering::Relaxed);
+        Pressure(self.task.await.unwrap_or_default())
+    }
+}
+
+/// Pressure stall samples: (when, CPU total, I/O total), oldest first.
+pub struct Pressure(Vec<(Instant, f64, f64)>);
+
+impl Pressure {
+    /// The share of `from..to` in which some task waited for a core, and
+    /// for I/O (0 to 1 each), from the samples around it; `None` when
+    /// there are none, or the stretch is shorter than two samples apart.
+    pub fn between(&self, from: Instant, to: Instant) -> Option<(f64, f64)> {
+        let first = self.0.iter().rev().find(|(at, ..)| *at <= from)?;
+        let last = self.0.iter().find(|(at, ..)| *at >= to)?;
+        let seconds = last.0.duration_since(first.0).as_secs_f64();
+        (seconds > 0.0).then(|| ((last.1 - first.1) / seconds, (last.2 - first.2) / seconds))
+    }
 }
 
 /// A running memory sampler.
@@ -117,4 +196,22 @@ fn status_kib(pid: u32, field: &str) -> u64 {
                 .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
         })
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pressure_between_reads_the_samples_around_the_stretch() {
+        let start = Instant::now();
+        let at = |ms| start + Duration::from_millis(ms);
+        // CPU stalls for half of each 100 ms; I/O for all of the second.
+        let pressure = Pressure(vec![(at(0), 0.0, 0.0), (at(100), 0.05, 0.0), (at(200), 0.10, 0.1)]);
+        let (cpu, io) = pressure.between(at(10), at(190)).expect("within the samples");
+        assert!((cpu - 0.5).abs() < 1e-9 && (io - 0.5).abs() < 1e-9, "{cpu} {io}");
+        let (cpu, io) = pressure.between(at(100), at(200)).expect("on the samples");
+        assert!((cpu - 0.5).abs() < 1e-9 && (io - 1.0).abs() < 1e-9, "{cpu} {io}");
+        assert_eq!(pressure.between(at(150), at(250)), None, "past the last sample");
+    }
 }

@@ -19,10 +19,10 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::figures::{
-    percentile, CpuProfile, DrainFigures, HttpFigures, LatencySummary, PipelineFigures, RelayDrainFigures, Samples,
-    ScalingFigures,
+    percentile, CpuProfile, DrainFigures, HttpFigures, LatencyStages, LatencySummary, PipelineFigures,
+    RelayDrainFigures, Samples, ScalingFigures, StageSample,
 };
-use super::process::{cpu_seconds, MemoryWatch};
+use super::process::{cpu_seconds, group_cpu_seconds, CpuSeconds, MemoryWatch, Pressure, PressureWatch};
 use super::raw::{user_created, Tuning};
 
 /// The release-built services, their databases and a service credential.
@@ -411,8 +411,8 @@ pub async fn drain(events: usize, tuning: &Tuning) -> anyhow::Result<DrainFigure
 
 /// Step 2: the consumer draining a backlog of `issued-token` records, for
 /// `users` users created first with `tokens_per_user` each, while a second
-/// member joins the group (at a fifth of the backlog) and a third (at
-/// half); then every event is checked applied exactly once, in per-user
+/// member joins the group (at a twentieth of the backlog) and a third (at
+/// a quarter); then every event is checked applied exactly once, in per-user
 /// order, with the group's offsets at the end and nothing dead-lettered
 /// (`e2e::load::assert_exact_state`, which panics otherwise).
 ///
@@ -421,7 +421,7 @@ pub async fn drain(events: usize, tuning: &Tuning) -> anyhow::Result<DrainFigure
 pub async fn scaling(users: usize, tokens_per_user: usize, tuning: &Tuning) -> anyhow::Result<ScalingFigures> {
     // (members, divisor): with that many members, the next joins once a
     // 1/divisor of the backlog is applied.
-    const JOIN_AT: [(usize, i64); 2] = [(1, 5), (2, 2)];
+    const JOIN_AT: [(usize, i64); 2] = [(1, 20), (2, 4)];
     let context = TestContext::new();
     let (ids, created) = e2e::load::new_users(users);
     e2e::load::publish(&context, &created).await;
@@ -438,16 +438,20 @@ pub async fn scaling(users: usize, tokens_per_user: usize, tuning: &Tuning) -> a
     let total = i64::try_from(tokens.len())?;
     let mut members = vec![context.start_consumer_process(e2e::process::NO_PRODUCER, &env).await];
     let client = reqwest::Client::new();
-    // (when, tokens applied): the first applied, then each time a new
-    // member holds partitions, then the last applied.
-    let mut boundaries: Vec<(Instant, i64)> = Vec::new();
+    // (when, tokens applied, CPU so far): the first applied, then each
+    // time a new member holds partitions, then the last applied.
+    let mut boundaries: Vec<(Instant, i64, CpuSeconds)> = Vec::new();
+    // (when, tokens applied) as each later member's process is started.
+    let mut launches: Vec<(Instant, i64)> = Vec::new();
+    let group_cpu =
+        |members: &[ServiceProcess]| group_cpu_seconds(&members.iter().map(ServiceProcess::pid).collect::<Vec<_>>());
     let mut partitions = 0;
     let started = Instant::now();
     loop {
         let applied = e2e::load::processed_count(&pool).await - created;
         let now = Instant::now();
         if applied >= total {
-            boundaries.push((now, applied));
+            boundaries.push((now, applied, group_cpu(&members)));
             break;
         }
         anyhow::ensure!(
@@ -456,7 +460,7 @@ pub async fn scaling(users: usize, tokens_per_user: usize, tuning: &Tuning) -> a
         );
         if boundaries.is_empty() {
             if applied > 0 {
-                boundaries.push((now, applied));
+                boundaries.push((now, applied, group_cpu(&members)));
                 partitions = members[0].assigned_partitions().await.values().sum::<i64>();
             }
         } else if boundaries.len() < members.len() {
@@ -470,12 +474,13 @@ pub async fn scaling(users: usize, tokens_per_user: usize, tuning: &Tuning) -> a
                 > 0
             {
                 let applied = e2e::load::processed_count(&pool).await - created;
-                boundaries.push((Instant::now(), applied));
+                boundaries.push((Instant::now(), applied, group_cpu(&members)));
             }
         } else if JOIN_AT
             .iter()
             .any(|&(joined, divisor)| members.len() == joined && applied >= total / divisor)
         {
+            launches.push((now, applied));
             members.push(context.start_consumer_process(e2e::process::NO_PRODUCER, &env).await);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -508,6 +513,17 @@ pub async fn scaling(users: usize, tokens_per_user: usize, tuning: &Tuning) -> a
         per_s_by_members: boundaries
             .windows(2)
             .map(|pair| (pair[1].1 - pair[0].1) as f64 / (pair[1].0 - pair[0].0).as_secs_f64())
+            .collect(),
+        per_s_before_next_launch: boundaries
+            .iter()
+            .zip(&launches)
+            .map(|((from, applied, _), (to, applied_then))| {
+                (applied_then - applied) as f64 / to.saturating_duration_since(*from).as_secs_f64()
+            })
+            .collect(),
+        cpu_by_members: boundaries
+            .windows(2)
+            .map(|pair| cpu_profile(pair[0].2.clone(), pair[1].2.clone(), pair[1].0 - pair[0].0))
             .collect(),
         partitions_moved: partitions_moved as u64,
         fewest_moves: partitions / 2 + partitions / 3,
@@ -559,7 +575,17 @@ fn service_env(tuning: &Tuning) -> Vec<(&'static str, String)> {
 /// committed or not (as concurrent HTTP requests append), and timed from
 /// its commit to its arrival on the live feed.
 pub async fn outbox_latency(system: &System, rate: u32, duration: Duration) -> anyhow::Result<Samples> {
+    Ok(outbox_latency_with_stages(system, rate, duration).await?.0)
+}
+
+/// [`outbox_latency`], with where each event's time went: [`LatencyStages`].
+pub async fn outbox_latency_with_stages(
+    system: &System,
+    rate: u32,
+    duration: Duration,
+) -> anyhow::Result<(Samples, LatencyStages)> {
     let arrivals = system.feed().await?;
+    let pressure = PressureWatch::start();
     let mut appends = tokio::task::JoinSet::new();
     let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -573,16 +599,95 @@ pub async fn outbox_latency(system: &System, rate: u32, duration: Duration) -> a
             producer::outbox::append(&mut tx, &event).await?;
             tx.commit().await?;
             let committed = Instant::now();
+            let committed_wall = epoch_seconds(std::time::SystemTime::now());
             producer::outbox::notify(&pool).await;
-            anyhow::Ok((event.user_id().to_string(), committed))
+            anyhow::Ok((event.user_id().to_string(), committed, committed_wall))
         });
     }
     let mut sent = Vec::with_capacity(appends.len());
+    let mut committed_wall = HashMap::with_capacity(appends.len());
     while let Some(appended) = appends.join_next().await {
-        sent.push(appended??);
+        let (user, committed, wall) = appended??;
+        committed_wall.insert(user.clone(), (committed, wall));
+        sent.push((user, committed));
     }
     let seconds = started.elapsed().as_secs_f64();
-    Ok(collect(&arrivals, sent, UserEvent::CREATED_V1, seconds).await)
+    let samples = collect(&arrivals, sent, UserEvent::CREATED_V1, seconds).await;
+    let pressure = pressure.stop().await;
+    let stages = stage_samples(
+        system,
+        &arrivals,
+        UserEvent::CREATED_V1,
+        &committed_wall,
+        started,
+        &pressure,
+    )
+    .await?;
+    Ok((samples, LatencyStages::of(stages)))
+}
+
+/// Seconds since the Unix epoch: the clock PostgreSQL's `now()` reads.
+fn epoch_seconds(at: std::time::SystemTime) -> f64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |since| since.as_secs_f64())
+}
+
+/// Splits each event's commit → applied time at the moments the two
+/// databases recorded: the relay marking its row published (`published_at`,
+/// after the broker's delivery report) and the consumer's applying
+/// transaction beginning (`processed_at`). Both are `now()` on this
+/// machine's clock, which the commit's time is read from too.
+/// `committed` holds, by user, when its `event_type` event was committed
+/// (or answered `2xx`, which follows the commit).
+async fn stage_samples(
+    system: &System,
+    arrivals: &Arrivals,
+    event_type: &str,
+    committed: &HashMap<String, (Instant, f64)>,
+    started: Instant,
+    pressure: &Pressure,
+) -> anyhow::Result<Vec<StageSample>> {
+    let users: Vec<String> = committed.keys().cloned().collect();
+    let published: Vec<(String, Uuid, Option<f64>)> = sqlx::query_as(
+        "SELECT subject, event_id, extract(epoch FROM published_at)::float8 FROM outbox \
+         WHERE subject = ANY($1) AND event_type = $2",
+    )
+    .bind(&users)
+    .bind(event_type)
+    .fetch_all(&system.producer_pool)
+    .await?;
+    let event_ids: Vec<Uuid> = published.iter().map(|(_, id, _)| *id).collect();
+    let apply_started: HashMap<Uuid, f64> = sqlx::query_as(
+        "SELECT event_id, extract(epoch FROM processed_at)::float8 FROM processed_events WHERE event_id = ANY($1)",
+    )
+    .bind(&event_ids)
+    .fetch_all(&system.consumer_pool)
+    .await?
+    .into_iter()
+    .collect();
+    let arrived = arrivals.lock().unwrap();
+    let mut stages = Vec::with_capacity(published.len());
+    for (user, event_id, published_at) in published {
+        let (Some(&(committed, committed_wall)), Some(published_at), Some(&apply_started)) =
+            (committed.get(&user), published_at, apply_started.get(&event_id))
+        else {
+            continue;
+        };
+        let Some(arrival) = arrived.get(&(user, event_type.to_owned())) else {
+            continue;
+        };
+        let total_ms = arrival.saturating_duration_since(committed).as_secs_f64() * 1000.0;
+        let to_apply_ms = (apply_started - committed_wall) * 1000.0;
+        stages.push(StageSample {
+            committed_s: committed.duration_since(started).as_secs_f64(),
+            pressure: pressure.between(committed, *arrival),
+            total_ms,
+            published_ms: (published_at - committed_wall) * 1000.0,
+            apply_started_ms: to_apply_ms,
+            applied_ms: total_ms - to_apply_ms,
+        });
+    }
+    Ok(stages)
 }
 
 /// Step 3: [`outbox_latency`] at rising rates, `seconds` each, from `rates`,
@@ -615,26 +720,35 @@ pub async fn latency_sweep(
 /// Step 3: A user created and a token issued over HTTP every 100 ms (20 events
 /// per second: below what password hashing allows), each timed from its
 /// 2xx to its arrival on the live feed.
-pub async fn http_latency(system: &System, duration: Duration) -> anyhow::Result<Samples> {
+pub async fn http_latency(system: &System, duration: Duration) -> anyhow::Result<(Samples, LatencyStages)> {
     let arrivals = system.feed().await?;
+    let pressure = PressureWatch::start();
     let producer = system.producer.url();
     let mut created = Vec::new();
     let mut issued = Vec::new();
     let mut ticks = tokio::time::interval(Duration::from_millis(100));
+    let now = || (Instant::now(), epoch_seconds(std::time::SystemTime::now()));
     let started = Instant::now();
     while started.elapsed() < duration {
         ticks.tick().await;
         let user = e2e::create_user(&system.client, &producer, "latency").await;
-        created.push((user.id.to_string(), Instant::now()));
+        created.push((user.id.to_string(), now()));
         e2e::issue_token(&system.client, &producer, &user.username).await;
-        issued.push((user.id.to_string(), Instant::now()));
+        issued.push((user.id.to_string(), now()));
     }
     let seconds = started.elapsed().as_secs_f64();
-    let mut samples = collect(&arrivals, created, UserEvent::CREATED_V1, seconds).await;
-    let tokens = collect(&arrivals, issued, UserEvent::TOKEN_ISSUED_V1, seconds).await;
+    let answered = |sent: &[(String, (Instant, f64))]| sent.iter().map(|(user, (at, _))| (user.clone(), *at)).collect();
+    let mut samples = collect(&arrivals, answered(&created), UserEvent::CREATED_V1, seconds).await;
+    let tokens = collect(&arrivals, answered(&issued), UserEvent::TOKEN_ISSUED_V1, seconds).await;
     samples.latencies_ms.extend(tokens.latencies_ms);
     samples.sent += tokens.sent;
-    Ok(samples)
+    let pressure = pressure.stop().await;
+    let mut stages = Vec::new();
+    for (event_type, sent) in [(UserEvent::CREATED_V1, created), (UserEvent::TOKEN_ISSUED_V1, issued)] {
+        let sent: HashMap<String, (Instant, f64)> = sent.into_iter().collect();
+        stages.extend(stage_samples(system, &arrivals, event_type, &sent, started, &pressure).await?);
+    }
+    Ok((samples, LatencyStages::of(stages)))
 }
 
 /// Waits up to 30 s for every sent event, then the latencies of those that
