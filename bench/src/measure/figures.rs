@@ -200,8 +200,8 @@ pub struct LatencySummary {
     pub missing: usize,
 }
 
-/// One event's outbox commit → applied time, split where the databases
-/// recorded it (see [`LatencyStages`]), milliseconds.
+/// One event's commit (or `2xx`) → applied time, split where the
+/// databases recorded it (see [`LatencyStages`]), milliseconds.
 #[derive(Debug, Clone, Copy)]
 pub struct StageSample {
     /// Seconds from the run's start to the commit.
