@@ -5,34 +5,37 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// CPU seconds (user + system) each process group has used so far: the
-/// services and the broker by pid, PostgreSQL by name, this program.
-pub fn cpu_seconds(producer: u32, consumer: u32) -> Vec<(String, f64)> {
-    let of = cpu_seconds_of;
-    vec![
-        ("producer".to_owned(), of(&producer.to_string())),
-        ("consumer".to_owned(), of(&consumer.to_string())),
-        ("kafka (broker)".to_owned(), broker_cpu_seconds()),
-        ("postgres".to_owned(), cpu_seconds_by_name("postgres")),
-        ("bench".to_owned(), of("self")),
-    ]
-}
-
 /// CPU seconds used so far, by process: (name, seconds).
 pub type CpuSeconds = Vec<(String, f64)>;
 
-/// CPU seconds (user + system) a consumer group's `members` (pids) have
-/// used so far, together, beside the broker, PostgreSQL and this program.
-pub fn group_cpu_seconds(members: &[u32]) -> CpuSeconds {
+/// CPU seconds (user + system) each process group has used so far: the
+/// services and the broker by pid, PostgreSQL by name, this program.
+pub fn cpu_seconds(producer: u32, consumer: u32) -> CpuSeconds {
+    let mut cpu = vec![
+        ("producer".to_owned(), cpu_seconds_of(&producer.to_string())),
+        ("consumer".to_owned(), cpu_seconds_of(&consumer.to_string())),
+    ];
+    cpu.extend(shared_cpu_seconds());
+    cpu
+}
+
+/// The CPU seconds of what every run shares: the broker, PostgreSQL and
+/// this program.
+fn shared_cpu_seconds() -> CpuSeconds {
     vec![
-        (
-            "consumers".to_owned(),
-            members.iter().map(|pid| cpu_seconds_of(&pid.to_string())).sum(),
-        ),
         ("kafka (broker)".to_owned(), broker_cpu_seconds()),
         ("postgres".to_owned(), cpu_seconds_by_name("postgres")),
         ("bench".to_owned(), cpu_seconds_of("self")),
     ]
+}
+
+/// CPU seconds (user + system) a consumer group's `members` (pids) have
+/// used so far, together, beside the broker, PostgreSQL and this program.
+pub fn group_cpu_seconds(members: &[u32]) -> CpuSeconds {
+    let consumers = members.iter().map(|pid| cpu_seconds_of(&pid.to_string())).sum();
+    let mut cpu = vec![("consumers".to_owned(), consumers)];
+    cpu.extend(shared_cpu_seconds());
+    cpu
 }
 
 /// CPU seconds (user + system) process `pid` has used so far: fields 14

@@ -533,7 +533,7 @@ pub async fn scaling(users: usize, tokens_per_user: usize, tuning: &Tuning) -> a
 
 /// CPU seconds each process used between `before` and `after` (both from
 /// [`cpu_seconds`], same processes), most first, over `wall`.
-fn cpu_profile(before: Vec<(String, f64)>, after: Vec<(String, f64)>, wall: Duration) -> CpuProfile {
+fn cpu_profile(before: CpuSeconds, after: CpuSeconds, wall: Duration) -> CpuProfile {
     let mut by_process: Vec<(String, f64)> = after
         .into_iter()
         .zip(before)
@@ -575,10 +575,14 @@ fn service_env(tuning: &Tuning) -> Vec<(&'static str, String)> {
 /// committed or not (as concurrent HTTP requests append), and timed from
 /// its commit to its arrival on the live feed.
 pub async fn outbox_latency(system: &System, rate: u32, duration: Duration) -> anyhow::Result<Samples> {
-    Ok(outbox_latency_with_stages(system, rate, duration).await?.0)
+    let arrivals = system.feed().await?;
+    let (committed, _, seconds) = append_at_rate(system, rate, duration).await?;
+    Ok(collect(&arrivals, &committed, UserEvent::CREATED_V1, seconds).await)
 }
 
 /// [`outbox_latency`], with where each event's time went: [`LatencyStages`].
+/// (Apart from it so that the sweep's CPU profiles hold no sampling and
+/// no stage queries.)
 pub async fn outbox_latency_with_stages(
     system: &System,
     rate: u32,
@@ -586,6 +590,20 @@ pub async fn outbox_latency_with_stages(
 ) -> anyhow::Result<(Samples, LatencyStages)> {
     let arrivals = system.feed().await?;
     let pressure = PressureWatch::start();
+    let (committed, started, seconds) = append_at_rate(system, rate, duration).await?;
+    let samples = collect(&arrivals, &committed, UserEvent::CREATED_V1, seconds).await;
+    let pressure = pressure.stop().await;
+    let stages = stage_samples(system, &arrivals, UserEvent::CREATED_V1, &committed, started, &pressure).await?;
+    Ok((samples, LatencyStages::of(stages)))
+}
+
+/// Appends as [`outbox_latency`] describes: each event's user and commit,
+/// when the appending started, and the seconds it lasted.
+async fn append_at_rate(
+    system: &System,
+    rate: u32,
+    duration: Duration,
+) -> anyhow::Result<(Vec<(String, Moment)>, Instant, f64)> {
     let mut appends = tokio::task::JoinSet::new();
     let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate)));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -598,38 +616,37 @@ pub async fn outbox_latency_with_stages(
             let mut tx = pool.begin().await?;
             producer::outbox::append(&mut tx, &event).await?;
             tx.commit().await?;
-            let committed = Instant::now();
-            let committed_wall = epoch_seconds(std::time::SystemTime::now());
+            let committed = Moment::now();
             producer::outbox::notify(&pool).await;
-            anyhow::Ok((event.user_id().to_string(), committed, committed_wall))
+            anyhow::Ok((event.user_id().to_string(), committed))
         });
     }
-    let mut sent = Vec::with_capacity(appends.len());
-    let mut committed_wall = HashMap::with_capacity(appends.len());
+    let mut committed = Vec::with_capacity(appends.len());
     while let Some(appended) = appends.join_next().await {
-        let (user, committed, wall) = appended??;
-        committed_wall.insert(user.clone(), (committed, wall));
-        sent.push((user, committed));
+        committed.push(appended??);
     }
-    let seconds = started.elapsed().as_secs_f64();
-    let samples = collect(&arrivals, sent, UserEvent::CREATED_V1, seconds).await;
-    let pressure = pressure.stop().await;
-    let stages = stage_samples(
-        system,
-        &arrivals,
-        UserEvent::CREATED_V1,
-        &committed_wall,
-        started,
-        &pressure,
-    )
-    .await?;
-    Ok((samples, LatencyStages::of(stages)))
+    Ok((committed, started, started.elapsed().as_secs_f64()))
 }
 
-/// Seconds since the Unix epoch: the clock PostgreSQL's `now()` reads.
-fn epoch_seconds(at: std::time::SystemTime) -> f64 {
-    at.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |since| since.as_secs_f64())
+/// When an event was committed (or answered `2xx`): on the monotonic clock
+/// that latencies are taken on, and in seconds since the Unix epoch, the
+/// clock PostgreSQL's `now()` reads.
+#[derive(Debug, Clone, Copy)]
+struct Moment {
+    at: Instant,
+    epoch_s: f64,
+}
+
+impl Moment {
+    fn now() -> Self {
+        let since_epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |since| since.as_secs_f64());
+        Self {
+            at: Instant::now(),
+            epoch_s: since_epoch,
+        }
+    }
 }
 
 /// Splits each event's commit → applied time at the moments the two
@@ -643,11 +660,12 @@ async fn stage_samples(
     system: &System,
     arrivals: &Arrivals,
     event_type: &str,
-    committed: &HashMap<String, (Instant, f64)>,
+    committed: &[(String, Moment)],
     started: Instant,
     pressure: &Pressure,
 ) -> anyhow::Result<Vec<StageSample>> {
-    let users: Vec<String> = committed.keys().cloned().collect();
+    let committed: HashMap<&str, Moment> = committed.iter().map(|(user, at)| (user.as_str(), *at)).collect();
+    let users: Vec<&str> = committed.keys().copied().collect();
     let published: Vec<(String, Uuid, Option<f64>)> = sqlx::query_as(
         "SELECT subject, event_id, extract(epoch FROM published_at)::float8 FROM outbox \
          WHERE subject = ANY($1) AND event_type = $2",
@@ -668,21 +686,21 @@ async fn stage_samples(
     let arrived = arrivals.lock().unwrap();
     let mut stages = Vec::with_capacity(published.len());
     for (user, event_id, published_at) in published {
-        let (Some(&(committed, committed_wall)), Some(published_at), Some(&apply_started)) =
-            (committed.get(&user), published_at, apply_started.get(&event_id))
+        let (Some(&committed), Some(published_at), Some(&apply_started)) =
+            (committed.get(user.as_str()), published_at, apply_started.get(&event_id))
         else {
             continue;
         };
         let Some(arrival) = arrived.get(&(user, event_type.to_owned())) else {
             continue;
         };
-        let total_ms = arrival.saturating_duration_since(committed).as_secs_f64() * 1000.0;
-        let to_apply_ms = (apply_started - committed_wall) * 1000.0;
+        let total_ms = arrival.saturating_duration_since(committed.at).as_secs_f64() * 1000.0;
+        let to_apply_ms = (apply_started - committed.epoch_s) * 1000.0;
         stages.push(StageSample {
-            committed_s: committed.duration_since(started).as_secs_f64(),
-            pressure: pressure.between(committed, *arrival),
+            committed_s: committed.at.duration_since(started).as_secs_f64(),
+            pressure: pressure.between(committed.at, *arrival),
             total_ms,
-            published_ms: (published_at - committed_wall) * 1000.0,
+            published_ms: (published_at - committed.epoch_s) * 1000.0,
             apply_started_ms: to_apply_ms,
             applied_ms: total_ms - to_apply_ms,
         });
@@ -727,33 +745,30 @@ pub async fn http_latency(system: &System, duration: Duration) -> anyhow::Result
     let mut created = Vec::new();
     let mut issued = Vec::new();
     let mut ticks = tokio::time::interval(Duration::from_millis(100));
-    let now = || (Instant::now(), epoch_seconds(std::time::SystemTime::now()));
     let started = Instant::now();
     while started.elapsed() < duration {
         ticks.tick().await;
         let user = e2e::create_user(&system.client, &producer, "latency").await;
-        created.push((user.id.to_string(), now()));
+        created.push((user.id.to_string(), Moment::now()));
         e2e::issue_token(&system.client, &producer, &user.username).await;
-        issued.push((user.id.to_string(), now()));
+        issued.push((user.id.to_string(), Moment::now()));
     }
     let seconds = started.elapsed().as_secs_f64();
-    let answered = |sent: &[(String, (Instant, f64))]| sent.iter().map(|(user, (at, _))| (user.clone(), *at)).collect();
-    let mut samples = collect(&arrivals, answered(&created), UserEvent::CREATED_V1, seconds).await;
-    let tokens = collect(&arrivals, answered(&issued), UserEvent::TOKEN_ISSUED_V1, seconds).await;
+    let mut samples = collect(&arrivals, &created, UserEvent::CREATED_V1, seconds).await;
+    let tokens = collect(&arrivals, &issued, UserEvent::TOKEN_ISSUED_V1, seconds).await;
     samples.latencies_ms.extend(tokens.latencies_ms);
     samples.sent += tokens.sent;
     let pressure = pressure.stop().await;
     let mut stages = Vec::new();
-    for (event_type, sent) in [(UserEvent::CREATED_V1, created), (UserEvent::TOKEN_ISSUED_V1, issued)] {
-        let sent: HashMap<String, (Instant, f64)> = sent.into_iter().collect();
-        stages.extend(stage_samples(system, &arrivals, event_type, &sent, started, &pressure).await?);
+    for (event_type, sent) in [(UserEvent::CREATED_V1, &created), (UserEvent::TOKEN_ISSUED_V1, &issued)] {
+        stages.extend(stage_samples(system, &arrivals, event_type, sent, started, &pressure).await?);
     }
     Ok((samples, LatencyStages::of(stages)))
 }
 
 /// Waits up to 30 s for every sent event, then the latencies of those that
 /// arrived.
-async fn collect(arrivals: &Arrivals, sent: Vec<(String, Instant)>, event_type: &str, seconds: f64) -> Samples {
+async fn collect(arrivals: &Arrivals, sent: &[(String, Moment)], event_type: &str, seconds: f64) -> Samples {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let done = {
@@ -772,7 +787,7 @@ async fn collect(arrivals: &Arrivals, sent: Vec<(String, Instant)>, event_type: 
         .filter_map(|(user, at)| {
             arrived
                 .get(&(user.clone(), event_type.to_owned()))
-                .map(|arrival| arrival.saturating_duration_since(*at).as_secs_f64() * 1000.0)
+                .map(|arrival| arrival.saturating_duration_since(at.at).as_secs_f64() * 1000.0)
         })
         .collect();
     Samples {
