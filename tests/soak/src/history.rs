@@ -241,7 +241,7 @@ pub async fn check(
     let logs: Vec<String> = world
         .consumers
         .iter()
-        .map(|service| strip_ansi(&std::fs::read_to_string(service.log()).unwrap_or_default()))
+        .map(|service| e2e::process::strip_colours(&std::fs::read_to_string(service.log()).unwrap_or_default()))
         .collect();
     let mut explained = HashSet::new();
     let mut hostile = Vec::new();
@@ -380,24 +380,6 @@ fn skip_logged(log: &str, peer: &Injection) -> bool {
         .any(|line| line.contains("skipped") && fields.iter().all(|field| line.contains(field.as_str())))
 }
 
-/// `log` without ANSI colour sequences (`ESC [ … m`).
-fn strip_ansi(log: &str) -> String {
-    let mut plain = String::with_capacity(log.len());
-    let mut chars = log.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            plain.push(c);
-        }
-    }
-    plain
-}
-
 /// Header `name` of `record` as text (empty when absent or not UTF-8).
 fn text<'r>(record: &'r Record, name: &str) -> &'r str {
     record
@@ -427,11 +409,5 @@ mod tests {
         assert_eq!(time_outside(&stall(15, 45), &windows), s(25));
         assert_eq!(time_outside(&stall(5, 70), &windows), s(45));
         assert_eq!(time_outside(&stall(55, 100), &windows), s(40));
-    }
-
-    #[test]
-    fn colour_is_stripped_from_log_lines() {
-        let line = "\u{1b}[2mrecord\u{1b}[0m{\u{1b}[3mtopic\u{1b}[0m\u{1b}[2m=\u{1b}[0mretry-1}: skipped";
-        assert_eq!(strip_ansi(line), "record{topic=retry-1}: skipped");
     }
 }
