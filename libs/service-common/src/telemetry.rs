@@ -13,6 +13,7 @@
 //! OTLP exporter specification apply.
 
 use std::collections::HashMap;
+use std::io::IsTerminal;
 
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
@@ -43,8 +44,9 @@ impl Drop for TelemetryGuard {
     }
 }
 
-/// Installs the global subscriber: JSON lines in production, human-readable
-/// lines locally, at the level `RUST_LOG` gives (else `default`, e.g.
+/// Installs the global subscriber on standard output: JSON lines in
+/// production, human-readable lines locally (coloured when standard output
+/// is a terminal), at the level `RUST_LOG` gives (else `default`, e.g.
 /// `"info"`); spans get OpenTelemetry trace ids, exported over OTLP when
 /// [`OTLP_ENDPOINT_VAR`] is set. Keep the guard until the service stops.
 ///
@@ -70,7 +72,9 @@ pub fn init(service: &'static str, environment: Environment, default: &str) -> T
     let fmt = tracing_subscriber::fmt::layer().with_target(false);
     let fmt = match environment {
         Environment::Production => fmt.json().flatten_event(true).boxed(),
-        Environment::Local => fmt.boxed(),
+        // Colours on a terminal only: a log file (scripts/run.sh's
+        // `.run/*.log`) stays greppable.
+        Environment::Local => fmt.with_ansi(std::io::stdout().is_terminal()).boxed(),
     };
     tracing_subscriber::registry()
         .with(filter)

@@ -77,16 +77,17 @@ impl ServiceProcess {
             .collect()
     }
 
-    /// Its log so far, without colour sequences (empty when unreadable).
-    pub fn plain_log(&self) -> String {
-        strip_colours(&std::fs::read_to_string(&self.log).unwrap_or_default())
+    /// Its log so far (empty when unreadable). Plain text: the services
+    /// colour their lines only on a terminal.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// The `WARN` and `ERROR` lines of its log so far, for an assertion's
     /// message: what the service said went wrong, where a CI report shows
     /// only the panic (the log file is gone with the machine).
     pub fn warnings(&self) -> String {
-        let log = self.plain_log();
+        let log = self.log_text();
         let lines: Vec<&str> = log
             .lines()
             .filter(|line| line.contains(" WARN ") || line.contains(" ERROR "))
@@ -148,25 +149,6 @@ impl Drop for ServiceProcess {
         // A test that panics must not leave processes behind.
         let _ = self.child.start_kill();
     }
-}
-
-/// `text` without ANSI colour sequences (`ESC [ … m`), as the services
-/// write them in the `local` environment's format.
-pub fn strip_colours(text: &str) -> String {
-    let mut plain = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            plain.push(c);
-        }
-    }
-    plain
 }
 
 fn signal(pid: u32, name: &str) {
@@ -355,13 +337,4 @@ async fn wait_until_live(process: &ServiceProcess) {
         },
     )
     .await;
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn colour_is_stripped_from_log_lines() {
-        let line = "\u{1b}[2mrecord\u{1b}[0m{\u{1b}[3mtopic\u{1b}[0m\u{1b}[2m=\u{1b}[0mretry-1}: skipped";
-        assert_eq!(super::strip_colours(line), "record{topic=retry-1}: skipped");
-    }
 }

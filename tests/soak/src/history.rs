@@ -241,7 +241,7 @@ pub async fn check(
     let logs: Vec<String> = world
         .consumers
         .iter()
-        .map(|service| e2e::process::strip_colours(&std::fs::read_to_string(service.log()).unwrap_or_default()))
+        .map(|service| std::fs::read_to_string(service.log()).unwrap_or_default())
         .collect();
     let mut explained = HashSet::new();
     let mut hostile = Vec::new();

@@ -89,6 +89,10 @@ async fn logs_never_contain_passwords_hashes_keys_or_tokens() {
         .collect();
     for (path, text) in &logs {
         assert!(text.contains("listening"), "{path} is the service's log");
+        assert!(
+            !text.contains('\u{1b}'),
+            "{path} has no colour sequences: it is not a terminal"
+        );
         for (what, secret) in &secrets {
             assert!(!text.contains(secret.as_str()), "{path} contains {what}");
         }
@@ -391,7 +395,7 @@ async fn the_consumer_logs_each_applied_record_with_its_trace_id() {
         .await
         .unwrap();
 
-    let log = consumer.plain_log();
+    let log = consumer.log_text();
     let line = log
         .lines()
         .find(|line| line.contains("event applied") && line.contains(&trace_id))
