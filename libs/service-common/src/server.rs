@@ -18,9 +18,19 @@ use crate::health;
 use crate::http::{json_config, not_found, path_config, query_config};
 use crate::metrics::{self, Metrics};
 
+/// How long the server keeps an idle connection open: 75 s, longer than
+/// the Application Load Balancer's idle timeout (60 s by default). AWS
+/// recommends this ("Edit attributes for your Application Load Balancer",
+/// "Connection idle timeout"): a target that closes an idle connection
+/// first races the balancer's next request on it, which the client then
+/// gets as a 502. actix-web's default is 5 s. Idle connections do not hold
+/// up a graceful shutdown (the server stops at once with one open).
+pub const KEEP_ALIVE: Duration = Duration::from_secs(75);
+
 /// An HTTP server on `listener` with what every service has: a tracing span
 /// per request, request metrics and `GET /metrics` (from `metrics`), the
-/// JSON extractor settings, `/health/live`, and JSON `404`s; plus the
+/// JSON extractor settings, `/health/live`, JSON `404`s and a
+/// [`KEEP_ALIVE`] for idle connections; plus the
 /// service's own routes (including `/health/ready`) and app data from
 /// `configure`. Signals are left to the caller, which stops the server
 /// through its handle; requests in flight then get `drain` to finish
@@ -49,6 +59,7 @@ where
             .route("/metrics", web::get().to(metrics::endpoint))
             .default_service(web::to(not_found))
     })
+    .keep_alive(KEEP_ALIVE)
     .listen(listener)?
     .disable_signals()
     .shutdown_timeout(drain.as_secs().max(1))

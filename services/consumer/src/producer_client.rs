@@ -13,10 +13,11 @@ use uuid::Uuid;
 const SERVICE_NAME: &str = "consumer";
 
 /// How long an idle connection to the producer is kept for reuse: less
-/// than the producer's keep-alive (actix-web's default, 5 s), after which
-/// the producer closes it. A request sent on a connection the server is
-/// closing fails with "connection closed before message completed" (the
-/// API fuzz in `scripts/test.sh` met it once, on `GET /users/{id}`).
+/// than the producer's keep-alive ([`service_common::server::KEEP_ALIVE`]),
+/// after which the producer closes it. A request sent on a connection the
+/// server is closing fails with "connection closed before message
+/// completed" (the API fuzz in `scripts/test.sh` met it once, on
+/// `GET /users/{id}`, when the producer closed idle connections after 5 s).
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A user as the producer returns it from `GET /users/{id}`.
