@@ -395,42 +395,32 @@ async fn without_a_broker_the_producer_stays_ready_and_healthy_and_reports_it() 
 /// Two requests on one connection, 6 s apart, are both answered.
 #[tokio::test]
 async fn a_connection_idle_for_six_seconds_is_still_answered() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use http_body_util::{BodyExt, Empty};
 
     let context = TestContext::new();
     let producer = context.spawn_producer().await;
     let address = producer.url().trim_start_matches("http://").to_owned();
-    let mut connection = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let (mut connection, driver) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(driver);
     for request in 1..=2 {
         if request == 2 {
             tokio::time::sleep(std::time::Duration::from_secs(6)).await;
         }
-        let sent = connection
-            .write_all(format!("GET /health/live HTTP/1.1\r\nHost: {address}\r\n\r\n").as_bytes())
-            .await;
-        // Read the head, then as much body as it announces.
-        let mut answer = Vec::new();
-        let mut chunk = [0; 1024];
-        let complete = loop {
-            if let Some(end) = answer.windows(4).position(|window| window == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&answer[..end]).to_lowercase();
-                let length: usize = head
-                    .lines()
-                    .find_map(|line| line.strip_prefix("content-length:"))
-                    .map_or(0, |value| value.trim().parse().unwrap());
-                if answer.len() >= end + 4 + length {
-                    break true;
-                }
-            }
-            match connection.read(&mut chunk).await {
-                Ok(0) | Err(_) => break false,
-                Ok(read) => answer.extend_from_slice(&chunk[..read]),
-            }
+        let get = hyper::Request::get("/health/live")
+            .header("host", &address)
+            .body(Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let answer = match connection.send_request(get).await {
+            // Read to the end, so that the connection is free for the next.
+            Ok(response) => Ok((response.status(), response.into_body().collect().await)),
+            Err(error) => Err(error),
         };
         assert!(
-            sent.is_ok() && complete && answer.starts_with(b"HTTP/1.1 200"),
-            "request {request} on the connection: {sent:?}, answer {:?}",
-            String::from_utf8_lossy(&answer)
+            matches!(answer, Ok((hyper::StatusCode::OK, Ok(_)))),
+            "request {request} on the connection: {answer:?}"
         );
     }
 
